@@ -1,0 +1,5 @@
+import sys
+
+from oauth2_server.cli import main
+
+sys.exit(main())

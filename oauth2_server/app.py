@@ -1,0 +1,112 @@
+"""`create_app(settings)`: the whole HTTP surface in one routing table, and its lifespan.
+
+Nothing is global: the engine, the OAuth service and the audit buffer are built here and
+hung on `app.state` for the life of the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+
+from oauth2_server.audit import AuditBuffer
+from oauth2_server.config import Settings
+from oauth2_server.crypto.keyring import load_keyring
+from oauth2_server.db import migrate
+from oauth2_server.db.engine import create_engine, create_sessionmaker
+from oauth2_server.oauth.bridge import Bridge
+from oauth2_server.oauth.keys import KeyStore
+from oauth2_server.oauth.server import OAuthService
+from oauth2_server.web import authorize, discovery, health, oauth_endpoints
+from oauth2_server.web.middleware import HttpMiddleware
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+routes = [
+    Route("/.well-known/oauth-authorization-server", discovery.metadata, methods=["GET"]),
+    Route("/oauth2/authorize", authorize.authorize, methods=["GET", "POST"]),
+    Route("/oauth2/token", oauth_endpoints.token, methods=["GET", "POST"]),
+    Route("/oauth2/introspect", oauth_endpoints.introspect, methods=["GET", "POST"]),
+    Route("/introspect", oauth_endpoints.introspect, methods=["GET", "POST"]),
+    Route("/oauth2/revoke", oauth_endpoints.revoke, methods=["GET", "POST"]),
+    Route("/oauth2/jwks", discovery.jwks, methods=["GET"]),
+    Route("/healthz", health.healthz, methods=["GET"]),
+    Route("/readyz", health.readyz, methods=["GET"]),
+    Route("/metrics", health.metrics, methods=["GET"]),
+]
+
+
+KEY_RELOAD_SECONDS = 60
+
+
+async def _reload_keys(bridge: Bridge, keys: KeyStore) -> None:
+    """Pick up keys rotated by another process (`oauth2-server keys rotate`)."""
+    while True:
+        await asyncio.sleep(KEY_RELOAD_SECONDS)
+        try:
+            await bridge.write(keys.load)
+        except Exception:
+            log.exception("reloading signing keys failed; keeping the loaded ones")
+
+
+def app_from_env() -> Starlette:
+    """uvicorn factory (`oauth2_server.app:app_from_env`) for multi-worker serving."""
+    return create_app(Settings.from_env())
+
+
+def create_app(settings: Settings) -> Starlette:
+    """Build the Starlette app. The database is opened in the lifespan: SQLite is migrated
+    there; PostgreSQL must already be at the head revision (else start-up fails with a
+    message to run `oauth2-server migrate`)."""
+    keyring = load_keyring(settings)
+    counter = health.RequestCounter()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine = create_engine(settings.database_url, settings.db_pool_size)
+        try:
+            if settings.is_sqlite:
+                await migrate.upgrade(engine)
+            else:
+                await migrate.require_head(engine)
+            bridge = Bridge(create_sessionmaker(engine))
+            keys = KeyStore(keyring)
+            await bridge.write(keys.ensure)
+            audit_buffer = AuditBuffer(
+                engine, settings.audit_flush_interval, settings.audit_batch_size
+            )
+            audit_buffer.start()
+            reload_task = asyncio.create_task(_reload_keys(bridge, keys))
+            app.state.engine = engine
+            app.state.oauth = OAuthService(settings, bridge, keys, audit_buffer)
+            app.state.templates = Jinja2Templates(directory=str(TEMPLATES))
+            app.state.request_counter = counter
+            yield
+            reload_task.cancel()
+            await audit_buffer.stop()
+        finally:
+            await engine.dispose()
+
+    middleware = [
+        Middleware(HttpMiddleware, counter=counter),
+        Middleware(
+            SessionMiddleware,
+            secret_key=keyring.derive(b"oauth2-server session cookie").hex(),
+            session_cookie="oauth2_session",
+            max_age=settings.session_ttl,
+            same_site="lax",
+            https_only=settings.production,
+        ),
+    ]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

@@ -1,0 +1,141 @@
+"""Writing `oauth2_token_logs`, the audit trail (DESIGN.md invariant 6).
+
+- State changes (issue, refresh, revocation, detected attacks) call `record(session, …)`
+  with the session of the change, so the row commits or rolls back with it.
+- Read-only events (introspection, failed client authentication) go to an `AuditBuffer`
+  that writes them in batches every `OAUTH2_AUDIT_FLUSH_INTERVAL` seconds or
+  `OAUTH2_AUDIT_BATCH_SIZE` rows. A crash loses at most the rows of the last interval of
+  that worker process (the buffer is also flushed on shutdown).
+
+Rows name tokens only by `jti` or a digest prefix, never the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import Session
+
+from oauth2_server.db.models import TokenLog
+from oauth2_server.storage import utcnow
+
+log = logging.getLogger(__name__)
+
+# Risk scores of fixed events (0.00–1.00). SECURITY.md documents them.
+RISK = {
+    "code_replay": 1.0,
+    "refresh_reuse": 1.0,
+    "client_auth_failed": 0.5,
+    "client_auth_throttled": 0.8,
+    "login_failed": 0.3,
+}
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Who asked: the client IP, user agent and request id of one HTTP request."""
+
+    ip: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+
+
+@dataclass
+class AuditEvent:
+    """One `oauth2_token_logs` row. `token_id` is a `jti` or a digest prefix, never a token."""
+
+    action: str
+    context: RequestContext = field(default_factory=RequestContext)
+    client_id: str | None = None
+    subject: str | None = None
+    branch_id: str | None = None
+    grant_type: str | None = None
+    token_id: str | None = None
+    risk_score: float | None = None
+    flags: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime = field(default_factory=utcnow)
+
+    def row(self) -> dict[str, Any]:
+        """Column values for the insert."""
+        return {
+            "created_at": self.created_at,
+            "action": self.action,
+            "client_id": self.client_id,
+            "subject": self.subject,
+            "branch_id": self.branch_id,
+            "grant_type": self.grant_type,
+            "token_id": self.token_id,
+            "ip": self.context.ip,
+            "user_agent": (self.context.user_agent or "")[:400] or None,
+            "request_id": self.context.request_id,
+            "risk_score": RISK.get(self.action, 0.0)
+            if self.risk_score is None
+            else self.risk_score,
+            "flags": self.flags,
+            "details": self.details,
+        }
+
+
+def record(session: Session, *events: AuditEvent) -> None:
+    """Insert audit rows in the caller's transaction (commit or roll back with the change)."""
+    if events:
+        session.execute(insert(TokenLog), [event.row() for event in events])
+
+
+class AuditBuffer:
+    """Batches read-only audit rows; `start()` runs the flusher, `stop()` drains it."""
+
+    def __init__(self, engine: AsyncEngine, interval: float, batch_size: int) -> None:
+        self._engine = engine
+        self._interval = interval
+        self._batch_size = batch_size
+        self._rows: list[dict[str, Any]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, event: AuditEvent) -> None:
+        """Queue a row; wakes the flusher early when a batch is full."""
+        self._rows.append(event.row())
+        if len(self._rows) >= self._batch_size:
+            self._wake.set()
+
+    async def flush(self) -> int:
+        """Write every queued row now. Returns how many were written."""
+        rows, self._rows = self._rows, []
+        if not rows:
+            return 0
+        try:
+            async with self._engine.begin() as connection:
+                await connection.execute(insert(TokenLog), rows)
+        except Exception:
+            log.exception(
+                "writing %d audit rows failed; they are kept for the next flush", len(rows)
+            )
+            self._rows[:0] = rows
+            return 0
+        return len(rows)
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            self._wake.clear()
+            await self.flush()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()

@@ -1,0 +1,342 @@
+"""Settings from the environment: one name, one default, one line of documentation each.
+
+`SETTINGS` is the single table of every setting; README's configuration table mirrors it
+(`oauth2-server settings` prints it). `Settings.from_env()` reads and validates them and
+raises `ConfigError` naming the variable on any unknown or invalid value.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or invalid; the message names the variable."""
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("expected a positive integer")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if value <= 0:
+        raise ValueError("expected a positive number")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return raw
+
+    return parse
+
+
+def _str(raw: str) -> str:
+    return raw
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: its name, parser, default (as text) and documentation."""
+
+    env: str
+    attr: str
+    parse: Callable[[str], Any]
+    default: str
+    doc: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "OAUTH2_ENV",
+        "env",
+        _choice("development", "production"),
+        "development",
+        "`production` refuses to start without configured encryption keys, an https "
+        "issuer and a non-SQLite database; it also marks cookies `Secure`.",
+    ),
+    Setting(
+        "OAUTH2_ISSUER",
+        "issuer",
+        _str,
+        "http://127.0.0.1:8000",
+        "Issuer identifier (RFC 8414 §2): base URL of every endpoint and the `iss` claim.",
+    ),
+    Setting("OAUTH2_HOST", "host", _str, "127.0.0.1", "Address `serve` listens on."),
+    Setting("OAUTH2_PORT", "port", _positive_int, "8000", "Port `serve` listens on."),
+    Setting("OAUTH2_WORKERS", "workers", _positive_int, "1", "uvicorn worker processes."),
+    Setting(
+        "OAUTH2_FORWARDED_ALLOW_IPS",
+        "forwarded_allow_ips",
+        _str,
+        "127.0.0.1",
+        "Proxies whose X-Forwarded-For is trusted for the client IP in audit rows.",
+    ),
+    Setting(
+        "OAUTH2_DATABASE_URL",
+        "database_url",
+        _str,
+        "sqlite+aiosqlite:///./oauth2_server.db",
+        "SQLAlchemy URL; `postgresql://…` is used through asyncpg. SQLite migrates itself.",
+    ),
+    Setting(
+        "OAUTH2_DB_POOL_SIZE",
+        "db_pool_size",
+        _positive_int,
+        "10",
+        "Connections per worker process (PostgreSQL).",
+    ),
+    Setting(
+        "OAUTH2_ENCRYPTION_KEYS",
+        "encryption_keys",
+        _str,
+        "",
+        "Keyring for AES-256-GCM at rest: `kid:base64url-32-bytes[,kid:…]`. Empty in "
+        "development: a key is generated into OAUTH2_DEV_KEY_FILE with a warning.",
+    ),
+    Setting(
+        "OAUTH2_ENCRYPTION_PRIMARY_KEY",
+        "encryption_primary_key",
+        _str,
+        "",
+        "Key id that encrypts new data (default: the first key of the keyring).",
+    ),
+    Setting(
+        "OAUTH2_DEV_KEY_FILE",
+        "dev_key_file",
+        _str,
+        "./oauth2_server.dev-keys.json",
+        "Where development generates its keyring (never used in production).",
+    ),
+    Setting(
+        "OAUTH2_ACCESS_TOKEN_TTL",
+        "access_token_ttl",
+        _positive_int,
+        "3600",
+        "Access token lifetime, seconds.",
+    ),
+    Setting(
+        "OAUTH2_REFRESH_TOKEN_TTL",
+        "refresh_token_ttl",
+        _positive_int,
+        "2592000",
+        "Refresh token lifetime, seconds (30 days); each rotation starts a new one.",
+    ),
+    Setting(
+        "OAUTH2_AUTHORIZATION_CODE_TTL",
+        "authorization_code_ttl",
+        _positive_int,
+        "60",
+        "Authorization code lifetime, seconds; at most 60.",
+    ),
+    Setting(
+        "OAUTH2_ACCESS_TOKEN_AUDIENCE",
+        "access_token_audience",
+        _str,
+        "",
+        "`aud` of access tokens (RFC 9068 §2.2); empty means the issuer.",
+    ),
+    Setting(
+        "OAUTH2_SESSION_TTL",
+        "session_ttl",
+        _positive_int,
+        "3600",
+        "Login session cookie lifetime, seconds.",
+    ),
+    Setting(
+        "OAUTH2_CLIENT_CACHE_TTL",
+        "client_cache_ttl",
+        _positive_float,
+        "5",
+        "Seconds a worker caches a client record; the bound on how long another worker "
+        "may see a changed or deactivated client as it was.",
+    ),
+    Setting(
+        "OAUTH2_SECRET_CACHE_TTL",
+        "secret_cache_ttl",
+        _positive_float,
+        "300",
+        "Seconds a successful client-secret verification is remembered (as a keyed hash, "
+        "never the secret), so repeated authentication skips argon2.",
+    ),
+    Setting(
+        "OAUTH2_ARGON2_CONCURRENCY",
+        "argon2_concurrency",
+        _positive_int,
+        "2",
+        "argon2 verifications run at once per worker (off the event loop).",
+    ),
+    Setting(
+        "OAUTH2_CLIENT_AUTH_FAILURE_LIMIT",
+        "client_auth_failure_limit",
+        _positive_int,
+        "10",
+        "Failed client authentications per client id or per IP within the window before "
+        "further uncached attempts are refused with 429.",
+    ),
+    Setting(
+        "OAUTH2_CLIENT_AUTH_FAILURE_WINDOW",
+        "client_auth_failure_window",
+        _positive_float,
+        "60",
+        "The failure window, seconds.",
+    ),
+    Setting(
+        "OAUTH2_MAX_BODY_BYTES",
+        "max_body_bytes",
+        _positive_int,
+        "16384",
+        "Largest request body accepted on OAuth endpoints; larger is 413.",
+    ),
+    Setting(
+        "OAUTH2_AUDIT_FLUSH_INTERVAL",
+        "audit_flush_interval",
+        _positive_float,
+        "1.0",
+        "Seconds between batch writes of read-only audit rows (introspection, failed "
+        "client authentication): what a crash can lose.",
+    ),
+    Setting(
+        "OAUTH2_AUDIT_BATCH_SIZE",
+        "audit_batch_size",
+        _positive_int,
+        "500",
+        "Buffered read-only audit rows that force an early flush.",
+    ),
+    Setting(
+        "OAUTH2_BOOTSTRAP_ADMIN",
+        "bootstrap_admin",
+        _bool,
+        "true",
+        "On an empty database, `serve` creates an admin client and prints its secret once.",
+    ),
+    Setting(
+        "OAUTH2_LOG_LEVEL",
+        "log_level",
+        _choice("debug", "info", "warning", "error"),
+        "info",
+        "Log level.",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration. Build with `Settings.from_env()` or directly in tests."""
+
+    env: str = "development"
+    issuer: str = "http://127.0.0.1:8000"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    forwarded_allow_ips: str = "127.0.0.1"
+    database_url: str = "sqlite+aiosqlite:///./oauth2_server.db"
+    db_pool_size: int = 10
+    encryption_keys: str = ""
+    encryption_primary_key: str = ""
+    dev_key_file: str = "./oauth2_server.dev-keys.json"
+    access_token_ttl: int = 3600
+    refresh_token_ttl: int = 2592000
+    authorization_code_ttl: int = 60
+    access_token_audience: str = ""
+    session_ttl: int = 3600
+    client_cache_ttl: float = 5.0
+    secret_cache_ttl: float = 300.0
+    argon2_concurrency: int = 2
+    client_auth_failure_limit: int = 10
+    client_auth_failure_window: float = 60.0
+    max_body_bytes: int = 16384
+    audit_flush_interval: float = 1.0
+    audit_batch_size: int = 500
+    bootstrap_admin: bool = True
+    log_level: str = "info"
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every `OAUTH2_*` variable; raise ConfigError naming an unknown or bad one."""
+        environ = os.environ if environ is None else environ
+        known = {s.env for s in SETTINGS}
+        unknown = sorted(k for k in environ if k.startswith("OAUTH2_") and k not in known)
+        if unknown:
+            raise ConfigError(f"unknown setting {unknown[0]} (see README's configuration table)")
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            raw = environ.get(setting.env, setting.default)
+            try:
+                values[setting.attr] = setting.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{setting.env}={raw!r} is invalid: {exc}") from None
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Cross-field checks; raise ConfigError naming the variable."""
+        issuer = urlsplit(self.issuer)
+        if issuer.scheme not in {"http", "https"} or not issuer.netloc:
+            raise ConfigError(f"OAUTH2_ISSUER={self.issuer!r} is not an http(s) URL")
+        if issuer.query or issuer.fragment:
+            raise ConfigError("OAUTH2_ISSUER must not have a query or fragment (RFC 8414 §2)")
+        if self.authorization_code_ttl > 60:
+            raise ConfigError("OAUTH2_AUTHORIZATION_CODE_TTL must be at most 60 seconds")
+        if self.production:
+            if not self.encryption_keys:
+                raise ConfigError("OAUTH2_ENCRYPTION_KEYS is required when OAUTH2_ENV=production")
+            if issuer.scheme != "https":
+                raise ConfigError("OAUTH2_ISSUER must be https when OAUTH2_ENV=production")
+            if self.is_sqlite:
+                raise ConfigError(
+                    "OAUTH2_DATABASE_URL must be PostgreSQL when OAUTH2_ENV=production"
+                )
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def issuer_url(self) -> str:
+        """The issuer without a trailing slash, for joining endpoint paths."""
+        return self.issuer.rstrip("/")
+
+    @property
+    def audience(self) -> str:
+        return self.access_token_audience or self.issuer_url
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (tests and the CLI use it)."""
+        current = {f.name: getattr(self, f.name) for f in fields(self)}
+        current.update(changes)
+        return Settings(**current)
+
+
+def settings_table_markdown() -> str:
+    """README's configuration table, generated from SETTINGS."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for s in SETTINGS:
+        default = f"`{s.default}`" if s.default else "(empty)"
+        rows.append(f"| `{s.env}` | {default} | {s.doc} |")
+    return "\n".join(rows)

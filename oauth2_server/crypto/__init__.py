@@ -1,0 +1,1 @@
+"""Cryptographic building blocks: the AES-256-GCM keyring and secret hashing."""

@@ -1,0 +1,1 @@
+"""Storage foundations: engine, sessions, ORM models and migrations."""

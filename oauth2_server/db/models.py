@@ -1,0 +1,218 @@
+"""ORM models: every table of the contract (DESIGN.md "Storage"), names starting `oauth2_`.
+
+Times are UTC `datetime`s (`UTCDateTime` returns them timezone-aware on SQLite too).
+No column holds a secret or a token in clear: codes and refresh tokens are SHA-256 hex
+digests, secrets and passwords argon2id hashes, private keys AES-256-GCM ciphertext.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware UTC datetime on every backend (SQLite drops the zone on its own)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# BigInteger autoincrement primary keys need INTEGER on SQLite to be rowid aliases.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class Client(Base):
+    """A registered OAuth client (RFC 6749 §2). `secret_hash` is argon2id; null for public."""
+
+    __tablename__ = "oauth2_clients"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    client_id: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    secret_hash: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    token_endpoint_auth_method: Mapped[str] = mapped_column(String(40))
+    grant_types: Mapped[list[str]] = mapped_column(JSON)
+    redirect_uris: Mapped[list[str]] = mapped_column(JSON)
+    scope: Mapped[str] = mapped_column(Text, default="")
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class User(Base):
+    """A resource owner who signs in on the login page. `subject` is the JWT `sub`."""
+
+    __tablename__ = "oauth2_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subject: Mapped[str] = mapped_column(String(64), unique=True)
+    username: Mapped[str] = mapped_column(String(200), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime]
+
+
+class Consent(Base):
+    """Scopes a user has approved for a client; the consent page is skipped when covered."""
+
+    __tablename__ = "oauth2_consents"
+    __table_args__ = (UniqueConstraint("user_id", "client_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("oauth2_users.id", ondelete="CASCADE"))
+    client_id: Mapped[str] = mapped_column(
+        ForeignKey("oauth2_clients.client_id", ondelete="CASCADE")
+    )
+    scope: Mapped[str] = mapped_column(Text, default="")
+    granted_at: Mapped[datetime]
+
+
+class AuthorizationCode(Base):
+    """RFC 6749 §4.1.2 code, stored as SHA-256 of the code with its PKCE challenge.
+
+    `consumed_at` is set once by an atomic compare-and-set; a consumed row is kept until
+    it expires so a replay can be detected and its `family_id`'s tokens revoked.
+    """
+
+    __tablename__ = "oauth2_authorization_codes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[int] = mapped_column(ForeignKey("oauth2_users.id", ondelete="CASCADE"))
+    redirect_uri: Mapped[str | None] = mapped_column(Text, nullable=True)
+    scope: Mapped[str] = mapped_column(Text, default="")
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    code_challenge_method: Mapped[str] = mapped_column(String(10))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    consumed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    family_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+
+
+class AccessToken(Base):
+    """One issued JWT access token (RFC 9068), keyed by its `jti`; never the JWT itself."""
+
+    __tablename__ = "oauth2_access_tokens"
+    __table_args__ = (
+        Index("ix_oauth2_access_tokens_client_id", "client_id"),
+        Index("ix_oauth2_access_tokens_family_id", "family_id"),
+        Index("ix_oauth2_access_tokens_expires_at", "expires_at"),
+    )
+
+    jti: Mapped[str] = mapped_column(String(36), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(200))
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    scope: Mapped[str] = mapped_column(Text, default="")
+    grant_type: Mapped[str] = mapped_column(String(100))
+    family_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    issued_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class RefreshToken(Base):
+    """An opaque refresh token as SHA-256 hex, in a family (one grant) with its parent.
+
+    RFC 9700 §4.14.2: `rotated_at` is set by compare-and-set on use; a rotated token used
+    again revokes the whole family.
+    """
+
+    __tablename__ = "oauth2_refresh_tokens"
+    __table_args__ = (
+        Index("ix_oauth2_refresh_tokens_family_id", "family_id"),
+        Index("ix_oauth2_refresh_tokens_client_id", "client_id"),
+        Index("ix_oauth2_refresh_tokens_expires_at", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    family_id: Mapped[str] = mapped_column(String(36))
+    parent_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[int] = mapped_column(Integer, index=True)
+    scope: Mapped[str] = mapped_column(Text, default="")
+    issued_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    rotated_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class TokenLog(Base):
+    """The audit trail (`oauth2_token_logs`): one row per token event, never a token."""
+
+    __tablename__ = "oauth2_token_logs"
+    __table_args__ = (
+        Index("ix_oauth2_token_logs_created_at", "created_at"),
+        Index("ix_oauth2_token_logs_client_created", "client_id", "created_at"),
+        Index("ix_oauth2_token_logs_action_created", "action", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime]
+    action: Mapped[str] = mapped_column(String(40))
+    client_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    subject: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    branch_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    grant_type: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    token_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    user_agent: Mapped[str | None] = mapped_column(String(400), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    risk_score: Mapped[float] = mapped_column(Numeric(3, 2), default=0)
+    flags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class SigningKey(Base):
+    """An ES256 signing key; the private half is AES-256-GCM ciphertext under the keyring.
+
+    `status`: `current` signs; `previous` is still published in JWKS after a rotation;
+    `retired` is neither.
+    """
+
+    __tablename__ = "oauth2_signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    alg: Mapped[str] = mapped_column(String(10))
+    status: Mapped[str] = mapped_column(String(10))
+    public_jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
+    private_key_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    encryption_key_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]

@@ -1,0 +1,45 @@
+"""Alembic environment: runs on a connection handed in by `oauth2_server.db.migrate`,
+or, from the `alembic` command line, on `OAUTH2_DATABASE_URL` through the async driver."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from alembic import context
+from sqlalchemy.engine import Connection
+
+from oauth2_server.db.engine import async_database_url, create_engine
+from oauth2_server.db.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _run_from_url(url: str) -> None:
+    engine = create_engine(url)
+    async with engine.connect() as connection:
+        await connection.run_sync(_run)
+        await connection.commit()
+    await engine.dispose()
+
+
+connection = config.attributes.get("connection")
+if connection is not None:
+    _run(connection)
+else:
+    url = config.get_main_option("sqlalchemy.url") or os.environ.get(
+        "OAUTH2_DATABASE_URL", "sqlite+aiosqlite:///./oauth2_server.db"
+    )
+    asyncio.run(_run_from_url(async_database_url(url)))

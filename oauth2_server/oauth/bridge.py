@@ -1,0 +1,137 @@
+"""The one place where Authlib's synchronous hooks meet the asynchronous database.
+
+Authlib's grant and endpoint hooks (`query_client`, `query_authorization_code`,
+`save_token`, …) are plain functions; our database driver (asyncpg, aiosqlite) is async.
+`Bridge.run` runs the whole Authlib call inside `AsyncSession.run_sync`: the hooks get an
+ordinary `sqlalchemy.orm.Session` (as `request.db`), and each of its statements is awaited
+on the async driver underneath through SQLAlchemy's greenlet bridge. So:
+
+- no thread pool and no second connection per request: one session, one transaction;
+- the hooks stay ordinary synchronous code, written and tested like Authlib documents;
+- the transaction is decided in one place: it commits when the response succeeded, or
+  when a hook asked to keep its changes despite an error (replay and reuse detection
+  revoke tokens *and* fail the request), and rolls back otherwise, so bad input changes
+  nothing.
+
+Everything inside `run_sync` runs on the event loop, so no hook may do CPU-heavy work:
+argon2 verification happens before entering the bridge (`oauth.clients.SecretVerifier`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+from authlib.oauth2.rfc6749 import OAuth2Payload, OAuth2Request
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
+from starlette.responses import Response
+
+from oauth2_server.audit import RequestContext
+
+T = TypeVar("T")
+
+_current: ContextVar[OAuthRequest] = ContextVar("oauth2_current_request")
+
+
+class FormPayload(OAuth2Payload):
+    """Authlib payload over already-parsed parameters (first value, and every value)."""
+
+    def __init__(self, datalist: dict[str, list[str]]) -> None:
+        self._datalist = datalist
+        self._data = {key: values[0] for key, values in datalist.items()}
+
+    @property
+    def data(self) -> dict[str, str]:
+        return self._data
+
+    @property
+    def datalist(self) -> dict[str, list[str]]:  # type: ignore[override]
+        return self._datalist
+
+
+class OAuthRequest(OAuth2Request):
+    """An Authlib request built from an awaited Starlette request.
+
+    `params` are the parameters Authlib may read: the body only on the token,
+    introspection and revocation endpoints; the query string only on the authorization
+    endpoint. `db` is the bridge's sync session while inside `Bridge.run`.
+    """
+
+    def __init__(
+        self,
+        method: str,
+        uri: str,
+        headers: Any,
+        params: dict[str, list[str]],
+        context: RequestContext,
+    ) -> None:
+        super().__init__(method=method, uri=uri, headers=headers)
+        self.payload = FormPayload(params)
+        self.context = context
+        self.db: Session | None = None
+        self.preauth_client: Any = None
+        self.keep_changes_on_error = False
+        self.oauth_error: Any = None
+        self.family_id: str | None = None
+        self.introspected: Any = None
+
+    @property
+    def form(self) -> dict[str, str]:
+        return self.payload.data
+
+    @property
+    def args(self) -> dict[str, str]:
+        return self.payload.data
+
+
+def current_request() -> OAuthRequest:
+    """The request whose Authlib call is running (inside `Bridge.run` only)."""
+    return _current.get()
+
+
+class Bridge:
+    """Runs synchronous Authlib calls in one async session and transaction per request."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self.sessionmaker = sessionmaker
+
+    async def run(self, request: OAuthRequest, call: Callable[[], T]) -> T:
+        """Run `call()` with `request.db` bound; commit or roll back as described above.
+
+        A `Response` result commits when its status is below 400 or the request set
+        `keep_changes_on_error`; any other result commits; an exception rolls back.
+        """
+        async with self.sessionmaker() as session:
+
+            def _in_greenlet(sync_session: Session) -> T:
+                request.db = sync_session
+                token = _current.set(request)
+                try:
+                    return call()
+                finally:
+                    _current.reset(token)
+                    request.db = None
+
+            try:
+                result = await session.run_sync(_in_greenlet)
+            except BaseException:
+                await session.rollback()
+                raise
+            failed = isinstance(result, Response) and result.status_code >= 400
+            if failed and not request.keep_changes_on_error:
+                await session.rollback()
+            else:
+                await session.commit()
+            return result
+
+    async def read(self, call: Callable[[Session], T]) -> T:
+        """Run a read-only storage call outside any Authlib request."""
+        async with self.sessionmaker() as session:
+            return await session.run_sync(call)
+
+    async def write(self, call: Callable[[Session], T]) -> T:
+        """Run a storage call and commit it."""
+        async with self.sessionmaker() as session, session.begin():
+            return await session.run_sync(call)

@@ -1,0 +1,229 @@
+"""Grant types: Authlib's grants with this server's contract (DESIGN.md invariants 2–5).
+
+Each hook uses `self.request.db`, the bridge's session, and storage functions named for
+what they do. Detected attacks set `request.keep_changes_on_error`, so their revocations
+and audit rows commit although the request fails.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from authlib.oauth2.rfc6749 import (
+    AuthorizationCodeMixin,
+    InvalidRequestError,
+    InvalidScopeError,
+    TokenMixin,
+    grants,
+)
+from authlib.oauth2.rfc7636 import CodeChallenge
+
+from oauth2_server.audit import AuditEvent, record
+from oauth2_server.crypto.hashing import token_digest
+from oauth2_server.storage import tokens as token_storage
+from oauth2_server.storage import utcnow
+from oauth2_server.storage.tokens import CodeRecord, RefreshTokenRecord
+from oauth2_server.storage.users import UserRecord, get_user
+
+CONFIDENTIAL_METHODS = ["client_secret_basic", "client_secret_post"]
+ALL_METHODS = [*CONFIDENTIAL_METHODS, "none"]
+
+
+def digest_prefix(digest: str) -> str:
+    """What audit rows name an opaque token by: the first 16 hex digits of its SHA-256."""
+    return digest[:16]
+
+
+class S256CodeChallenge(CodeChallenge):
+    """PKCE with S256 only, required for every client (RFC 7636; RFC 9700 §2.1.1).
+
+    Authlib's default accepts `plain` and an omitted method; here an authorization request
+    without `code_challenge`, or with a method other than `S256`, is `invalid_request`.
+    """
+
+    DEFAULT_CODE_CHALLENGE_METHOD = "S256"
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+
+    def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
+        data = grant.request.payload.data
+        if not data.get("code_challenge"):
+            raise InvalidRequestError("PKCE is required: missing 'code_challenge' (RFC 7636 4.3)")
+        if data.get("code_challenge_method") != "S256":
+            raise InvalidRequestError("'code_challenge_method' must be S256; plain is refused")
+        super().validate_code_challenge(grant, redirect_uri)
+
+
+@dataclass(frozen=True)
+class CodeView(AuthorizationCodeMixin):
+    """Authlib's view of a consumed authorization code."""
+
+    record: CodeRecord
+
+    @property
+    def code_challenge(self) -> str:
+        return self.record.code_challenge
+
+    @property
+    def code_challenge_method(self) -> str:
+        return self.record.code_challenge_method
+
+    def get_redirect_uri(self) -> str | None:
+        return self.record.redirect_uri
+
+    def get_scope(self) -> str:
+        return self.record.scope
+
+
+@dataclass(frozen=True)
+class RefreshView(TokenMixin):
+    """Authlib's view of a refresh token that this request has just rotated."""
+
+    record: RefreshTokenRecord
+
+    def check_client(self, client: Any) -> bool:
+        return self.record.client_id == client.client_id
+
+    def get_scope(self) -> str:
+        return self.record.scope
+
+
+def _active_user(db: Any, user_id: int) -> UserRecord | None:
+    user = get_user(db, user_id)
+    return user if user is not None and user.active else None
+
+
+class ClientCredentialsGrant(grants.ClientCredentialsGrant):
+    """RFC 6749 §4.4, confidential clients only; scope within the registration (§3.3).
+
+    An omitted scope means every scope the client is registered for.
+    """
+
+    TOKEN_ENDPOINT_AUTH_METHODS = CONFIDENTIAL_METHODS
+
+    def validate_requested_scope(self) -> None:
+        scope = self.client.get_allowed_scope(self.request.payload.scope)
+        if scope is None:
+            raise InvalidScopeError("scope exceeds what the client is registered for")
+        self.request.scope = scope
+
+    def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+        token = self.generate_token(scope=self.request.scope, include_refresh_token=False)
+        self.save_token(token)
+        return 200, token, self.TOKEN_RESPONSE_HEADER
+
+
+class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
+    """RFC 6749 §4.1 with PKCE S256 (registered with `S256CodeChallenge`).
+
+    Codes are single use (§4.1.2): redemption is a compare-and-set; a second use fails
+    with `invalid_grant` and revokes every token issued from the code.
+    """
+
+    TOKEN_ENDPOINT_AUTH_METHODS = ALL_METHODS
+    code_ttl = 60  # seconds; set from settings when registered
+
+    def save_authorization_code(self, code: str, request: Any) -> None:
+        now = utcnow()
+        data = request.payload.data
+        token_storage.save_authorization_code(
+            request.db,
+            code_hash=token_digest(code),
+            client_id=request.client.client_id,
+            user_id=request.user.id,
+            redirect_uri=data.get("redirect_uri"),
+            scope=request.scope or "",
+            code_challenge=data["code_challenge"],
+            code_challenge_method=data["code_challenge_method"],
+            now=now,
+            expires_at=now + timedelta(seconds=self.code_ttl),
+        )
+
+    def query_authorization_code(self, code: str, client: Any) -> CodeView | None:
+        request = self.request
+        now = utcnow()
+        digest = token_digest(code)
+        family_id = str(uuid.uuid4())
+        found = token_storage.consume_authorization_code(request.db, digest, family_id, now)
+        if found is not None:
+            if found.client_id != client.client_id:
+                return None  # rolled back with the error: the code stays usable by its owner
+            request.family_id = family_id
+            return CodeView(found)
+        stored = token_storage.find_authorization_code(request.db, digest)
+        if stored is not None and stored.consumed_at is not None:
+            revoked = (
+                token_storage.revoke_family(request.db, stored.family_id, now)
+                if stored.family_id
+                else 0
+            )
+            record(
+                request.db,
+                AuditEvent(
+                    "code_replay",
+                    request.context,
+                    client_id=client.client_id,
+                    grant_type=self.GRANT_TYPE,
+                    token_id=digest_prefix(digest),
+                    flags=["code_replay"],
+                    details={
+                        "family_id": stored.family_id,
+                        "revoked": revoked,
+                        "code_client_id": stored.client_id,
+                    },
+                ),
+            )
+            request.keep_changes_on_error = True
+        return None
+
+    def delete_authorization_code(self, authorization_code: CodeView) -> None:
+        """Nothing to do: the code was consumed atomically; the janitor removes it later."""
+
+    def authenticate_user(self, authorization_code: CodeView) -> UserRecord | None:
+        return _active_user(self.request.db, authorization_code.record.user_id)
+
+
+class RefreshTokenGrant(grants.RefreshTokenGrant):
+    """RFC 6749 §6 with rotation on every use and reuse detection (RFC 9700 §4.14.2).
+
+    Using a rotated refresh token again fails with `invalid_grant` and revokes its whole
+    family. Two concurrent uses: the compare-and-set lets exactly one rotate. A refresh
+    never widens scope; the new refresh token keeps the grant's original scope.
+    """
+
+    TOKEN_ENDPOINT_AUTH_METHODS = ALL_METHODS
+    INCLUDE_NEW_REFRESH_TOKEN = True
+
+    def authenticate_refresh_token(self, refresh_token: str) -> RefreshView | None:
+        request = self.request
+        now = utcnow()
+        digest = token_digest(refresh_token)
+        client_id = request.client.client_id
+        rotated = token_storage.rotate_refresh_token(request.db, digest, client_id, now)
+        if rotated is not None:
+            return RefreshView(rotated)
+        stored = token_storage.find_refresh_token(request.db, digest)
+        if stored is not None and stored.rotated_at is not None:
+            revoked = token_storage.revoke_family(request.db, stored.family_id, now)
+            record(
+                request.db,
+                AuditEvent(
+                    "refresh_reuse",
+                    request.context,
+                    client_id=client_id,
+                    grant_type=self.GRANT_TYPE,
+                    token_id=digest_prefix(digest),
+                    flags=["refresh_reuse"],
+                    details={"family_id": stored.family_id, "revoked": revoked},
+                ),
+            )
+            request.keep_changes_on_error = True
+        return None
+
+    def authenticate_user(self, refresh_token: RefreshView) -> UserRecord | None:
+        return _active_user(self.request.db, refresh_token.record.user_id)
+
+    def revoke_old_credential(self, refresh_token: RefreshView) -> None:
+        """Nothing to do: `rotate_refresh_token` already marked it rotated."""

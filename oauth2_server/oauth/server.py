@@ -1,0 +1,440 @@
+"""Authlib's `AuthorizationServer` adapted to Starlette, and the async `OAuthService` the
+HTTP layer calls.
+
+`OAuthService` does, per request: client authentication up front (cached argon2 off the
+event loop, failure limits), then the Authlib call through `Bridge.run` (one session, one
+transaction), then the bookkeeping of failed authentications. The HTTP layer only parses
+HTTP and renders pages.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from authlib.common.urls import add_params_to_uri
+from authlib.oauth2.rfc6749 import AuthorizationServer, InvalidClientError, OAuth2Error
+from authlib.oauth2.rfc6749.util import extract_basic_authorization
+from starlette.responses import JSONResponse, Response
+
+from oauth2_server.audit import AuditBuffer, AuditEvent, record
+from oauth2_server.config import Settings
+from oauth2_server.crypto.hashing import hash_secret, token_digest
+from oauth2_server.oauth.bridge import Bridge, OAuthRequest, current_request
+from oauth2_server.oauth.clients import ClientCache, FailureLimiter, OAuthClient, SecretVerifier
+from oauth2_server.oauth.endpoints import IntrospectionEndpoint, RevocationEndpoint
+from oauth2_server.oauth.grants import (
+    AuthorizationCodeGrant,
+    ClientCredentialsGrant,
+    RefreshTokenGrant,
+    S256CodeChallenge,
+)
+from oauth2_server.oauth.keys import KeyStore
+from oauth2_server.oauth.tokens import AccessTokenCodec, IssuedToken, TokenGenerator
+from oauth2_server.storage import tokens as token_storage
+from oauth2_server.storage.clients import ClientRecord, get_client
+from oauth2_server.storage.users import (
+    UserRecord,
+    consented_scopes,
+    get_user,
+    get_user_by_username,
+    remember_consent,
+)
+
+
+@functools.cache
+def _dummy_password_hash() -> str:
+    """An argon2id hash of a random string: verifying against it when a username is unknown
+    makes a failed login cost the same whether or not the user exists."""
+    return hash_secret(secrets.token_urlsafe(16))
+
+
+class OAuth2AuthorizationServer(AuthorizationServer):
+    """Authlib's server with our client lookup, token storage and Starlette responses."""
+
+    def __init__(self, clients: ClientCache, generator: TokenGenerator) -> None:
+        super().__init__(scopes_supported=None)
+        self.clients = clients
+        self.register_token_generator("default", generator)
+
+    def query_client(self, client_id: str) -> OAuthClient | None:
+        """The request's pre-authenticated client, else an active client by id (cached)."""
+        request = current_request()
+        pre = request.preauth_client
+        if pre is not None and pre.client_id == client_id:
+            return pre
+        record_ = self.clients.get(client_id)
+        if record_ is None:
+            record_ = get_client(request.db, client_id)
+            if record_ is not None:
+                self.clients.put(record_)
+        if record_ is None or not record_.active:
+            return None
+        return OAuthClient(record_)
+
+    def save_token(self, token: dict[str, Any], request: OAuthRequest) -> None:
+        """Store the access-token row, the refresh token's digest and the audit row, in the
+        request's transaction. Pops the private `_issued` entry from the response."""
+        issued: IssuedToken = token.pop("_issued")
+        db = request.db
+        parent = request.refresh_token.record if request.refresh_token is not None else None
+        family_id = parent.family_id if parent is not None else request.family_id
+        client_id = request.client.client_id
+        token_storage.insert_access_token(
+            db,
+            token_storage.AccessTokenRecord(
+                jti=issued.jti,
+                client_id=client_id,
+                subject=issued.subject,
+                user_id=issued.user_id,
+                scope=issued.scope,
+                grant_type=issued.grant_type,
+                family_id=family_id,
+                issued_at=issued.issued_at,
+                expires_at=issued.expires_at,
+                revoked_at=None,
+            ),
+        )
+        if issued.refresh_token is not None:
+            assert issued.user_id is not None and issued.refresh_expires_at is not None
+            assert family_id is not None
+            token_storage.insert_refresh_token(
+                db,
+                token_hash=token_digest(issued.refresh_token),
+                family_id=family_id,
+                parent_id=parent.id if parent is not None else None,
+                client_id=client_id,
+                user_id=issued.user_id,
+                scope=parent.scope if parent is not None else issued.scope,
+                issued_at=issued.issued_at,
+                expires_at=issued.refresh_expires_at,
+            )
+        record(
+            db,
+            AuditEvent(
+                "refreshed" if parent is not None else "issued",
+                request.context,
+                client_id=client_id,
+                subject=issued.subject,
+                grant_type=issued.grant_type,
+                token_id=issued.jti,
+                details={"scope": issued.scope, "family_id": family_id}
+                if family_id
+                else {"scope": issued.scope},
+            ),
+        )
+
+    def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """Authlib's signals are not used; audit rows are written where changes happen."""
+
+    def create_oauth2_request(self, request: OAuthRequest) -> OAuthRequest:
+        return request
+
+    def handle_response(self, status: int, body: Any, headers: list[tuple[str, str]]) -> Response:
+        header_map = dict(headers)
+        if isinstance(body, dict):
+            header_map.pop("Content-Type", None)
+            return Response(
+                json.dumps(body, separators=(",", ":")),
+                status_code=status,
+                headers=header_map,
+                media_type="application/json",
+            )
+        return Response(body or b"", status_code=status, headers=header_map)
+
+    def handle_error_response(self, request: OAuthRequest, error: OAuth2Error) -> Response:
+        request.oauth_error = error
+        return super().handle_error_response(request, error)
+
+
+@dataclass(frozen=True)
+class ConsentPrompt:
+    """A valid authorization request that needs the user (login or consent page)."""
+
+    client_id: str
+    client_name: str
+    scopes: list[str]
+    redirect_uri: str
+
+
+class AuthorizationPageError(Exception):
+    """An authorization request that must not redirect (unknown client, bad redirect_uri):
+    show `description` on an error page with `status` (RFC 6749 §4.1.2.1)."""
+
+    def __init__(self, error: str, description: str, status: int = 400) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+        self.status = status
+
+
+def oauth_error_response(
+    error: str, description: str, status: int, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """An RFC 6749 §5.2 JSON error with `Cache-Control: no-store`."""
+    return JSONResponse(
+        {"error": error, "error_description": description},
+        status_code=status,
+        headers={"Cache-Control": "no-store", "Pragma": "no-cache", **(headers or {})},
+    )
+
+
+class OAuthService:
+    """What the HTTP layer calls: token, introspection, revocation, authorization, login."""
+
+    grant_types_supported = ["authorization_code", "refresh_token", "client_credentials"]
+
+    def __init__(
+        self,
+        settings: Settings,
+        bridge: Bridge,
+        keys: KeyStore,
+        audit_buffer: AuditBuffer,
+    ) -> None:
+        self.settings = settings
+        self.bridge = bridge
+        self.keys = keys
+        self.audit_buffer = audit_buffer
+        self.issuer = settings.issuer_url
+        self.codec = AccessTokenCodec(keys, self.issuer, settings.audience)
+        self.clients = ClientCache(settings.client_cache_ttl)
+        self.verifier = SecretVerifier(settings.secret_cache_ttl, settings.argon2_concurrency)
+        self.client_failures = FailureLimiter(
+            settings.client_auth_failure_limit, settings.client_auth_failure_window
+        )
+        self.login_failures = FailureLimiter(
+            settings.client_auth_failure_limit, settings.client_auth_failure_window
+        )
+        generator = TokenGenerator(
+            self.codec, settings.access_token_ttl, settings.refresh_token_ttl
+        )
+        server = OAuth2AuthorizationServer(self.clients, generator)
+        AuthorizationCodeGrant.code_ttl = settings.authorization_code_ttl
+        server.register_grant(AuthorizationCodeGrant, [S256CodeChallenge(required=True)])
+        server.register_grant(ClientCredentialsGrant)
+        server.register_grant(RefreshTokenGrant)
+        server.register_endpoint(IntrospectionEndpoint(server, self.codec, self.issuer))
+        server.register_endpoint(RevocationEndpoint(server, self.codec))
+        self.server = server
+
+    # -- client authentication (RFC 6749 §2.3.1), before entering the bridge ------------
+
+    async def _client_record(self, client_id: str) -> ClientRecord | None:
+        record_ = self.clients.get(client_id)
+        if record_ is None:
+            record_ = await self.bridge.read(lambda db: get_client(db, client_id))
+            if record_ is not None:
+                self.clients.put(record_)
+        return record_
+
+    async def _preauthenticate(self, request: OAuthRequest) -> Response | None:
+        """Verify a presented client secret off the event loop; 429 while throttled."""
+        client_id, secret = extract_basic_authorization(request.headers)
+        if not client_id:
+            client_id = request.form.get("client_id")
+            secret = request.form.get("client_secret")
+        if not client_id or not secret:
+            return None
+        record_ = await self._client_record(client_id)
+        if record_ is None or not record_.active or record_.secret_hash is None:
+            return None
+        if not self.verifier.cached(record_, secret):
+            keys = (f"client:{client_id}", f"ip:{request.context.ip}")
+            wait = self.client_failures.blocked(*keys)
+            if wait > 0:
+                self.audit_buffer.add(
+                    AuditEvent(
+                        "client_auth_throttled",
+                        request.context,
+                        client_id=client_id,
+                        flags=["throttled"],
+                    )
+                )
+                return oauth_error_response(
+                    "invalid_client",
+                    "too many failed client authentications; retry later",
+                    429,
+                    {"Retry-After": str(max(1, int(wait) + 1))},
+                )
+            if not await self.verifier.verify(record_, secret):
+                return None
+        request.preauth_client = OAuthClient(record_, verified_secret=secret)
+        return None
+
+    def _note_client_failure(self, request: OAuthRequest) -> None:
+        if not isinstance(request.oauth_error, InvalidClientError):
+            return
+        client_id, _ = extract_basic_authorization(request.headers)
+        client_id = client_id or request.form.get("client_id")
+        self.client_failures.fail(f"client:{client_id}", f"ip:{request.context.ip}")
+        self.audit_buffer.add(
+            AuditEvent(
+                "client_auth_failed",
+                request.context,
+                client_id=(client_id or "")[:64] or None,
+                grant_type=request.form.get("grant_type"),
+                flags=["client_auth_failed"],
+                details={"reason": request.oauth_error.get_error_description()},
+            )
+        )
+
+    async def _authenticated_call(self, request: OAuthRequest, call: Any) -> Response:
+        throttled = await self._preauthenticate(request)
+        if throttled is not None:
+            return throttled
+        response = await self.bridge.run(request, call)
+        self._note_client_failure(request)
+        return response
+
+    # -- endpoints ----------------------------------------------------------------------
+
+    async def token(self, request: OAuthRequest) -> Response:
+        """RFC 6749 §3.2 token endpoint: every grant, Cache-Control: no-store."""
+        return await self._authenticated_call(
+            request, lambda: self.server.create_token_response(request)
+        )
+
+    async def introspect(self, request: OAuthRequest) -> Response:
+        """RFC 7662 introspection; audited through the batch buffer (read-only event)."""
+        request.introspected = None
+        response = await self._authenticated_call(
+            request, lambda: self.server.create_endpoint_response("introspection", request)
+        )
+        if request.introspected is not None:
+            token, active = request.introspected
+            self.audit_buffer.add(
+                AuditEvent(
+                    "introspected",
+                    request.context,
+                    client_id=request.client.client_id if request.client else None,
+                    subject=token.claims["sub"] if token is not None and token.claims else None,
+                    token_id=token.token_id if token is not None else None,
+                    details={"active": active},
+                )
+            )
+        return response
+
+    async def revoke(self, request: OAuthRequest) -> Response:
+        """RFC 7009 revocation; the audit row commits with the revocation."""
+        return await self._authenticated_call(
+            request, lambda: self.server.create_endpoint_response("revocation", request)
+        )
+
+    # -- authorization endpoint (RFC 6749 §4.1, RFC 9207) ---------------------------------
+
+    def _redirect(self, response: Response) -> Response:
+        """Add RFC 9207 `iss` to every redirect back to the client, success or error."""
+        location = response.headers.get("location")
+        if location:
+            response.headers["location"] = add_params_to_uri(location, [("iss", self.issuer)])
+        return response
+
+    def _consent_grant(self, request: OAuthRequest, user: UserRecord | None) -> Any:
+        try:
+            return self.server.get_consent_grant(request, end_user=user)
+        except OAuth2Error as error:
+            if error.redirect_uri:
+                return self._redirect(self.server.handle_error_response(request, error))
+            raise AuthorizationPageError(
+                error.error, error.get_error_description() or error.error
+            ) from None
+
+    def _issue_code(self, request: OAuthRequest, grant: Any, user: UserRecord | None) -> Response:
+        return self._redirect(
+            self.server.create_authorization_response(request, grant_user=user, grant=grant)
+        )
+
+    async def begin_authorization(
+        self, request: OAuthRequest, user_id: int | None, force_consent: bool = False
+    ) -> tuple[ConsentPrompt | Response, UserRecord | None]:
+        """Validate an authorization request for the signed-in user (or nobody).
+
+        Returns (ConsentPrompt, user) when the login or consent page is needed, or
+        (302 Response, user) when done: an error redirect, or a code because the user
+        already consented to these scopes. Raises AuthorizationPageError when the request
+        must not be redirected.
+        """
+
+        def call() -> tuple[ConsentPrompt | Response, UserRecord | None]:
+            user = get_user(request.db, user_id) if user_id is not None else None
+            if user is not None and not user.active:
+                user = None
+            grant = self._consent_grant(request, user)
+            if isinstance(grant, Response):
+                return grant, user
+            client = request.client
+            scopes = (request.scope or "").split()
+            remembered = (
+                user is not None
+                and not force_consent
+                and set(scopes) <= consented_scopes(request.db, user.id, client.client_id)
+            )
+            if remembered:
+                return self._issue_code(request, grant, user), user
+            return ConsentPrompt(
+                client.client_id, client.record.name, scopes, grant.redirect_uri
+            ), user
+
+        return await self.bridge.run(request, call)
+
+    async def finish_authorization(
+        self, request: OAuthRequest, user_id: int, approved: bool
+    ) -> Response:
+        """The user's decision on the consent page: a code (remembering the consent) or
+        `access_denied`, as a 302 to the client with `iss`."""
+
+        def call() -> Response:
+            user = get_user(request.db, user_id)
+            if user is None or not user.active:
+                raise AuthorizationPageError("login_required", "sign in again", 401)
+            grant = self._consent_grant(request, user)
+            if isinstance(grant, Response):
+                return grant
+            if approved:
+                remember_consent(
+                    request.db,
+                    user.id,
+                    request.client.client_id,
+                    set((request.scope or "").split()),
+                )
+                return self._issue_code(request, grant, user)
+            return self._issue_code(request, grant, None)
+
+        return await self.bridge.run(request, call)
+
+    async def login(self, username: str, password: str, context: Any) -> UserRecord | None:
+        """Check a user's password (argon2id off the loop, constant work for unknown users).
+
+        Returns the active user, or None. Failed attempts are audited (`login_failed`) and
+        count toward the same failure limit as clients; raises `LoginThrottled` over it.
+        """
+        keys = (f"user:{username}", f"ip:{context.ip}")
+        wait = self.login_failures.blocked(*keys)
+        if wait > 0:
+            raise LoginThrottled(int(wait) + 1)
+        user = await self.bridge.read(lambda db: get_user_by_username(db, username))
+        stored = user.password_hash if user is not None else _dummy_password_hash()
+        ok = await self.verifier.check(stored, password)
+        if ok and user is not None and user.active:
+            return user
+        self.login_failures.fail(*keys)
+        self.audit_buffer.add(
+            AuditEvent(
+                "login_failed",
+                context,
+                subject=user.subject if user else None,
+                flags=["login_failed"],
+            )
+        )
+        return None
+
+
+class LoginThrottled(Exception):
+    """Too many failed logins for this username or IP; `retry_after` seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"retry after {retry_after} s")
+        self.retry_after = retry_after

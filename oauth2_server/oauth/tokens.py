@@ -1,0 +1,145 @@
+"""Token formats, in one module: RFC 9068 JWT access tokens and opaque refresh tokens.
+
+Access tokens are JWTs signed ES256 (PyJWT) with header `typ: at+jwt` and the `kid` of a
+key in JWKS; claims `iss sub aud exp iat jti client_id scope` (RFC 9068 §2.2). Storage
+keeps only the `jti`. Refresh tokens are 256-bit opaque strings stored as SHA-256.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+
+from oauth2_server.crypto.hashing import new_opaque_token
+from oauth2_server.oauth.keys import ALG, KeyStore
+
+AT_JWT_TYP = "at+jwt"
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """What `save_token` needs to store about a freshly generated token response."""
+
+    jti: str
+    subject: str
+    user_id: int | None
+    scope: str
+    grant_type: str
+    issued_at: datetime
+    expires_at: datetime
+    refresh_token: str | None
+    refresh_expires_at: datetime | None
+
+
+class AccessTokenCodec:
+    """Signs and verifies RFC 9068 access tokens with the issuer's `KeyStore`."""
+
+    def __init__(self, keys: KeyStore, issuer: str, audience: str) -> None:
+        self.keys = keys
+        self.issuer = issuer
+        self.audience = audience
+
+    def encode(self, claims: dict[str, Any]) -> str:
+        """Sign `claims` (plus `iss`/`aud`) with the current key; header carries kid and typ."""
+        current = self.keys.current
+        if current is None:
+            raise RuntimeError("no signing key loaded")
+        payload = {"iss": self.issuer, "aud": self.audience, **claims}
+        return jwt.encode(
+            payload,
+            current.private_key,
+            algorithm=ALG,
+            headers={"kid": current.kid, "typ": AT_JWT_TYP},
+        )
+
+    def decode(self, token: str) -> dict[str, Any] | None:
+        """Verified claims of one of our access tokens, or None (bad signature, expired,
+        unknown kid, wrong issuer or `typ`, malformed). RFC 9068 §4."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            return None
+        if header.get("typ", "").lower() not in {AT_JWT_TYP, "application/at+jwt"}:
+            return None
+        key = self.keys.public_keys.get(header.get("kid", ""))
+        if key is None or header.get("alg") != ALG:
+            return None
+        try:
+            return jwt.decode(
+                token,
+                key,
+                algorithms=[ALG],
+                issuer=self.issuer,
+                options={"verify_aud": False, "require": ["exp", "iat", "jti", "sub"]},
+            )
+        except jwt.PyJWTError:
+            return None
+
+
+class TokenGenerator:
+    """Authlib's token generator (`register_token_generator("default", …)`).
+
+    Returns the RFC 6749 §5.1 response dict plus a private `_issued` entry
+    (`IssuedToken`) that `save_token` pops before the response is sent. Lifetimes come
+    from settings (seconds), never Authlib's 10-day default.
+    """
+
+    def __init__(self, codec: AccessTokenCodec, access_ttl: int, refresh_ttl: int) -> None:
+        self.codec = codec
+        self.access_ttl = access_ttl
+        self.refresh_ttl = refresh_ttl
+
+    def __call__(
+        self,
+        grant_type: str,
+        client: Any,
+        user: Any = None,
+        scope: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
+    ) -> dict[str, Any]:
+        now = datetime.now(UTC).replace(microsecond=0)
+        ttl = expires_in or self.access_ttl
+        expires_at = now + timedelta(seconds=ttl)
+        jti = str(uuid.uuid4())
+        subject = user.subject if user is not None else client.client_id
+        scope = scope or ""
+        access_token = self.codec.encode(
+            {
+                "sub": subject,
+                "client_id": client.client_id,
+                "scope": scope,
+                "jti": jti,
+                "iat": int(now.timestamp()),
+                "exp": int(expires_at.timestamp()),
+            }
+        )
+        token: dict[str, Any] = {
+            "access_token": access_token,
+            "token_type": "Bearer",
+            "expires_in": ttl,
+        }
+        if scope:
+            token["scope"] = scope
+        refresh_token = None
+        refresh_expires_at = None
+        if include_refresh_token and user is not None:
+            refresh_token = new_opaque_token()
+            refresh_expires_at = now + timedelta(seconds=self.refresh_ttl)
+            token["refresh_token"] = refresh_token
+        token["_issued"] = IssuedToken(
+            jti=jti,
+            subject=subject,
+            user_id=user.id if user is not None else None,
+            scope=scope,
+            grant_type=grant_type,
+            issued_at=now,
+            expires_at=expires_at,
+            refresh_token=refresh_token,
+            refresh_expires_at=refresh_expires_at,
+        )
+        return token

@@ -1,0 +1,1 @@
+"""The HTTP layer: parses requests, calls `oauth.server.OAuthService`, renders pages."""

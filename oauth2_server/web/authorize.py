@@ -1,0 +1,131 @@
+"""The authorization endpoint's pages: login and consent (RFC 6749 §4.1.1, §3.1).
+
+GET shows the login page (no session), the consent page, or redirects at once when the
+user already consented to the scopes. POST carries `action=login` or `action=consent`
+plus a CSRF token bound to the session; the authorization request itself is always read
+from the query string, so a form field cannot change it. Pages forbid framing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.templating import Jinja2Templates
+
+from oauth2_server.oauth.server import (
+    AuthorizationPageError,
+    ConsentPrompt,
+    LoginThrottled,
+    OAuthService,
+)
+from oauth2_server.web.forms import BadRequest, oauth_request, parse_params, read_form
+
+SESSION_USER = "uid"
+SESSION_CSRF = "csrf"
+
+
+def _csrf_token(request: Request) -> str:
+    token = request.session.get(SESSION_CSRF)
+    if not token:
+        token = secrets.token_urlsafe(32)
+        request.session[SESSION_CSRF] = token
+    return token
+
+
+def _templates(request: Request) -> Jinja2Templates:
+    return request.app.state.templates
+
+
+def _page(request: Request, name: str, status: int = 200, **context: object) -> Response:
+    return _templates(request).TemplateResponse(
+        request, name, {"csrf_token": _csrf_token(request), **context}, status_code=status
+    )
+
+
+def _error_page(request: Request, error: str, description: str, status: int) -> Response:
+    return _page(request, "error.html", status, error=error, description=description)
+
+
+async def authorize(request: Request) -> Response:
+    """GET/POST /oauth2/authorize."""
+    service: OAuthService = request.app.state.oauth
+    try:
+        query = parse_params(request.url.query)
+        form = (
+            await read_form(request, service.settings.max_body_bytes)
+            if (request.method == "POST")
+            else {}
+        )
+    except BadRequest as exc:
+        return _error_page(request, exc.error, exc.description, exc.status)
+    action = form.get("action", [""])[0]
+    if request.method == "POST":
+        presented = form.get("csrf_token", [""])[0]
+        expected = request.session.get(SESSION_CSRF, "")
+        if not expected or not hmac.compare_digest(presented.encode(), expected.encode()):
+            return _error_page(
+                request,
+                "invalid_request",
+                "the form expired or was not sent by this site; start again",
+                400,
+            )
+    oauth = oauth_request(request, service.issuer, query)
+    force_consent = "consent" in query.get("prompt", [""])[0].split()
+    try:
+        if action == "login":
+            return await _login(request, service, form)
+        user_id = request.session.get(SESSION_USER)
+        if action == "consent":
+            if user_id is None:
+                return _error_page(request, "login_required", "sign in first", 401)
+            approved = form.get("decision", [""])[0] == "approve"
+            return await service.finish_authorization(oauth, user_id, approved)
+        result, user = await service.begin_authorization(oauth, user_id, force_consent)
+    except AuthorizationPageError as exc:
+        return _error_page(request, exc.error, exc.description, exc.status)
+    if isinstance(result, Response):
+        return result
+    if user is None:
+        request.session.pop(SESSION_USER, None)
+        return _page(request, "login.html", client_name=result.client_name)
+    return _consent_page(request, result, user.username)
+
+
+def _consent_page(request: Request, prompt: ConsentPrompt, username: str) -> Response:
+    return _page(
+        request,
+        "consent.html",
+        client_name=prompt.client_name,
+        scopes=prompt.scopes,
+        username=username,
+    )
+
+
+async def _login(request: Request, service: OAuthService, form: dict[str, list[str]]) -> Response:
+    username = form.get("username", [""])[0]
+    password = form.get("password", [""])[0]
+    context = oauth_request(request, service.issuer, {}).context
+    try:
+        user = await service.login(username, password, context) if username and password else None
+    except LoginThrottled as exc:
+        return _page(
+            request,
+            "login.html",
+            429,
+            error="Too many attempts; try again later.",
+            retry_after=exc.retry_after,
+        )
+    if user is None:
+        return _page(request, "login.html", 401, error="Wrong username or password.")
+    # A fresh session on sign-in: new CSRF token, nothing carried over.
+    request.session.clear()
+    request.session[SESSION_USER] = user.id
+    _csrf_token(request)
+    return RedirectResponse(
+        request.url.path + "?" + urlencode(parse_params(request.url.query), doseq=True),
+        status_code=303,
+    )

@@ -1,0 +1,44 @@
+"""RFC 8414 authorization server metadata and the RFC 7517 JWK Set."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from oauth2_server.oauth.server import OAuthService
+
+
+def server_metadata(service: OAuthService) -> dict[str, Any]:
+    """RFC 8414 §2 metadata: every endpoint, grant, auth method; PKCE S256 only."""
+    issuer = service.issuer
+    auth_methods = ["client_secret_basic", "client_secret_post", "none"]
+    return {
+        "issuer": issuer,
+        "authorization_endpoint": f"{issuer}/oauth2/authorize",
+        "token_endpoint": f"{issuer}/oauth2/token",
+        "introspection_endpoint": f"{issuer}/oauth2/introspect",
+        "revocation_endpoint": f"{issuer}/oauth2/revoke",
+        "jwks_uri": f"{issuer}/oauth2/jwks",
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": service.grant_types_supported,
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "introspection_endpoint_auth_methods_supported": auth_methods[:2],
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": True,
+    }
+
+
+async def metadata(request: Request) -> JSONResponse:
+    """GET /.well-known/oauth-authorization-server."""
+    return JSONResponse(
+        server_metadata(request.app.state.oauth), headers={"Cache-Control": "max-age=300"}
+    )
+
+
+async def jwks(request: Request) -> JSONResponse:
+    """GET /oauth2/jwks: public keys of the current and previous signing keys."""
+    return JSONResponse(request.app.state.oauth.keys.jwks, headers={"Cache-Control": "max-age=300"})

@@ -1,0 +1,105 @@
+"""Reading OAuth request parameters from HTTP (RFC 6749 §3.1, §3.2, Appendix B).
+
+Bodies are `application/x-www-form-urlencoded`, parsed by the standard library
+(`urllib.parse.parse_qsl`, strict UTF-8), at most `OAUTH2_MAX_BODY_BYTES`. Parameters
+sent without a value are treated as omitted; a parameter sent twice is `invalid_request`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+
+from oauth2_server.audit import RequestContext
+from oauth2_server.oauth.bridge import OAuthRequest
+
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+class BadRequest(Exception):
+    """The HTTP request cannot be an OAuth request: `error`, `description`, HTTP `status`."""
+
+    def __init__(self, description: str, status: int = 400, error: str = "invalid_request"):
+        super().__init__(description)
+        self.error = error
+        self.description = description
+        self.status = status
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than `limit` bytes (413) without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise BadRequest(f"request body is larger than {limit} bytes", 413)
+        except ValueError:
+            raise BadRequest("invalid Content-Length") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"request body is larger than {limit} bytes", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_params(text: str, allow_repeats: bool = False) -> dict[str, list[str]]:
+    """Parse urlencoded text into name → values, dropping empty values (RFC 6749 §3.1).
+
+    Raises BadRequest on a repeated parameter unless `allow_repeats`.
+    """
+    params: dict[str, list[str]] = {}
+    try:
+        pairs = parse_qsl(
+            text, keep_blank_values=False, strict_parsing=False, errors="strict", max_num_fields=100
+        )
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(f"malformed form body: {exc}") from None
+    for name, value in pairs:
+        values = params.setdefault(name, [])
+        values.append(value)
+        if len(values) > 1 and not allow_repeats:
+            raise BadRequest(f"parameter '{name}' is included more than once")
+    return params
+
+
+async def read_form(request: Request, limit: int) -> dict[str, list[str]]:
+    """The urlencoded body of a POST; BadRequest on a wrong content type, size or encoding."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != FORM_TYPE:
+        raise BadRequest(f"Content-Type must be {FORM_TYPE}")
+    body = await read_body(request, limit)
+    try:
+        text = body.decode("ascii")
+    except UnicodeDecodeError:
+        raise BadRequest("form body must be percent-encoded ASCII") from None
+    return parse_params(text)
+
+
+def request_context(request: Request) -> RequestContext:
+    """IP (after uvicorn's trusted-proxy handling), user agent and request id."""
+    return RequestContext(
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+        request_id=request.state.request_id if hasattr(request.state, "request_id") else None,
+    )
+
+
+def new_request_id(presented: str | None) -> str:
+    """Keep a caller's X-Request-ID if it is short and printable, else make one."""
+    if presented and len(presented) <= 64 and presented.isprintable():
+        return presented
+    return uuid.uuid4().hex
+
+
+def oauth_request(request: Request, issuer: str, params: dict[str, list[str]]) -> OAuthRequest:
+    """Build Authlib's request; its URI is the issuer's, so a TLS-terminating proxy does
+    not make Authlib see plain http."""
+    uri = issuer + request.url.path
+    if request.url.query:
+        uri += "?" + request.url.query
+    return OAuthRequest(request.method, uri, request.headers, params, request_context(request))
