@@ -52,6 +52,16 @@ def _dummy_password_hash() -> str:
     return hash_secret(secrets.token_urlsafe(16))
 
 
+# RFC 6749 §5.2 errors that Authlib raises without a description.
+DEFAULT_DESCRIPTIONS = {
+    "invalid_request": "the request is missing a parameter or is malformed",
+    "invalid_grant": "the grant is invalid, expired, revoked or was issued to another client",
+    "invalid_scope": "the requested scope is unknown or exceeds what was granted",
+    "unauthorized_client": "the client is not registered for this grant type",
+    "unsupported_token_type": "token_type_hint must be access_token or refresh_token",
+}
+
+
 class OAuth2AuthorizationServer(AuthorizationServer):
     """Authlib's server with our client lookup, token storage and Starlette responses."""
 
@@ -147,6 +157,15 @@ class OAuth2AuthorizationServer(AuthorizationServer):
 
     def handle_error_response(self, request: OAuthRequest, error: OAuth2Error) -> Response:
         request.oauth_error = error
+        if not error.description:
+            error.description = DEFAULT_DESCRIPTIONS.get(error.error, error.error)
+            if error.error == "unsupported_grant_type":
+                grant_type = request.form.get("grant_type")
+                error.description = (
+                    f"grant_type {grant_type!r} is not supported"
+                    if grant_type
+                    else "missing 'grant_type' in request body"
+                )
         return super().handle_error_response(request, error)
 
 
@@ -232,7 +251,15 @@ class OAuthService:
 
     async def _preauthenticate(self, request: OAuthRequest) -> Response | None:
         """Verify a presented client secret off the event loop; 429 while throttled."""
-        client_id, secret = extract_basic_authorization(request.headers)
+        try:
+            client_id, secret = extract_basic_authorization(request.headers)
+        except UnicodeDecodeError:
+            return oauth_error_response(
+                "invalid_client",
+                "malformed HTTP Basic credentials",
+                401,
+                {"WWW-Authenticate": 'Basic error="invalid_client"'},
+            )
         if not client_id:
             client_id = request.form.get("client_id")
             secret = request.form.get("client_secret")

@@ -1,0 +1,230 @@
+"""Live-server fixtures: the real `oauth2-server serve` on 127.0.0.1, real databases.
+
+Every test runs against SQLite, and also against PostgreSQL when `TEST_DATABASE_URL`
+is set (e.g. `postgresql://postgres@127.0.0.1:5432/oauth2_server_test`); that database's
+`public` schema is dropped and re-migrated at the start of the session. If
+`TEST_DATABASE_URL` is set but unreachable the session fails; it is never skipped.
+
+Tests set up clients and users with the project's own storage functions over a plain
+synchronous SQLAlchemy connection, and read tables directly to check what changed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session
+
+from oauth2_server.crypto.keyring import generate_key_spec
+from oauth2_server.storage.clients import create_client
+from oauth2_server.storage.users import create_user
+
+# Loopback http is what the live test server speaks; oauthlib insists on https otherwise.
+os.environ.setdefault("OAUTHLIB_INSECURE_TRANSPORT", "1")
+
+BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("TEST_DATABASE_URL") else [])
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def sync_url(url: str) -> str:
+    """The synchronous driver URL tests use to inspect the same database."""
+    parsed = make_url(url)
+    if parsed.drivername.startswith("sqlite"):
+        return parsed.set(drivername="sqlite").render_as_string(hide_password=False)
+    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+@dataclass
+class Database:
+    """One test database: the URL the server uses and a sync engine for the tests."""
+
+    backend: str
+    url: str
+    engine: Engine
+    keys: str
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A committed-on-exit session (the project's storage functions take Sessions)."""
+        with Session(self.engine) as session, session.begin():
+            yield session
+
+    def scalar(self, sql: str, **params: Any) -> Any:
+        with self.engine.connect() as connection:
+            return connection.execute(text(sql), params).scalar()
+
+    def rows(self, sql: str, **params: Any) -> list[Any]:
+        with self.engine.connect() as connection:
+            return list(connection.execute(text(sql), params))
+
+    def count(self, table: str, where: str = "1=1", **params: Any) -> int:
+        return int(self.scalar(f"SELECT count(*) FROM {table} WHERE {where}", **params))  # noqa: S608
+
+    def create_client(self, **kwargs: Any) -> tuple[str, str | None]:
+        """Register a client through `storage.clients.create_client`; (client_id, secret)."""
+        kwargs.setdefault("name", "test client")
+        kwargs.setdefault("grant_types", ["client_credentials"])
+        kwargs.setdefault("redirect_uris", [])
+        kwargs.setdefault("scope", "read write")
+        with self.session() as session:
+            record, secret = create_client(session, **kwargs)
+        return record.client_id, secret
+
+    def create_user(self, username: str, password: str = "correct horse battery") -> Any:
+        with self.session() as session:
+            return create_user(session, username, password)
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+    backend = request.param
+    if backend == "sqlite":
+        path = tmp_path_factory.mktemp("sqlite") / "oauth2.db"
+        url = f"sqlite+aiosqlite:///{path}"
+    else:
+        url = os.environ["TEST_DATABASE_URL"]
+    engine = create_engine(sync_url(url))
+    if backend == "postgresql":
+        with engine.begin() as connection:  # fails loudly if PostgreSQL is unreachable
+            connection.execute(text("DROP SCHEMA public CASCADE"))
+            connection.execute(text("CREATE SCHEMA public"))
+    keys = generate_key_spec("test-1")
+    env = server_env(url, keys, free_port())
+    subprocess.run(
+        [sys.executable, "-m", "oauth2_server", "migrate"], env=env, check=True,
+        capture_output=True,
+    )
+    yield Database(backend, url, engine, keys)
+    engine.dispose()
+
+
+def server_env(url: str, keys: str, port: int, **overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH2_")}
+    env.update(
+        OAUTH2_DATABASE_URL=url,
+        OAUTH2_ENCRYPTION_KEYS=keys,
+        OAUTH2_ISSUER=f"http://127.0.0.1:{port}",
+        OAUTH2_PORT=str(port),
+        OAUTH2_BOOTSTRAP_ADMIN="false",
+        OAUTH2_LOG_LEVEL="warning",
+        OAUTH2_AUDIT_FLUSH_INTERVAL="0.2",
+    )
+    env.update(overrides)
+    return env
+
+
+@dataclass
+class LiveServer:
+    """A running `oauth2-server serve` process."""
+
+    base_url: str
+    process: subprocess.Popen[bytes]
+    db: Database
+    env: dict[str, str] = field(default_factory=dict)
+    log_path: Path | None = None
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.post(self.url(path), timeout=30, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.get(self.url(path), timeout=30, **kwargs)
+
+    def client_credentials_token(self, client_id: str, secret: str, **data: str) -> str:
+        response = self.post("/oauth2/token", auth=(client_id, secret),
+                             data={"grant_type": "client_credentials", **data})
+        assert response.status_code == 200, response.text
+        return response.json()["access_token"]
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path else ""
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start_live_server(db: Database, log_dir: Path, **overrides: str) -> LiveServer:
+    """Start `python -m oauth2_server serve` on a free port and wait for /readyz."""
+    port = free_port()
+    env = server_env(db.url, db.keys, port, **overrides)
+    log_path = log_dir / f"server-{port}.log"
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "oauth2_server", "serve"], env=env, stdout=log_file,
+        stderr=subprocess.STDOUT, cwd=log_dir,
+    )
+    server = LiveServer(f"http://127.0.0.1:{port}", process, db, env, log_path)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        try:
+            if requests.get(server.url("/readyz"), timeout=1).status_code == 200:
+                return server
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"server did not become ready:\n{server.log()}")
+
+
+@pytest.fixture(scope="session")
+def server(database: Database, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The shared live server for this backend (default settings)."""
+    live = start_live_server(database, tmp_path_factory.mktemp("server"))
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def start_server(database: Database, tmp_path: Path) -> Iterator[Any]:
+    """Factory for extra live servers with settings overridden (stopped after the test)."""
+    started: list[LiveServer] = []
+
+    def start(**overrides: str) -> LiveServer:
+        live = start_live_server(database, tmp_path, **overrides)
+        started.append(live)
+        return live
+
+    yield start
+    for live in started:
+        live.stop()
+
+
+@pytest.fixture
+def db(database: Database) -> Database:
+    return database
+
+
+_counter = iter(range(1_000_000))
+
+
+@pytest.fixture
+def unique() -> Any:
+    """unique("alice") → "alice-<n>-<pid>": names that never collide across tests."""
+    return lambda prefix: f"{prefix}-{next(_counter)}-{os.getpid()}"
