@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.sessions import SessionMiddleware
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.templating import Jinja2Templates
 
+from oauth2_server import admin
 from oauth2_server.audit import AuditBuffer
 from oauth2_server.config import Settings
 from oauth2_server.crypto.keyring import load_keyring
@@ -26,7 +27,8 @@ from oauth2_server.db.engine import create_engine, create_sessionmaker
 from oauth2_server.oauth.bridge import Bridge
 from oauth2_server.oauth.keys import KeyStore
 from oauth2_server.oauth.server import OAuthService
-from oauth2_server.web import authorize, discovery, health, oauth_endpoints
+from oauth2_server.storage.fastpath import FastStore
+from oauth2_server.web import authorize, discovery, health, oauth_endpoints, upstream
 from oauth2_server.web.middleware import HttpMiddleware
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,12 @@ TEMPLATES = Path(__file__).parent / "templates"
 
 routes = [
     Route("/.well-known/oauth-authorization-server", discovery.metadata, methods=["GET"]),
-    Route("/oauth2/authorize", authorize.authorize, methods=["GET", "POST"]),
+    Route(
+        "/oauth2/authorize",
+        authorize.authorize,
+        methods=["GET", "POST"],
+        middleware=[Middleware(authorize.LoginSessionMiddleware)],
+    ),
     Route("/oauth2/token", oauth_endpoints.token, methods=["GET", "POST"]),
     Route("/oauth2/introspect", oauth_endpoints.introspect, methods=["GET", "POST"]),
     Route("/introspect", oauth_endpoints.introspect, methods=["GET", "POST"]),
@@ -44,6 +51,8 @@ routes = [
     Route("/healthz", health.healthz, methods=["GET"]),
     Route("/readyz", health.readyz, methods=["GET"]),
     Route("/metrics", health.metrics, methods=["GET"]),
+    Route("/upstream/{provider}/callback", upstream.callback, methods=["GET"]),
+    Mount("/admin", routes=admin.routes),
 ]
 
 
@@ -70,7 +79,18 @@ def create_app(settings: Settings) -> Starlette:
     there; PostgreSQL must already be at the head revision (else start-up fails with a
     message to run `oauth2-server migrate`)."""
     keyring = load_keyring(settings)
+    if not settings.production and settings.issuer.startswith("http://"):
+        # Development over plain http on a non-loopback name: let Authlib accept it
+        # (production requires an https issuer; Authlib already allows loopback).
+        os.environ.setdefault("AUTHLIB_INSECURE_TRANSPORT", "1")
     counter = health.RequestCounter()
+    session_settings = {
+        "secret_key": keyring.derive(b"oauth2-server session cookie").hex(),
+        "session_cookie": "oauth2_session",
+        "max_age": settings.session_ttl,
+        "same_site": "lax",
+        "https_only": settings.production,
+    }
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -80,7 +100,8 @@ def create_app(settings: Settings) -> Starlette:
                 await migrate.upgrade(engine)
             else:
                 await migrate.require_head(engine)
-            bridge = Bridge(create_sessionmaker(engine))
+            fast = await FastStore.create(engine, settings.db_pool_size)
+            bridge = Bridge(create_sessionmaker(engine), fast)
             keys = KeyStore(keyring)
             await bridge.write(keys.ensure)
             audit_buffer = AuditBuffer(
@@ -95,18 +116,14 @@ def create_app(settings: Settings) -> Starlette:
             yield
             reload_task.cancel()
             await audit_buffer.stop()
+            await app.state.oauth.upstream.aclose()
+            await fast.close()
         finally:
             await engine.dispose()
 
     middleware = [
         Middleware(HttpMiddleware, counter=counter),
-        Middleware(
-            SessionMiddleware,
-            secret_key=keyring.derive(b"oauth2-server session cookie").hex(),
-            session_cookie="oauth2_session",
-            max_age=settings.session_ttl,
-            same_site="lax",
-            https_only=settings.production,
-        ),
     ]
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app.state.session_settings = session_settings
+    return app

@@ -7,7 +7,10 @@
   `OAUTH2_AUDIT_BATCH_SIZE` rows. A crash loses at most the rows of the last interval of
   that worker process (the buffer is also flushed on shutdown).
 
-Rows name tokens only by `jti` or a digest prefix, never the token.
+Rows name tokens only by `jti` or a digest prefix, never the token. Risk scores and flags
+come from `oauth2_server.risk`; rows are sealed into a hash chain later, outside the
+request, by `oauth2_server.audit_chain` (the janitor); queries live in
+`oauth2_server.audit_query`.
 """
 
 from __future__ import annotations
@@ -24,18 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
 from oauth2_server.db.models import TokenLog
+from oauth2_server.risk import FIXED_SCORES, row_score
 from oauth2_server.storage import utcnow
 
 log = logging.getLogger(__name__)
 
-# Risk scores of fixed events (0.00–1.00). SECURITY.md documents them.
-RISK = {
-    "code_replay": 1.0,
-    "refresh_reuse": 1.0,
-    "client_auth_failed": 0.5,
-    "client_auth_throttled": 0.8,
-    "login_failed": 0.3,
-}
+# Risk scores of fixed events (0.00–1.00): the rules live in `oauth2_server.risk`.
+RISK = FIXED_SCORES
 
 
 @dataclass(frozen=True)
@@ -76,18 +74,29 @@ class AuditEvent:
             "ip": self.context.ip,
             "user_agent": (self.context.user_agent or "")[:400] or None,
             "request_id": self.context.request_id,
-            "risk_score": RISK.get(self.action, 0.0)
-            if self.risk_score is None
-            else self.risk_score,
+            "risk_score": row_score(self.action, self.risk_score, self.flags),
             "flags": self.flags,
             "details": self.details,
+            # the token family (grant), indexed so risk rules and audits can follow it
+            "family_id": _family(self.details),
         }
+
+
+def _family(details: dict[str, Any]) -> str | None:
+    family = details.get("family_id")
+    return family if isinstance(family, str) else None
 
 
 def record(session: Session, *events: AuditEvent) -> None:
     """Insert audit rows in the caller's transaction (commit or roll back with the change)."""
     if events:
-        session.execute(insert(TokenLog), [event.row() for event in events])
+        rows = [event.row() for event in events]
+        session.connection().execute(_INSERT_LOG, rows[0] if len(rows) == 1 else rows)
+
+
+# A constant Core statement on the Table (not the ORM entity): compiled once, no ORM
+# bulk-insert machinery on the hot path.
+_INSERT_LOG = TokenLog.__table__.insert()
 
 
 class AuditBuffer:

@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
+from oauth2_server import cli_branches
+from oauth2_server.admin import commands as admin_commands
 from oauth2_server.config import ConfigError, Settings, settings_table_markdown
 from oauth2_server.crypto.keyring import generate_key_spec, load_keyring
 from oauth2_server.db import migrate
@@ -239,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen = keys.add_parser("generate-encryption-key", help="print a new keyring entry")
     gen.add_argument("--kid", default="k1")
     gen.set_defaults(func=cmd_keys_generate_encryption_key)
+    admin_commands.register(sub, clients, users)  # clients/users …, tokens, audit, janitor
+    cli_branches.register(sub)  # branches create|list|status|grant|connect|disconnect …
     return parser
 
 
@@ -251,7 +255,12 @@ def main(argv: list[str] | None = None) -> int:
             level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
         )
         args.func(settings, args)
-    except (ConfigError, CommandError) as exc:
+    except (
+        ConfigError,
+        CommandError,
+        admin_commands.CommandFailed,
+        cli_branches.BranchCommandError,
+    ) as exc:
         print(f"oauth2-server: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -41,6 +41,13 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0:
+        raise ValueError("expected a number ≥ 0")
+    return value
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         if raw not in allowed:
@@ -54,6 +61,15 @@ def _str(raw: str) -> str:
     return raw
 
 
+def _url_or_empty(raw: str) -> str:
+    if not raw:
+        return raw
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ValueError("expected an absolute http(s) URL, or empty")
+    return raw
+
+
 @dataclass(frozen=True)
 class Setting:
     """One environment variable: its name, parser, default (as text) and documentation."""
@@ -63,6 +79,74 @@ class Setting:
     parse: Callable[[str], Any]
     default: str
     doc: str
+
+
+def _upstream_provider_settings(
+    name: str,
+    title: str,
+    *,
+    authorization: str,
+    token: str,
+    revocation: str,
+    userinfo: str,
+    scopes: str,
+) -> tuple[Setting, ...]:
+    """The seven settings of one upstream provider (`OAUTH2_UPSTREAM_<NAME>_*`)."""
+    env = f"OAUTH2_UPSTREAM_{name.upper()}_"
+    attr = f"upstream_{name}_"
+    return (
+        Setting(
+            f"{env}CLIENT_ID",
+            f"{attr}client_id",
+            _str,
+            "",
+            f"This server's OAuth client id at {title}; empty: provider not configured.",
+        ),
+        Setting(
+            f"{env}CLIENT_SECRET",
+            f"{attr}client_secret",
+            _str,
+            "",
+            f"This server's OAuth client secret at {title}.",
+        ),
+        Setting(
+            f"{env}AUTHORIZATION_ENDPOINT",
+            f"{attr}authorization_endpoint",
+            _url_or_empty,
+            authorization,
+            f"{title} authorization endpoint.",
+        ),
+        Setting(
+            f"{env}TOKEN_ENDPOINT",
+            f"{attr}token_endpoint",
+            _url_or_empty,
+            token,
+            f"{title} token endpoint (code exchange and refresh).",
+        ),
+        Setting(
+            f"{env}REVOCATION_ENDPOINT",
+            f"{attr}revocation_endpoint",
+            _url_or_empty,
+            revocation,
+            f"{title} RFC 7009 revocation endpoint; empty: none (stored "
+            "tokens are still deleted on disconnect).",
+        ),
+        Setting(
+            f"{env}USERINFO_ENDPOINT",
+            f"{attr}userinfo_endpoint",
+            _url_or_empty,
+            userinfo,
+            f"{title} OIDC userinfo endpoint (account `sub` and email when the "
+            "token response has no id_token).",
+        ),
+        Setting(
+            f"{env}SCOPES",
+            f"{attr}scopes",
+            _str,
+            scopes,
+            f"Scopes requested when connecting a branch to {title}.",
+        ),
+    )
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -223,6 +307,29 @@ SETTINGS: tuple[Setting, ...] = (
         "Buffered read-only audit rows that force an early flush.",
     ),
     Setting(
+        "OAUTH2_AUDIT_RETENTION_DAYS",
+        "audit_retention_days",
+        _positive_int,
+        "90",
+        "Days audit rows are kept; the janitor then removes them (on PostgreSQL a whole "
+        "month partition once all of it is older, so up to a month longer).",
+    ),
+    Setting(
+        "OAUTH2_AUDIT_SEAL_DELAY",
+        "audit_seal_delay",
+        _non_negative_float,
+        "60",
+        "Seconds an audit row waits before the janitor seals it into the hash chain; must "
+        "exceed the longest time between a row's timestamp and its commit.",
+    ),
+    Setting(
+        "OAUTH2_JANITOR_BATCH_SIZE",
+        "janitor_batch_size",
+        _positive_int,
+        "1000",
+        "Rows the janitor deletes or seals per transaction (short locks).",
+    ),
+    Setting(
         "OAUTH2_BOOTSTRAP_ADMIN",
         "bootstrap_admin",
         _bool,
@@ -235,6 +342,48 @@ SETTINGS: tuple[Setting, ...] = (
         _choice("debug", "info", "warning", "error"),
         "info",
         "Log level.",
+    ),
+    # -- upstream brokering (RFC 8693 token exchange for branches' Google tokens) -------
+    Setting(
+        "OAUTH2_UPSTREAM_MIN_TTL",
+        "upstream_min_ttl",
+        _positive_int,
+        "300",
+        "Seconds of life a token returned by token exchange has at least; a stored "
+        "upstream token with less is refreshed at the provider first.",
+    ),
+    Setting(
+        "OAUTH2_UPSTREAM_TIMEOUT",
+        "upstream_timeout",
+        _positive_float,
+        "10",
+        "Seconds an upstream provider call (token, revocation, userinfo) may take; past "
+        "it token exchange answers `temporarily_unavailable` (503).",
+    ),
+    Setting(
+        "OAUTH2_UPSTREAM_STATE_TTL",
+        "upstream_state_ttl",
+        _positive_int,
+        "600",
+        "Seconds a `branches connect` authorization URL (its single-use `state`) stays valid.",
+    ),
+    *_upstream_provider_settings(
+        "google",
+        "Google",
+        authorization="https://accounts.google.com/o/oauth2/v2/auth",
+        token="https://oauth2.googleapis.com/token",  # noqa: S106 (a URL)
+        revocation="https://oauth2.googleapis.com/revoke",
+        userinfo="https://openidconnect.googleapis.com/v1/userinfo",
+        scopes="openid email https://www.googleapis.com/auth/business.manage",
+    ),
+    *_upstream_provider_settings(
+        "microsoft",
+        "Microsoft identity platform v2",
+        authorization="https://login.microsoftonline.com/common/oauth2/v2.0/authorize",
+        token="https://login.microsoftonline.com/common/oauth2/v2.0/token",  # noqa: S106
+        revocation="",
+        userinfo="https://graph.microsoft.com/oidc/userinfo",
+        scopes="openid email offline_access https://graph.microsoft.com/User.Read",
     ),
 )
 
@@ -267,8 +416,34 @@ class Settings:
     max_body_bytes: int = 16384
     audit_flush_interval: float = 1.0
     audit_batch_size: int = 500
+    audit_retention_days: int = 90
+    audit_seal_delay: float = 60.0
+    janitor_batch_size: int = 1000
     bootstrap_admin: bool = True
     log_level: str = "info"
+    upstream_min_ttl: int = 300
+    upstream_timeout: float = 10.0
+    upstream_state_ttl: int = 600
+    upstream_google_client_id: str = ""
+    upstream_google_client_secret: str = ""
+    upstream_google_authorization_endpoint: str = "https://accounts.google.com/o/oauth2/v2/auth"
+    upstream_google_token_endpoint: str = "https://oauth2.googleapis.com/token"  # noqa: S105
+    upstream_google_revocation_endpoint: str = "https://oauth2.googleapis.com/revoke"
+    upstream_google_userinfo_endpoint: str = "https://openidconnect.googleapis.com/v1/userinfo"
+    upstream_google_scopes: str = "openid email https://www.googleapis.com/auth/business.manage"
+    upstream_microsoft_client_id: str = ""
+    upstream_microsoft_client_secret: str = ""
+    upstream_microsoft_authorization_endpoint: str = (
+        "https://login.microsoftonline.com/common/oauth2/v2.0/authorize"
+    )
+    upstream_microsoft_token_endpoint: str = (
+        "https://login.microsoftonline.com/common/oauth2/v2.0/token"  # noqa: S105
+    )
+    upstream_microsoft_revocation_endpoint: str = ""
+    upstream_microsoft_userinfo_endpoint: str = "https://graph.microsoft.com/oidc/userinfo"
+    upstream_microsoft_scopes: str = (
+        "openid email offline_access https://graph.microsoft.com/User.Read"
+    )
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod

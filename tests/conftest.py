@@ -89,13 +89,15 @@ class Database:
             record, secret = create_client(session, **kwargs)
         return record.client_id, secret
 
-    def create_user(self, username: str, password: str = "correct horse battery") -> Any:
+    def create_user(self, username: str, password: str = "correct horse battery") -> Any:  # noqa: S107
         with self.session() as session:
             return create_user(session, username, password)
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
-def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+def database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Database]:
     backend = request.param
     if backend == "sqlite":
         path = tmp_path_factory.mktemp("sqlite") / "oauth2.db"
@@ -110,7 +112,9 @@ def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     keys = generate_key_spec("test-1")
     env = server_env(url, keys, free_port())
     subprocess.run(
-        [sys.executable, "-m", "oauth2_server", "migrate"], env=env, check=True,
+        [sys.executable, "-m", "oauth2_server", "migrate"],
+        env=env,
+        check=True,
         capture_output=True,
     )
     yield Database(backend, url, engine, keys)
@@ -152,8 +156,11 @@ class LiveServer:
         return requests.get(self.url(path), timeout=30, **kwargs)
 
     def client_credentials_token(self, client_id: str, secret: str, **data: str) -> str:
-        response = self.post("/oauth2/token", auth=(client_id, secret),
-                             data={"grant_type": "client_credentials", **data})
+        response = self.post(
+            "/oauth2/token",
+            auth=(client_id, secret),
+            data={"grant_type": "client_credentials", **data},
+        )
         assert response.status_code == 200, response.text
         return response.json()["access_token"]
 
@@ -175,8 +182,11 @@ def start_live_server(db: Database, log_dir: Path, **overrides: str) -> LiveServ
     log_path = log_dir / f"server-{port}.log"
     log_file = log_path.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "oauth2_server", "serve"], env=env, stdout=log_file,
-        stderr=subprocess.STDOUT, cwd=log_dir,
+        [sys.executable, "-m", "oauth2_server", "serve"],
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        cwd=log_dir,
     )
     server = LiveServer(f"http://127.0.0.1:{port}", process, db, env, log_path)
     deadline = time.monotonic() + 60

@@ -57,16 +57,18 @@ def oauth_session(client_id: str, scope: str, redirect_uri: str = REDIRECT_URI) 
     return OAuth2Session(client_id, redirect_uri=redirect_uri, scope=scope.split(), pkce="S256")
 
 
-def login(browser: requests.Session, base_url: str, page: requests.Response,
-          username: str, password: str) -> requests.Response:
+def login(
+    browser: requests.Session, base_url: str, page: requests.Response, username: str, password: str
+) -> requests.Response:
     """Submit the login form on `page`; returns the response (303 on success)."""
     action, fields = form_fields(page.text)
     fields.update(username=username, password=password)
     return browser.post(base_url + action, data=fields, allow_redirects=False, timeout=30)
 
 
-def decide(browser: requests.Session, base_url: str, page: requests.Response,
-           approve: bool = True) -> requests.Response:
+def decide(
+    browser: requests.Session, base_url: str, page: requests.Response, approve: bool = True
+) -> requests.Response:
     """Submit the consent form on `page`."""
     action, fields = form_fields(page.text)
     fields["decision"] = "approve" if approve else "deny"
@@ -103,8 +105,9 @@ def authorize_with_pkce(
     return AuthorizationResult(oauth, page.headers["location"], browser)
 
 
-def exchange_code(base_url: str, result: AuthorizationResult, client_secret: str | None = None,
-                  **kwargs: Any) -> dict[str, Any]:
+def exchange_code(
+    base_url: str, result: AuthorizationResult, client_secret: str | None = None, **kwargs: Any
+) -> dict[str, Any]:
     """Redeem the code with requests-oauthlib (PKCE verifier included); raises on error."""
     return result.oauth.fetch_token(
         base_url + "/oauth2/token",

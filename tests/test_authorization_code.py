@@ -23,31 +23,45 @@ PASSWORD = "correct horse battery"
 def app_client(db, unique):
     """A public PKCE client, a confidential web client and a user."""
     public_id, _ = db.create_client(
-        name="mobile app", public=True, grant_types=["authorization_code", "refresh_token"],
-        redirect_uris=[REDIRECT_URI], scope="read write",
+        name="mobile app",
+        public=True,
+        grant_types=["authorization_code", "refresh_token"],
+        redirect_uris=[REDIRECT_URI],
+        scope="read write",
     )
     web_id, web_secret = db.create_client(
-        name="web app", grant_types=["authorization_code", "refresh_token"],
-        redirect_uris=[REDIRECT_URI, "https://app.example.com/cb"], scope="read write",
+        name="web app",
+        grant_types=["authorization_code", "refresh_token"],
+        redirect_uris=[REDIRECT_URI, "https://app.example.com/cb"],
+        scope="read write",
     )
     user = db.create_user(unique("alice"), PASSWORD)
     return {"public": public_id, "web": (web_id, web_secret), "user": user}
 
 
 def challenge_for(verifier: str) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return (
+        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    )
 
 
 def test_public_client_gets_tokens_with_pkce_and_iss(server, db, app_client):
     """RFC 7636 §4; RFC 9207 §2: the redirect carries `iss`."""
     user = app_client["user"]
-    result = authorize_with_pkce(server.base_url, app_client["public"], user.username, PASSWORD,
-                                 scope="read")
+    result = authorize_with_pkce(
+        server.base_url, app_client["public"], user.username, PASSWORD, scope="read"
+    )
     params = result.params
     assert params["iss"] == server.base_url
     assert params["state"] == result.oauth._state
-    assert db.count("oauth2_authorization_codes", "code_hash = :h",
-                    h=hashlib.sha256(params["code"].encode()).hexdigest()) == 1
+    assert (
+        db.count(
+            "oauth2_authorization_codes",
+            "code_hash = :h",
+            h=hashlib.sha256(params["code"].encode()).hexdigest(),
+        )
+        == 1
+    )
     token = exchange_code(server.base_url, result)
     assert token["scope"] == ["read"]
     claims = jwt.decode(token["access_token"], options={"verify_signature": False})
@@ -58,24 +72,34 @@ def test_public_client_gets_tokens_with_pkce_and_iss(server, db, app_client):
 def test_confidential_client_authenticates_at_token_endpoint(server, app_client):
     web_id, web_secret = app_client["web"]
     user = app_client["user"]
-    result = authorize_with_pkce(server.base_url, web_id, user.username, PASSWORD,
-                                 redirect_uri=REDIRECT_URI)
+    result = authorize_with_pkce(
+        server.base_url, web_id, user.username, PASSWORD, redirect_uri=REDIRECT_URI
+    )
     token = exchange_code(server.base_url, result, client_secret=web_secret)
     assert token["token_type"] == "Bearer"
     # Without its secret, a confidential client cannot redeem through `none`.
-    again = authorize_with_pkce(server.base_url, web_id, user.username, PASSWORD,
-                                browser=result.browser)
-    response = server.post("/oauth2/token", data={
-        "grant_type": "authorization_code", "code": again.params["code"], "client_id": web_id,
-        "redirect_uri": REDIRECT_URI, "code_verifier": again.oauth._code_verifier})
+    again = authorize_with_pkce(
+        server.base_url, web_id, user.username, PASSWORD, browser=result.browser
+    )
+    response = server.post(
+        "/oauth2/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": again.params["code"],
+            "client_id": web_id,
+            "redirect_uri": REDIRECT_URI,
+            "code_verifier": again.oauth._code_verifier,
+        },
+    )
     assert response.status_code in (400, 401)
     assert response.json()["error"] == "invalid_client"
 
 
 def test_consent_is_remembered_per_client_and_scope(server, app_client):
     user = app_client["user"]
-    first = authorize_with_pkce(server.base_url, app_client["public"], user.username, PASSWORD,
-                                scope="read")
+    first = authorize_with_pkce(
+        server.base_url, app_client["public"], user.username, PASSWORD, scope="read"
+    )
     # Same browser, same scope: no consent page, straight back with a code.
     url = first.oauth.authorization_url(server.url("/oauth2/authorize"))[0]
     again = first.browser.get(url, allow_redirects=False, timeout=10)
@@ -84,15 +108,19 @@ def test_consent_is_remembered_per_client_and_scope(server, app_client):
     from tests.flows import oauth_session
 
     wider = oauth_session(app_client["public"], "read write")
-    page = first.browser.get(wider.authorization_url(server.url("/oauth2/authorize"))[0],
-                             allow_redirects=False, timeout=10)
+    page = first.browser.get(
+        wider.authorization_url(server.url("/oauth2/authorize"))[0],
+        allow_redirects=False,
+        timeout=10,
+    )
     assert page.status_code == 200 and 'name="decision"' in page.text
 
 
 def test_denied_consent_redirects_with_access_denied(server, db, app_client):
     before = db.count("oauth2_authorization_codes")
-    result = authorize_with_pkce(server.base_url, app_client["public"],
-                                 app_client["user"].username, PASSWORD, approve=False)
+    result = authorize_with_pkce(
+        server.base_url, app_client["public"], app_client["user"].username, PASSWORD, approve=False
+    )
     assert result.params["error"] == "access_denied"
     assert result.params["iss"] == server.base_url
     assert db.count("oauth2_authorization_codes") == before
@@ -101,8 +129,12 @@ def test_denied_consent_redirects_with_access_denied(server, db, app_client):
 def _authorize_url(server, client_id, **overrides):
     verifier = secrets.token_urlsafe(48)
     params = {
-        "response_type": "code", "client_id": client_id, "redirect_uri": REDIRECT_URI,
-        "scope": "read", "state": "xyz", "code_challenge": challenge_for(verifier),
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": REDIRECT_URI,
+        "scope": "read",
+        "state": "xyz",
+        "code_challenge": challenge_for(verifier),
         "code_challenge_method": "S256",
     }
     params.update(overrides)
@@ -126,8 +158,9 @@ def test_bad_authorization_request_redirects_error_and_issues_nothing(
     """RFC 7636 §4.4.1, RFC 6749 §4.1.2.1: errors after redirect_uri validation go back to
     the client with `error`, `state` and `iss`; no code is stored."""
     before = db.count("oauth2_authorization_codes")
-    response = requests.get(_authorize_url(server, app_client["public"], **overrides),
-                            allow_redirects=False, timeout=10)
+    response = requests.get(
+        _authorize_url(server, app_client["public"], **overrides), allow_redirects=False, timeout=10
+    )
     assert response.status_code == 302
     location = response.headers["location"]
     assert location.startswith(REDIRECT_URI)
@@ -142,13 +175,20 @@ def test_bad_authorization_request_redirects_error_and_issues_nothing(
 
 @pytest.mark.parametrize(
     "redirect_uri",
-    ["http://127.0.0.1:9/other", "http://127.0.0.1:9/callback/", "https://evil.example/cb",
-     REDIRECT_URI + "?x=1"],
+    [
+        "http://127.0.0.1:9/other",
+        "http://127.0.0.1:9/callback/",
+        "https://evil.example/cb",
+        REDIRECT_URI + "?x=1",
+    ],
 )
 def test_unregistered_redirect_uri_is_never_redirected_to(server, db, app_client, redirect_uri):
     """RFC 9700 §4.1.3: exact match; an unregistered URI gets an error page, no redirect."""
-    response = requests.get(_authorize_url(server, app_client["public"], redirect_uri=redirect_uri),
-                            allow_redirects=False, timeout=10)
+    response = requests.get(
+        _authorize_url(server, app_client["public"], redirect_uri=redirect_uri),
+        allow_redirects=False,
+        timeout=10,
+    )
     assert response.status_code == 400
     assert "location" not in response.headers
     assert "invalid_request" in response.text
@@ -156,21 +196,30 @@ def test_unregistered_redirect_uri_is_never_redirected_to(server, db, app_client
 
 
 def test_unknown_client_gets_error_page(server):
-    response = requests.get(_authorize_url(server, "no-such-client"), allow_redirects=False,
-                            timeout=10)
+    response = requests.get(
+        _authorize_url(server, "no-such-client"), allow_redirects=False, timeout=10
+    )
     assert response.status_code == 400 and "location" not in response.headers
     assert "invalid_client" in response.text
 
 
 def test_wrong_code_verifier_fails_and_code_stays_unused(server, db, app_client):
     """RFC 7636 §4.6: a wrong verifier is invalid_grant and changes nothing."""
-    result = authorize_with_pkce(server.base_url, app_client["public"],
-                                 app_client["user"].username, PASSWORD)
+    result = authorize_with_pkce(
+        server.base_url, app_client["public"], app_client["user"].username, PASSWORD
+    )
     code = result.params["code"]
     tokens_before = db.count("oauth2_access_tokens")
-    for verifier, error in ((secrets.token_urlsafe(48), "invalid_grant"), (None, "invalid_request")):
-        data = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT_URI,
-                "client_id": app_client["public"]}
+    for verifier, error in (
+        (secrets.token_urlsafe(48), "invalid_grant"),
+        (None, "invalid_request"),
+    ):
+        data = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT_URI,
+            "client_id": app_client["public"],
+        }
         if verifier:
             data["code_verifier"] = verifier
         response = server.post("/oauth2/token", data=data)
@@ -178,8 +227,12 @@ def test_wrong_code_verifier_fails_and_code_stays_unused(server, db, app_client)
         assert response.json()["error"] == error
     assert db.count("oauth2_access_tokens") == tokens_before
     digest = hashlib.sha256(code.encode()).hexdigest()
-    assert db.scalar("SELECT consumed_at FROM oauth2_authorization_codes WHERE code_hash = :h",
-                     h=digest) is None
+    assert (
+        db.scalar(
+            "SELECT consumed_at FROM oauth2_authorization_codes WHERE code_hash = :h", h=digest
+        )
+        is None
+    )
     # The rightful holder can still redeem it.
     assert "access_token" in exchange_code(server.base_url, result)
 
@@ -188,40 +241,57 @@ def test_mismatched_redirect_uri_at_token_endpoint_fails(server, db, app_client)
     web_id, web_secret = app_client["web"]
     result = authorize_with_pkce(server.base_url, web_id, app_client["user"].username, PASSWORD)
     before = db.count("oauth2_access_tokens")
-    response = server.post("/oauth2/token", auth=(web_id, web_secret), data={
-        "grant_type": "authorization_code", "code": result.params["code"],
-        "redirect_uri": "https://app.example.com/cb",
-        "code_verifier": result.oauth._code_verifier})
+    response = server.post(
+        "/oauth2/token",
+        auth=(web_id, web_secret),
+        data={
+            "grant_type": "authorization_code",
+            "code": result.params["code"],
+            "redirect_uri": "https://app.example.com/cb",
+            "code_verifier": result.oauth._code_verifier,
+        },
+    )
     assert response.status_code == 400 and response.json()["error"] == "invalid_grant"
     assert db.count("oauth2_access_tokens") == before
 
 
 def test_code_replay_fails_and_revokes_tokens_issued_from_it(server, db, app_client):
     """RFC 6749 §4.1.2 / DESIGN invariant 4."""
-    result = authorize_with_pkce(server.base_url, app_client["public"],
-                                 app_client["user"].username, PASSWORD)
+    result = authorize_with_pkce(
+        server.base_url, app_client["public"], app_client["user"].username, PASSWORD
+    )
     token = exchange_code(server.base_url, result)
     with pytest.raises(InvalidGrantError):
         exchange_code(server.base_url, result)
     public_id = app_client["public"]
     introspector, secret = db.create_client(scope="introspect")
     for value in (token["access_token"], token["refresh_token"]):
-        answer = server.post("/oauth2/introspect", auth=(introspector, secret),
-                             data={"token": value}).json()
+        answer = server.post(
+            "/oauth2/introspect", auth=(introspector, secret), data={"token": value}
+        ).json()
         assert answer == {"active": False}
-    refreshed = server.post("/oauth2/token", data={
-        "grant_type": "refresh_token", "refresh_token": token["refresh_token"],
-        "client_id": public_id})
+    refreshed = server.post(
+        "/oauth2/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": token["refresh_token"],
+            "client_id": public_id,
+        },
+    )
     assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"
-    rows = db.rows("SELECT risk_score, flags FROM oauth2_token_logs WHERE action = 'code_replay' "
-                   "AND client_id = :c", c=public_id)
+    rows = db.rows(
+        "SELECT risk_score, flags FROM oauth2_token_logs WHERE action = 'code_replay' "
+        "AND client_id = :c",
+        c=public_id,
+    )
     assert len(rows) == 1 and float(rows[0][0]) == 1.0
 
 
 def test_expired_code_is_invalid_grant(start_server, db, app_client):
     live = start_server(OAUTH2_AUTHORIZATION_CODE_TTL="1")
-    result = authorize_with_pkce(live.base_url, app_client["public"],
-                                 app_client["user"].username, PASSWORD)
+    result = authorize_with_pkce(
+        live.base_url, app_client["public"], app_client["user"].username, PASSWORD
+    )
     time.sleep(1.5)
     before = db.count("oauth2_access_tokens")
     with pytest.raises(InvalidGrantError):
@@ -248,8 +318,10 @@ def test_login_with_wrong_password_is_refused_and_audited(server, db, app_client
         "oauth2_token_logs", "action = 'login_failed' AND subject = :s", s=user.subject
     ):
         time.sleep(0.1)
-    assert db.count("oauth2_token_logs", "action = 'login_failed' AND subject = :s",
-                    s=user.subject) == 1
+    assert (
+        db.count("oauth2_token_logs", "action = 'login_failed' AND subject = :s", s=user.subject)
+        == 1
+    )
 
 
 def test_login_form_without_csrf_token_is_refused(server, db, app_client):
@@ -260,14 +332,14 @@ def test_login_form_without_csrf_token_is_refused(server, db, app_client):
     browser = requests.Session()
     page = browser.get(oauth.authorization_url(server.url("/oauth2/authorize"))[0], timeout=10)
     action, fields = form_fields(page.text)
-    fields.update(username=app_client["user"].username, password=PASSWORD,
-                  csrf_token="forged")
+    fields.update(username=app_client["user"].username, password=PASSWORD, csrf_token="forged")
     response = browser.post(server.url(action), data=fields, allow_redirects=False, timeout=10)
     assert response.status_code == 400
     assert "location" not in response.headers
     # A fresh browser (no session cookie) with the page's token is refused too.
-    stranger = requests.post(server.url(action), data={**fields, "csrf_token": "x"},
-                             allow_redirects=False, timeout=10)
+    stranger = requests.post(
+        server.url(action), data={**fields, "csrf_token": "x"}, allow_redirects=False, timeout=10
+    )
     assert stranger.status_code == 400
 
 

@@ -26,8 +26,9 @@ def test_introspection_describes_active_access_token(server, service):
     token = server.client_credentials_token(client_id, secret)
     claims = jwt.decode(token, options={"verify_signature": False})
     for path in ("/oauth2/introspect", "/introspect"):
-        response = server.post(path, auth=(rs_id, rs_secret),
-                               data={"token": token, "token_type_hint": "access_token"})
+        response = server.post(
+            path, auth=(rs_id, rs_secret), data={"token": token, "token_type_hint": "access_token"}
+        )
         assert response.status_code == 200
         body = response.json()
         assert body["active"] is True
@@ -53,8 +54,9 @@ def test_client_without_introspect_scope_sees_only_its_own_tokens(server, db, se
     token = server.client_credentials_token(client_id, secret)
     own = server.post("/oauth2/introspect", auth=(client_id, secret), data={"token": token})
     assert own.json()["active"] is True
-    foreign = server.post("/oauth2/introspect", auth=(other_id, other_secret),
-                          data={"token": token})
+    foreign = server.post(
+        "/oauth2/introspect", auth=(other_id, other_secret), data={"token": token}
+    )
     assert foreign.json() == {"active": False}
 
 
@@ -72,8 +74,12 @@ def test_token_signed_by_another_key_is_inactive(server, service):
     real = server.client_credentials_token(client_id, secret)
     claims = jwt.decode(real, options={"verify_signature": False})
     header = jwt.get_unverified_header(real)
-    forged = jwt.encode(claims, ec.generate_private_key(ec.SECP256R1()), algorithm="ES256",
-                        headers={"kid": header["kid"], "typ": "at+jwt"})
+    forged = jwt.encode(
+        claims,
+        ec.generate_private_key(ec.SECP256R1()),
+        algorithm="ES256",
+        headers={"kid": header["kid"], "typ": "at+jwt"},
+    )
     response = server.post("/oauth2/introspect", auth=(rs_id, rs_secret), data={"token": forged})
     assert response.json() == {"active": False}
 
@@ -89,8 +95,11 @@ def test_introspection_is_audited_in_batches(server, db, service):
         "oauth2_token_logs", "action = 'introspected' AND token_id = :j", j=jti
     ):
         time.sleep(0.1)
-    rows = db.rows("SELECT client_id, ip FROM oauth2_token_logs "
-                   "WHERE action = 'introspected' AND token_id = :j", j=jti)
+    rows = db.rows(
+        "SELECT client_id, ip FROM oauth2_token_logs "
+        "WHERE action = 'introspected' AND token_id = :j",
+        j=jti,
+    )
     assert rows == [(rs_id, "127.0.0.1")]
 
 
@@ -100,8 +109,9 @@ def test_revoking_access_token_makes_it_inactive_and_is_audited(server, db, serv
     jti = jwt.decode(token, options={"verify_signature": False})["jti"]
     response = server.post("/oauth2/revoke", auth=(client_id, secret), data={"token": token})
     assert response.status_code == 200
-    assert server.post("/oauth2/introspect", auth=(rs_id, rs_secret),
-                       data={"token": token}).json() == {"active": False}
+    assert server.post(
+        "/oauth2/introspect", auth=(rs_id, rs_secret), data={"token": token}
+    ).json() == {"active": False}
     assert db.count("oauth2_access_tokens", "jti = :j AND revoked_at IS NOT NULL", j=jti) == 1
     assert db.count("oauth2_token_logs", "action = 'revoked' AND token_id = :j", j=jti) == 1
 
@@ -112,8 +122,12 @@ def test_client_cannot_revoke_another_clients_token(server, db, service):
     token = server.client_credentials_token(client_id, secret)
     response = server.post("/oauth2/revoke", auth=(other_id, other_secret), data={"token": token})
     assert response.status_code == 400
-    assert server.post("/oauth2/introspect", auth=(rs_id, rs_secret),
-                       data={"token": token}).json()["active"] is True
+    assert (
+        server.post("/oauth2/introspect", auth=(rs_id, rs_secret), data={"token": token}).json()[
+            "active"
+        ]
+        is True
+    )
 
 
 def test_revoking_unknown_token_is_200_and_changes_nothing(server, db, service):
@@ -128,29 +142,45 @@ def test_revoking_unknown_token_is_200_and_changes_nothing(server, db, service):
 def test_revoking_refresh_token_revokes_its_family(server, db, service, unique):
     """RFC 7009 §2.1: revoking a refresh token also invalidates its access tokens."""
     _, _, rs_id, rs_secret = service
-    public_id, _ = db.create_client(public=True, grant_types=["authorization_code",
-                                    "refresh_token"], redirect_uris=[REDIRECT_URI])
+    public_id, _ = db.create_client(
+        public=True,
+        grant_types=["authorization_code", "refresh_token"],
+        redirect_uris=[REDIRECT_URI],
+    )
     user = db.create_user(unique("erin"), PASSWORD)
-    token = exchange_code(server.base_url, authorize_with_pkce(
-        server.base_url, public_id, user.username, PASSWORD))
-    response = server.post("/oauth2/revoke", data={
-        "token": token["refresh_token"], "token_type_hint": "refresh_token",
-        "client_id": public_id})
+    token = exchange_code(
+        server.base_url, authorize_with_pkce(server.base_url, public_id, user.username, PASSWORD)
+    )
+    response = server.post(
+        "/oauth2/revoke",
+        data={
+            "token": token["refresh_token"],
+            "token_type_hint": "refresh_token",
+            "client_id": public_id,
+        },
+    )
     assert response.status_code == 200
     for value in (token["access_token"], token["refresh_token"]):
-        assert server.post("/oauth2/introspect", auth=(rs_id, rs_secret),
-                           data={"token": value}).json() == {"active": False}
+        assert server.post(
+            "/oauth2/introspect", auth=(rs_id, rs_secret), data={"token": value}
+        ).json() == {"active": False}
 
 
 def test_refresh_token_introspection(server, db, service, unique):
     _, _, rs_id, rs_secret = service
-    public_id, _ = db.create_client(public=True, grant_types=["authorization_code",
-                                    "refresh_token"], redirect_uris=[REDIRECT_URI],
-                                    scope="read write")
+    public_id, _ = db.create_client(
+        public=True,
+        grant_types=["authorization_code", "refresh_token"],
+        redirect_uris=[REDIRECT_URI],
+        scope="read write",
+    )
     user = db.create_user(unique("frank"), PASSWORD)
-    token = exchange_code(server.base_url, authorize_with_pkce(
-        server.base_url, public_id, user.username, PASSWORD, scope="write"))
-    body = server.post("/oauth2/introspect", auth=(rs_id, rs_secret),
-                       data={"token": token["refresh_token"]}).json()
+    token = exchange_code(
+        server.base_url,
+        authorize_with_pkce(server.base_url, public_id, user.username, PASSWORD, scope="write"),
+    )
+    body = server.post(
+        "/oauth2/introspect", auth=(rs_id, rs_secret), data={"token": token["refresh_token"]}
+    ).json()
     assert body["active"] is True and body["token_type"] == "refresh_token"
     assert body["client_id"] == public_id and body["scope"] == "write"

@@ -19,19 +19,30 @@ PASSWORD = "correct horse battery"
 def grant(server, db, unique):
     """A public client, a user, and the token response of one authorization."""
     client_id, _ = db.create_client(
-        name="spa", public=True, grant_types=["authorization_code", "refresh_token"],
-        redirect_uris=[REDIRECT_URI], scope="read write",
+        name="spa",
+        public=True,
+        grant_types=["authorization_code", "refresh_token"],
+        redirect_uris=[REDIRECT_URI],
+        scope="read write",
     )
     user = db.create_user(unique("bob"), PASSWORD)
-    result = authorize_with_pkce(server.base_url, client_id, user.username, PASSWORD,
-                                 scope="read write")
+    result = authorize_with_pkce(
+        server.base_url, client_id, user.username, PASSWORD, scope="read write"
+    )
     return client_id, exchange_code(server.base_url, result)
 
 
 def refresh(base_url: str, client_id: str, refresh_token: str, **extra: str) -> requests.Response:
-    return requests.post(base_url + "/oauth2/token", timeout=30, data={
-        "grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": client_id,
-        **extra})
+    return requests.post(
+        base_url + "/oauth2/token",
+        timeout=30,
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "client_id": client_id,
+            **extra,
+        },
+    )
 
 
 def test_each_refresh_returns_a_new_refresh_token(server, db, grant):
@@ -44,11 +55,14 @@ def test_each_refresh_returns_a_new_refresh_token(server, db, grant):
     assert first.headers["cache-control"] == "no-store"
     second = refresh(server.base_url, client_id, body["refresh_token"])
     assert second.status_code == 200
-    family = db.scalar("SELECT family_id FROM oauth2_refresh_tokens WHERE token_hash = :h",
-                       h=hashlib.sha256(token["refresh_token"].encode()).hexdigest())
+    family = db.scalar(
+        "SELECT family_id FROM oauth2_refresh_tokens WHERE token_hash = :h",
+        h=hashlib.sha256(token["refresh_token"].encode()).hexdigest(),
+    )
     assert db.count("oauth2_refresh_tokens", "family_id = :f", f=family) == 3
-    assert db.count("oauth2_token_logs", "action = 'refreshed' AND client_id = :c",
-                    c=client_id) == 2
+    assert (
+        db.count("oauth2_token_logs", "action = 'refreshed' AND client_id = :c", c=client_id) == 2
+    )
 
 
 def test_reused_refresh_token_revokes_family(server, db, grant):
@@ -61,11 +75,15 @@ def test_reused_refresh_token_revokes_family(server, db, grant):
     assert after.status_code == 400 and after.json()["error"] == "invalid_grant"
     introspector, secret = db.create_client(scope="introspect")
     for access in (token["access_token"], rotated["access_token"]):
-        answer = server.post("/oauth2/introspect", auth=(introspector, secret),
-                             data={"token": access}).json()
+        answer = server.post(
+            "/oauth2/introspect", auth=(introspector, secret), data={"token": access}
+        ).json()
         assert answer == {"active": False}
-    rows = db.rows("SELECT risk_score FROM oauth2_token_logs WHERE action = 'refresh_reuse' "
-                   "AND client_id = :c", c=client_id)
+    rows = db.rows(
+        "SELECT risk_score FROM oauth2_token_logs WHERE action = 'refresh_reuse' "
+        "AND client_id = :c",
+        c=client_id,
+    )
     assert [float(r[0]) for r in rows] == [1.0]
 
 
@@ -86,9 +104,12 @@ def test_refresh_may_narrow_but_never_widen_scope(server, db, grant):
 
 def test_refresh_token_of_another_client_is_refused_and_stays_usable(server, db, grant):
     client_id, token = grant
-    other, _ = db.create_client(name="other", public=True,
-                                grant_types=["authorization_code", "refresh_token"],
-                                redirect_uris=[REDIRECT_URI])
+    other, _ = db.create_client(
+        name="other",
+        public=True,
+        grant_types=["authorization_code", "refresh_token"],
+        redirect_uris=[REDIRECT_URI],
+    )
     stolen = refresh(server.base_url, other, token["refresh_token"])
     assert stolen.status_code == 400 and stolen.json()["error"] == "invalid_grant"
     assert refresh(server.base_url, client_id, token["refresh_token"]).status_code == 200
@@ -96,37 +117,56 @@ def test_refresh_token_of_another_client_is_refused_and_stays_usable(server, db,
 
 def test_expired_refresh_token_is_invalid_grant(start_server, db, unique):
     live = start_server(OAUTH2_REFRESH_TOKEN_TTL="1")
-    client_id, _ = db.create_client(public=True, grant_types=["authorization_code",
-                                    "refresh_token"], redirect_uris=[REDIRECT_URI])
+    client_id, _ = db.create_client(
+        public=True,
+        grant_types=["authorization_code", "refresh_token"],
+        redirect_uris=[REDIRECT_URI],
+    )
     user = db.create_user(unique("carol"), PASSWORD)
-    token = exchange_code(live.base_url, authorize_with_pkce(
-        live.base_url, client_id, user.username, PASSWORD))
+    token = exchange_code(
+        live.base_url, authorize_with_pkce(live.base_url, client_id, user.username, PASSWORD)
+    )
     time.sleep(1.5)
     response = refresh(live.base_url, client_id, token["refresh_token"])
     assert response.status_code == 400 and response.json()["error"] == "invalid_grant"
-    assert db.count("oauth2_token_logs", "action = 'refresh_reuse' AND client_id = :c",
-                    c=client_id) == 0
+    assert (
+        db.count("oauth2_token_logs", "action = 'refresh_reuse' AND client_id = :c", c=client_id)
+        == 0
+    )
 
 
-def test_concurrent_uses_of_one_refresh_token_have_exactly_one_winner(start_server, server,
-                                                                       db, unique):
+def test_concurrent_uses_of_one_refresh_token_have_exactly_one_winner(
+    start_server, server, db, unique
+):
     """DESIGN invariant 5: two processes race the same refresh token; exactly one wins."""
     other = start_server()
-    client_id, _ = db.create_client(public=True, grant_types=["authorization_code",
-                                    "refresh_token"], redirect_uris=[REDIRECT_URI])
+    client_id, _ = db.create_client(
+        public=True,
+        grant_types=["authorization_code", "refresh_token"],
+        redirect_uris=[REDIRECT_URI],
+    )
     user = db.create_user(unique("dave"), PASSWORD)
     for _round in range(5):
-        token = exchange_code(server.base_url, authorize_with_pkce(
-            server.base_url, client_id, user.username, PASSWORD))
+        token = exchange_code(
+            server.base_url,
+            authorize_with_pkce(server.base_url, client_id, user.username, PASSWORD),
+        )
         barrier = threading.Barrier(4)
         statuses: list[int] = []
 
-        def race(base_url: str, refresh_token: str = token["refresh_token"]) -> None:
+        def race(
+            base_url: str,
+            refresh_token: str = token["refresh_token"],
+            barrier: threading.Barrier = barrier,
+            statuses: list[int] = statuses,
+        ) -> None:
             barrier.wait()
             statuses.append(refresh(base_url, client_id, refresh_token).status_code)
 
-        threads = [threading.Thread(target=race, args=(url,))
-                   for url in (server.base_url, other.base_url) * 2]
+        threads = [
+            threading.Thread(target=race, args=(url,))
+            for url in (server.base_url, other.base_url) * 2
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:

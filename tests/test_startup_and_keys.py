@@ -18,8 +18,14 @@ from tests.conftest import free_port, server_env, start_live_server, sync_url
 
 
 def run_cli(*args: str, env: dict[str, str], cwd=None, timeout: int = 60):
-    return subprocess.run([sys.executable, "-m", "oauth2_server", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "oauth2_server", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_metadata_lists_endpoints_grants_and_s256_only(server):
@@ -34,7 +40,8 @@ def test_metadata_lists_endpoints_grants_and_s256_only(server):
     assert body["jwks_uri"] == f"{base}/oauth2/jwks"
     assert body["code_challenge_methods_supported"] == ["S256"]
     assert {"authorization_code", "refresh_token", "client_credentials"} <= set(
-        body["grant_types_supported"])
+        body["grant_types_supported"]
+    )
     assert body["authorization_response_iss_parameter_supported"] is True
 
 
@@ -55,20 +62,27 @@ def test_key_rotation_keeps_previous_key_in_jwks(start_server, db):
     old_kid = jwt.get_unverified_header(old_token)["kid"]
     rotated = run_cli("keys", "rotate", env=first.env)
     assert rotated.returncode == 0, rotated.stderr
-    second = start_server(OAUTH2_ISSUER=issuer)  # a worker started after the rotation loads the new key
+    second = start_server(
+        OAUTH2_ISSUER=issuer
+    )  # a worker started after the rotation loads the new key
     new_token = second.client_credentials_token(client_id, secret)
     new_kid = jwt.get_unverified_header(new_token)["kid"]
     assert new_kid != old_kid
     kids = [k["kid"] for k in second.get("/oauth2/jwks").json()["keys"]]
     assert kids[:2] == [new_kid, old_kid]
-    answer = second.post("/oauth2/introspect", auth=(client_id, secret),
-                         data={"token": old_token}).json()
+    answer = second.post(
+        "/oauth2/introspect", auth=(client_id, secret), data={"token": old_token}
+    ).json()
     assert answer["active"] is True
 
 
 def test_unknown_setting_is_refused_naming_it(tmp_path):
-    env = server_env(f"sqlite+aiosqlite:///{tmp_path}/x.db", "k:" + "A" * 43, free_port(),
-                     OAUTH2_ACESS_TOKEN_TTL="60")
+    env = server_env(
+        f"sqlite+aiosqlite:///{tmp_path}/x.db",
+        "k:" + "A" * 43,
+        free_port(),
+        OAUTH2_ACESS_TOKEN_TTL="60",
+    )
     result = run_cli("serve", env=env, cwd=tmp_path)
     assert result.returncode == 2
     assert "OAUTH2_ACESS_TOKEN_TTL" in result.stderr
@@ -84,8 +98,13 @@ def test_unknown_setting_is_refused_naming_it(tmp_path):
     ids=["no-keys", "http-issuer", "sqlite"],
 )
 def test_production_mode_refuses_unsafe_configuration(tmp_path, overrides, named):
-    env = server_env(f"sqlite+aiosqlite:///{tmp_path}/x.db", "k1:" + "A" * 43, free_port(),
-                     OAUTH2_ENV="production", OAUTH2_ISSUER="https://auth.example.com")
+    env = server_env(
+        f"sqlite+aiosqlite:///{tmp_path}/x.db",
+        "k1:" + "A" * 43,
+        free_port(),
+        OAUTH2_ENV="production",
+        OAUTH2_ISSUER="https://auth.example.com",
+    )
     if named != "OAUTH2_DATABASE_URL":
         env["OAUTH2_DATABASE_URL"] = "postgresql://postgres@127.0.0.1:5432/none"
     env.update(overrides)
@@ -98,12 +117,22 @@ def test_production_mode_refuses_unsafe_configuration(tmp_path, overrides, named
 def test_embedded_default_bootstraps_admin_once_and_it_gets_admin_token(tmp_path):
     """First run on an empty SQLite database: an admin client printed once; README's curl."""
     port = free_port()
-    env = server_env(f"sqlite+aiosqlite:///{tmp_path}/first.db", "", port,
-                     OAUTH2_BOOTSTRAP_ADMIN="true", OAUTH2_LOG_LEVEL="info")
+    env = server_env(
+        f"sqlite+aiosqlite:///{tmp_path}/first.db",
+        "",
+        port,
+        OAUTH2_BOOTSTRAP_ADMIN="true",
+        OAUTH2_LOG_LEVEL="info",
+    )
     env.pop("OAUTH2_ENCRYPTION_KEYS")
-    process = subprocess.Popen([sys.executable, "-m", "oauth2_server", "serve"], env=env,
-                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "oauth2_server", "serve"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     watchdog = threading.Timer(90, process.kill)  # never hang the suite on a silent server
     watchdog.start()
     try:
@@ -111,31 +140,39 @@ def test_embedded_default_bootstraps_admin_once_and_it_gets_admin_token(tmp_path
         assert process.stdout is not None
         for line in process.stdout:
             lines.append(line)
-            if "Application startup complete" in line:
+            if "Uvicorn running on" in line:
                 break
         output = "".join(lines)
         client_id = output.split("client_id:")[1].split()[0]
         secret = output.split("client_secret:")[1].split()[0]
         assert "development keyring" in output  # the warning for generated keys
-        token = requests.post(f"http://127.0.0.1:{port}/oauth2/token", auth=(client_id, secret),
-                              data={"grant_type": "client_credentials", "scope": "admin"},
-                              timeout=30)
+        token = requests.post(
+            f"http://127.0.0.1:{port}/oauth2/token",
+            auth=(client_id, secret),
+            data={"grant_type": "client_credentials", "scope": "admin"},
+            timeout=30,
+        )
         assert token.status_code == 200 and token.json()["scope"] == "admin"
     finally:
         watchdog.cancel()
         process.terminate()
         process.wait(timeout=15)
     # Second start: no new admin client, nothing printed.
-    again = subprocess.Popen([sys.executable, "-m", "oauth2_server", "serve"], env=env,
-                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
+    again = subprocess.Popen(
+        [sys.executable, "-m", "oauth2_server", "serve"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     watchdog = threading.Timer(90, again.kill)
     watchdog.start()
     try:
         assert again.stdout is not None
         for line in again.stdout:
             assert "client_secret" not in line
-            if "Application startup complete" in line:
+            if "Uvicorn running on" in line:
                 break
     finally:
         watchdog.cancel()
@@ -147,8 +184,10 @@ def test_embedded_default_bootstraps_admin_once_and_it_gets_admin_token(tmp_path
     engine.dispose()
 
 
-@pytest.mark.skipif(not os.environ.get("TEST_DATABASE_URL"),
-                    reason="PostgreSQL-only rule (SQLite migrates itself); .ci/run sets it")
+@pytest.mark.skipif(
+    not os.environ.get("TEST_DATABASE_URL"),
+    reason="PostgreSQL-only rule (SQLite migrates itself); .ci/run sets it",
+)
 def test_unmigrated_postgresql_is_refused_with_migrate_hint(tmp_path):
     """Issue 2 §3: against PostgreSQL, serve refuses an un-migrated database."""
     base_url = os.environ["TEST_DATABASE_URL"]
@@ -173,6 +212,5 @@ def test_unmigrated_postgresql_is_refused_with_migrate_hint(tmp_path):
         other.engine.dispose()
     finally:
         with admin.connect() as connection:
-            connection.execute(text("DROP DATABASE IF EXISTS oauth2_unmigrated_check "
-                                    "WITH (FORCE)"))
+            connection.execute(text("DROP DATABASE IF EXISTS oauth2_unmigrated_check WITH (FORCE)"))
         admin.dispose()

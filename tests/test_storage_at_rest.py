@@ -31,14 +31,18 @@ def dump_database(db) -> str:
 def test_no_secret_or_token_is_stored_in_clear(server, db, unique):
     client_id, client_secret = db.create_client(
         grant_types=["authorization_code", "refresh_token", "client_credentials"],
-        redirect_uris=[REDIRECT_URI], scope="read",
+        redirect_uris=[REDIRECT_URI],
+        scope="read",
     )
     user = db.create_user(unique("grace"), PASSWORD)
     result = authorize_with_pkce(server.base_url, client_id, user.username, PASSWORD)
     code = result.params["code"]
     token = exchange_code(server.base_url, result, client_secret=client_secret)
-    refreshed = server.post("/oauth2/token", auth=(client_id, client_secret), data={
-        "grant_type": "refresh_token", "refresh_token": token["refresh_token"]}).json()
+    refreshed = server.post(
+        "/oauth2/token",
+        auth=(client_id, client_secret),
+        data={"grant_type": "refresh_token", "refresh_token": token["refresh_token"]},
+    ).json()
     service_token = server.client_credentials_token(client_id, client_secret)
 
     blob = dump_database(db)
@@ -55,10 +59,12 @@ def test_no_secret_or_token_is_stored_in_clear(server, db, unique):
     for name, value in secrets_in_play.items():
         assert value not in blob, f"{name} is stored in clear"
     # What is stored instead: argon2id hashes and SHA-256 digests.
-    assert db.scalar("SELECT secret_hash FROM oauth2_clients WHERE client_id = :c",
-                     c=client_id).startswith("$argon2id$")
-    assert db.scalar("SELECT password_hash FROM oauth2_users WHERE username = :u",
-                     u=user.username).startswith("$argon2id$")
+    assert db.scalar(
+        "SELECT secret_hash FROM oauth2_clients WHERE client_id = :c", c=client_id
+    ).startswith("$argon2id$")
+    assert db.scalar(
+        "SELECT password_hash FROM oauth2_users WHERE username = :u", u=user.username
+    ).startswith("$argon2id$")
     digest = hashlib.sha256(token["refresh_token"].encode()).hexdigest()
     assert db.count("oauth2_refresh_tokens", "token_hash = :h", h=digest) == 1
 
@@ -66,8 +72,10 @@ def test_no_secret_or_token_is_stored_in_clear(server, db, unique):
 def test_signing_private_key_is_encrypted_and_bound_to_its_row(server, db):
     from oauth2_server.crypto.keyring import DecryptionError, parse_keyring
 
-    rows = db.rows("SELECT kid, private_key_ciphertext, encryption_key_id "
-                   "FROM oauth2_signing_keys WHERE status = 'current'")
+    rows = db.rows(
+        "SELECT kid, private_key_ciphertext, encryption_key_id "
+        "FROM oauth2_signing_keys WHERE status = 'current'"
+    )
     assert rows
     kid, blob, key_id = rows[0]
     blob = bytes(blob)
@@ -86,7 +94,10 @@ def test_signing_private_key_is_encrypted_and_bound_to_its_row(server, db):
 def test_secrets_do_not_appear_in_server_logs(server, db):
     client_id, secret = db.create_client()
     token = server.client_credentials_token(client_id, secret)
-    server.post("/oauth2/token", auth=(client_id, "wrong-secret-value"),
-                data={"grant_type": "client_credentials"})
+    server.post(
+        "/oauth2/token",
+        auth=(client_id, "wrong-secret-value"),
+        data={"grant_type": "client_credentials"},
+    )
     log = server.log()
     assert secret not in log and token not in log and "wrong-secret-value" not in log

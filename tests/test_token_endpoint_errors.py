@@ -33,27 +33,50 @@ def snapshot(db) -> tuple[int, int]:
 
 
 CASES = {
-    "unknown-client": (dict(auth=("nobody", "secret"), data={"grant_type": "client_credentials"}),
-                       401, "invalid_client"),
+    "unknown-client": (
+        dict(auth=("nobody", "secret"), data={"grant_type": "client_credentials"}),
+        401,
+        "invalid_client",
+    ),
     "no-credentials": (dict(data={"grant_type": "client_credentials"}), 401, "invalid_client"),
-    "unsupported-grant": (dict(data={"grant_type": "password", "username": "a",
-                                     "password": "b"}), 400, "unsupported_grant_type"),
+    "unsupported-grant": (
+        dict(data={"grant_type": "password", "username": "a", "password": "b"}),
+        400,
+        "unsupported_grant_type",
+    ),
     "missing-grant": (dict(data={"scope": "read"}), 400, "unsupported_grant_type"),
-    "unknown-scope": (dict(data={"grant_type": "client_credentials", "scope": "read admin"}),
-                      400, "invalid_scope"),
-    "duplicate-parameter": (dict(data=[("grant_type", "client_credentials"),
-                                       ("scope", "read"), ("scope", "write")]),
-                            400, "invalid_request"),
-    "wrong-content-type": (dict(json={"grant_type": "client_credentials"}), 400,
-                           "invalid_request"),
-    "malformed-body": (dict(data=b"grant_type=client_credentials&scope=%ff%fe",
-                            headers={"Content-Type": "application/x-www-form-urlencoded"}),
-                       400, "invalid_request"),
-    "non-ascii-body": (dict(data="grant_type=client_credentials&scope=é".encode(),
-                            headers={"Content-Type": "application/x-www-form-urlencoded"}),
-                       400, "invalid_request"),
-    "oversize-body": (dict(data={"grant_type": "client_credentials", "pad": "x" * 20_000}),
-                      413, "invalid_request"),
+    "unknown-scope": (
+        dict(data={"grant_type": "client_credentials", "scope": "read admin"}),
+        400,
+        "invalid_scope",
+    ),
+    "duplicate-parameter": (
+        dict(data=[("grant_type", "client_credentials"), ("scope", "read"), ("scope", "write")]),
+        400,
+        "invalid_request",
+    ),
+    "wrong-content-type": (dict(json={"grant_type": "client_credentials"}), 400, "invalid_request"),
+    "malformed-body": (
+        dict(
+            data=b"grant_type=client_credentials&scope=%ff%fe",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        ),
+        400,
+        "invalid_request",
+    ),
+    "non-ascii-body": (
+        dict(
+            data="grant_type=client_credentials&scope=é".encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        ),
+        400,
+        "invalid_request",
+    ),
+    "oversize-body": (
+        dict(data={"grant_type": "client_credentials", "pad": "x" * 20_000}),
+        413,
+        "invalid_request",
+    ),
 }
 
 
@@ -72,8 +95,9 @@ def test_bad_token_request_is_refused_and_changes_nothing(server, db, confidenti
 def test_wrong_secret_is_401_with_www_authenticate_and_audited(server, db, confidential):
     client_id, _ = confidential
     before = snapshot(db)
-    response = server.post("/oauth2/token", auth=(client_id, "wrong"),
-                           data={"grant_type": "client_credentials"})
+    response = server.post(
+        "/oauth2/token", auth=(client_id, "wrong"), data={"grant_type": "client_credentials"}
+    )
     assert_error(response, 401, "invalid_client")
     assert response.headers["www-authenticate"].startswith("Basic ")
     assert unchanged(db, before)
@@ -82,8 +106,12 @@ def test_wrong_secret_is_401_with_www_authenticate_and_audited(server, db, confi
         "oauth2_token_logs", "action = 'client_auth_failed' AND client_id = :c", c=client_id
     ):
         time.sleep(0.1)
-    assert db.count("oauth2_token_logs", "action = 'client_auth_failed' AND client_id = :c",
-                    c=client_id) == 1
+    assert (
+        db.count(
+            "oauth2_token_logs", "action = 'client_auth_failed' AND client_id = :c", c=client_id
+        )
+        == 1
+    )
 
 
 def test_get_on_token_endpoint_is_405_json(server):
@@ -96,29 +124,36 @@ def test_parameters_in_query_string_are_ignored(server, db, confidential):
     """DESIGN: token endpoint parameters come from the body only."""
     client_id, secret = confidential
     before = snapshot(db)
-    response = server.post("/oauth2/token?grant_type=client_credentials",
-                           auth=(client_id, secret), data={"scope": "read"})
+    response = server.post(
+        "/oauth2/token?grant_type=client_credentials",
+        auth=(client_id, secret),
+        data={"scope": "read"},
+    )
     assert_error(response, 400, "unsupported_grant_type")
     assert unchanged(db, before)
 
 
 def test_public_client_cannot_use_client_credentials(server, db):
-    client_id, _ = db.create_client(public=True, grant_types=["authorization_code"],
-                                    redirect_uris=["http://127.0.0.1:9/cb"])
+    client_id, _ = db.create_client(
+        public=True, grant_types=["authorization_code"], redirect_uris=["http://127.0.0.1:9/cb"]
+    )
     before = snapshot(db)
-    response = server.post("/oauth2/token", data={"grant_type": "client_credentials",
-                                                  "client_id": client_id})
+    response = server.post(
+        "/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id}
+    )
     assert response.status_code in (400, 401)
     assert response.json()["error"] in ("invalid_client", "unauthorized_client")
     assert unchanged(db, before)
 
 
 def test_client_not_registered_for_grant_is_unauthorized_client(server, db):
-    client_id, secret = db.create_client(grant_types=["authorization_code"],
-                                         redirect_uris=["https://app.example.com/cb"])
+    client_id, secret = db.create_client(
+        grant_types=["authorization_code"], redirect_uris=["https://app.example.com/cb"]
+    )
     before = snapshot(db)
-    response = server.post("/oauth2/token", auth=(client_id, secret),
-                           data={"grant_type": "client_credentials"})
+    response = server.post(
+        "/oauth2/token", auth=(client_id, secret), data={"grant_type": "client_credentials"}
+    )
     assert_error(response, 400, "unauthorized_client")
     assert unchanged(db, before)
 
@@ -130,15 +165,19 @@ def test_deactivated_client_is_refused(server, db):
     with db.session() as session:
         set_client_active(session, client_id, False)
     time.sleep(5.1)  # OAUTH2_CLIENT_CACHE_TTL: the documented staleness bound
-    response = server.post("/oauth2/token", auth=(client_id, secret),
-                           data={"grant_type": "client_credentials"})
+    response = server.post(
+        "/oauth2/token", auth=(client_id, secret), data={"grant_type": "client_credentials"}
+    )
     assert_error(response, 401, "invalid_client")
 
 
 def test_malformed_basic_header_is_invalid_client(server, db):
     before = snapshot(db)
-    response = server.post("/oauth2/token", data={"grant_type": "client_credentials"},
-                           headers={"Authorization": "Basic " + base64.b64encode(b"\xff").decode()})
+    response = server.post(
+        "/oauth2/token",
+        data={"grant_type": "client_credentials"},
+        headers={"Authorization": "Basic " + base64.b64encode(b"\xff").decode()},
+    )
     assert response.json()["error"] == "invalid_client"
     assert unchanged(db, before)
 
@@ -149,15 +188,27 @@ def test_repeated_failures_are_throttled_but_cached_good_secret_still_works(star
     recently keeps working."""
     live = start_server(OAUTH2_CLIENT_AUTH_FAILURE_LIMIT="3")
     client_id, secret = db.create_client()
-    assert live.post("/oauth2/token", auth=(client_id, secret),
-                     data={"grant_type": "client_credentials"}).status_code == 200
+    assert (
+        live.post(
+            "/oauth2/token", auth=(client_id, secret), data={"grant_type": "client_credentials"}
+        ).status_code
+        == 200
+    )
     for _ in range(3):
-        assert live.post("/oauth2/token", auth=(client_id, "wrong"),
-                         data={"grant_type": "client_credentials"}).status_code == 401
-    throttled = live.post("/oauth2/token", auth=(client_id, "wrong"),
-                          data={"grant_type": "client_credentials"})
+        assert (
+            live.post(
+                "/oauth2/token",
+                auth=(client_id, "wrong"),
+                data={"grant_type": "client_credentials"},
+            ).status_code
+            == 401
+        )
+    throttled = live.post(
+        "/oauth2/token", auth=(client_id, "wrong"), data={"grant_type": "client_credentials"}
+    )
     assert_error(throttled, 429, "invalid_client")
     assert int(throttled.headers["retry-after"]) >= 1
-    ok = live.post("/oauth2/token", auth=(client_id, secret),
-                   data={"grant_type": "client_credentials"})
+    ok = live.post(
+        "/oauth2/token", auth=(client_id, secret), data={"grant_type": "client_credentials"}
+    )
     assert ok.status_code == 200

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -175,17 +176,39 @@ class RefreshToken(Base):
 
 
 class TokenLog(Base):
-    """The audit trail (`oauth2_token_logs`): one row per token event, never a token."""
+    """The audit trail (`oauth2_token_logs`): one row per token event, never a token.
+
+    On PostgreSQL the table is partitioned by month on `created_at`, so the primary key
+    is (`id`, `created_at`); SQLite keeps `id` alone as its rowid key. `seal_seq`,
+    `prev_hash` and `row_hash` are null until `audit_chain.seal_pending` links the row
+    into the hash chain, outside the request.
+    """
 
     __tablename__ = "oauth2_token_logs"
     __table_args__ = (
-        Index("ix_oauth2_token_logs_created_at", "created_at"),
-        Index("ix_oauth2_token_logs_client_created", "client_id", "created_at"),
-        Index("ix_oauth2_token_logs_action_created", "action", "created_at"),
+        Index("ix_oauth2_token_logs_created_id", "created_at", "id"),
+        Index("ix_oauth2_token_logs_client_created", "client_id", "created_at", "id"),
+        Index("ix_oauth2_token_logs_action_created", "action", "created_at", "id"),
+        Index("ix_oauth2_token_logs_subject_created", "subject", "created_at", "id"),
+        Index("ix_oauth2_token_logs_branch_created", "branch_id", "created_at", "id"),
+        Index("ix_oauth2_token_logs_ip_created", "ip", "created_at", "id"),
+        Index(
+            "ix_oauth2_token_logs_family",
+            "family_id",
+            postgresql_where=text("family_id IS NOT NULL"),
+            sqlite_where=text("family_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_oauth2_token_logs_risky",
+            "created_at",
+            "id",
+            postgresql_where=text("risk_score > 0"),
+            sqlite_where=text("risk_score > 0"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    created_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(primary_key=True)
     action: Mapped[str] = mapped_column(String(40))
     client_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     subject: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -198,6 +221,32 @@ class TokenLog(Base):
     risk_score: Mapped[float] = mapped_column(Numeric(3, 2), default=0)
     flags: Mapped[list[str]] = mapped_column(JSON, default=list)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    family_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    seal_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    prev_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    row_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class AuditChain(Base):
+    """The one row (`id` 1) describing the audit hash chain.
+
+    `head_*`: the last sealed row (its `seal_seq`, `row_hash`, position `created_at`,
+    `id`). `anchor_*`: where verification starts, i.e. the last row removed by retention
+    (seq 0 and 64 zeros before anything was removed).
+    """
+
+    __tablename__ = "oauth2_audit_chain"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    head_seq: Mapped[int] = mapped_column(BigInteger)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    head_created_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    head_log_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    anchor_seq: Mapped[int] = mapped_column(BigInteger)
+    anchor_hash: Mapped[str] = mapped_column(String(64))
+    anchor_created_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    anchor_log_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    updated_at: Mapped[datetime]
 
 
 class SigningKey(Base):
@@ -216,3 +265,106 @@ class SigningKey(Base):
     private_key_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
     encryption_key_id: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime]
+
+
+# -- upstream brokering (issue 3; DESIGN.md "Upstream brokering") -------------------------
+
+
+class Branch(Base):
+    """A location of the business. `branch_id` is the external id that token exchange
+    requests, audit rows and the CLI name; the Google ids locate it in Business Profile."""
+
+    __tablename__ = "oauth2_branches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    branch_id: Mapped[str] = mapped_column(String(100), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    contact_email: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    google_account_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    google_location_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class ClientBranchGrant(Base):
+    """A client may broker upstream tokens for this branch (`branch_id`), or for every
+    branch when `branch_id` is `*` (so no foreign key on it)."""
+
+    __tablename__ = "oauth2_client_branches"
+    __table_args__ = (
+        UniqueConstraint("client_id", "branch_id"),
+        Index("ix_oauth2_client_branches_branch_id", "branch_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    client_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("oauth2_clients.client_id", ondelete="CASCADE")
+    )
+    branch_id: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime]
+
+
+class UpstreamCredential(Base):
+    """One upstream grant per (provider, account `sub`), shared by the branches linked to it.
+
+    Access and refresh tokens are AES-256-GCM ciphertexts under the keyring key
+    `encryption_key_id`; their associated data binds each to this row's id, provider,
+    account and token kind (`upstream.sealing`). `needs_consent` is set when the provider
+    refused a refresh (`invalid_grant`): an admin must connect a branch again.
+    """
+
+    __tablename__ = "oauth2_upstream_credentials"
+    __table_args__ = (UniqueConstraint("provider", "account_sub"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(40))
+    account_sub: Mapped[str] = mapped_column(String(255))
+    account_email: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    scope: Mapped[str] = mapped_column(Text, default="")
+    encryption_key_id: Mapped[str] = mapped_column(String(64))
+    access_token_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    refresh_token_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    access_expires_at: Mapped[datetime]
+    needs_consent: Mapped[bool] = mapped_column(Boolean, default=False)
+    consent_error: Mapped[str | None] = mapped_column(String(400), nullable=True)
+    last_refreshed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class BranchUpstreamLink(Base):
+    """Which upstream grant a branch uses for a provider (at most one per provider)."""
+
+    __tablename__ = "oauth2_branch_upstream_links"
+    __table_args__ = (Index("ix_oauth2_branch_upstream_links_credential_id", "credential_id"),)
+
+    branch_id: Mapped[str] = mapped_column(
+        String(100),
+        ForeignKey("oauth2_branches.branch_id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+    provider: Mapped[str] = mapped_column(String(40), primary_key=True)
+    credential_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("oauth2_upstream_credentials.id", ondelete="CASCADE")
+    )
+    linked_at: Mapped[datetime]
+
+
+class UpstreamAuthorizationState(Base):
+    """A pending connection: the `state` sent to the provider, stored as its SHA-256, with
+    the PKCE verifier as keyring ciphertext. Consumed once by the callback."""
+
+    __tablename__ = "oauth2_upstream_states"
+
+    state_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(40))
+    branch_id: Mapped[str] = mapped_column(
+        String(100), ForeignKey("oauth2_branches.branch_id", ondelete="CASCADE")
+    )
+    redirect_uri: Mapped[str] = mapped_column(Text)
+    scope: Mapped[str] = mapped_column(Text)
+    encryption_key_id: Mapped[str] = mapped_column(String(64))
+    code_verifier_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 
 from alembic import context
 from sqlalchemy.engine import Connection
@@ -16,10 +17,22 @@ config = context.config
 target_metadata = Base.metadata
 
 
+# Monthly partitions of oauth2_token_logs (and its default partition) are created by the
+# janitor, not by the models: autogenerate must not propose dropping them.
+_PARTITION = re.compile(r"^oauth2_token_logs_(p\d{6}|default)$")
+
+
+def _include_object(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    return not (type_ == "table" and name is not None and _PARTITION.match(name))
+
+
 def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
+        include_object=_include_object,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
     )

@@ -29,9 +29,11 @@ from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from oauth2_server.audit import RequestContext
+from oauth2_server.storage.fastpath import DeferredWrites, FastStore
 
 T = TypeVar("T")
 
+_NOT_PREFETCHED = object()
 _current: ContextVar[OAuthRequest] = ContextVar("oauth2_current_request")
 
 
@@ -76,6 +78,7 @@ class OAuthRequest(OAuth2Request):
         self.oauth_error: Any = None
         self.family_id: str | None = None
         self.introspected: Any = None
+        self.prefetched: Any = _NOT_PREFETCHED
 
     @property
     def form(self) -> dict[str, str]:
@@ -86,16 +89,45 @@ class OAuthRequest(OAuth2Request):
         return self.payload.data
 
 
+def is_prefetched(value: Any) -> bool:
+    """True if the service read this request's token before the Authlib call."""
+    return value is not _NOT_PREFETCHED
+
+
 def current_request() -> OAuthRequest:
     """The request whose Authlib call is running (inside `Bridge.run` only)."""
     return _current.get()
 
 
 class Bridge:
-    """Runs synchronous Authlib calls in one async session and transaction per request."""
+    """Runs synchronous Authlib calls in one async session and transaction per request.
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    `run_deferred` is the hot path's variant (client_credentials with a pre-verified
+    client; introspection of a JWT whose row was read up front): Authlib runs without a
+    session, its inserts are collected by `DeferredWrites` and written by `FastStore`
+    in one transaction, one statement on PostgreSQL. The commit rule is the same.
+    """
+
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession], fast: FastStore | None = None
+    ) -> None:
         self.sessionmaker = sessionmaker
+        self.fast = fast
+
+    async def run_deferred(self, request: OAuthRequest, call: Callable[[], Response]) -> Response:
+        """Run `call()` with `request.db` collecting inserts; write them if it succeeded."""
+        assert self.fast is not None
+        writes = DeferredWrites()
+        request.db = writes  # type: ignore[assignment]
+        token = _current.set(request)
+        try:
+            result = call()
+        finally:
+            _current.reset(token)
+            request.db = None
+        if result.status_code < 400 or request.keep_changes_on_error:
+            await self.fast.apply(writes)
+        return result
 
     async def run(self, request: OAuthRequest, call: Callable[[], T]) -> T:
         """Run `call()` with `request.db` bound; commit or roll back as described above.

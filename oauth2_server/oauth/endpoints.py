@@ -17,7 +17,7 @@ from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoi
 
 from oauth2_server.audit import AuditEvent, record
 from oauth2_server.crypto.hashing import token_digest
-from oauth2_server.oauth.bridge import current_request
+from oauth2_server.oauth.bridge import current_request, is_prefetched
 from oauth2_server.oauth.grants import ALL_METHODS, CONFIDENTIAL_METHODS, digest_prefix
 from oauth2_server.oauth.tokens import AccessTokenCodec
 from oauth2_server.storage import tokens as token_storage
@@ -94,7 +94,10 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
         self.issuer = issuer
 
     def query_token(self, token_string: str, token_type_hint: str | None) -> PresentedToken | None:
-        return find_presented_token(current_request().db, self.codec, token_string)
+        request = current_request()
+        if is_prefetched(request.prefetched):
+            return request.prefetched
+        return find_presented_token(request.db, self.codec, token_string)
 
     def check_permission(self, token: PresentedToken, client: Any, request: Any) -> bool:
         return token.client_id == client.client_id or INTROSPECT_SCOPE in client.record.scopes

@@ -25,7 +25,11 @@ from oauth2_server.config import Settings
 from oauth2_server.crypto.hashing import hash_secret, token_digest
 from oauth2_server.oauth.bridge import Bridge, OAuthRequest, current_request
 from oauth2_server.oauth.clients import ClientCache, FailureLimiter, OAuthClient, SecretVerifier
-from oauth2_server.oauth.endpoints import IntrospectionEndpoint, RevocationEndpoint
+from oauth2_server.oauth.endpoints import (
+    IntrospectionEndpoint,
+    PresentedToken,
+    RevocationEndpoint,
+)
 from oauth2_server.oauth.grants import (
     AuthorizationCodeGrant,
     ClientCredentialsGrant,
@@ -33,7 +37,14 @@ from oauth2_server.oauth.grants import (
     S256CodeChallenge,
 )
 from oauth2_server.oauth.keys import KeyStore
+from oauth2_server.oauth.token_exchange import (
+    TOKEN_EXCHANGE,
+    TokenExchange,
+    TokenExchangeConfig,
+    TokenExchangeGrant,
+)
 from oauth2_server.oauth.tokens import AccessTokenCodec, IssuedToken, TokenGenerator
+from oauth2_server.risk import AuthFailureWindow, auth_failure, ips_seen_for_family, refresh_from_ip
 from oauth2_server.storage import tokens as token_storage
 from oauth2_server.storage.clients import ClientRecord, get_client
 from oauth2_server.storage.users import (
@@ -43,6 +54,7 @@ from oauth2_server.storage.users import (
     get_user_by_username,
     remember_consent,
 )
+from oauth2_server.upstream.service import UpstreamService
 
 
 @functools.cache
@@ -122,6 +134,11 @@ class OAuth2AuthorizationServer(AuthorizationServer):
                 issued_at=issued.issued_at,
                 expires_at=issued.refresh_expires_at,
             )
+        risk = (
+            refresh_from_ip(request.context.ip, ips_seen_for_family(db, family_id))
+            if parent is not None and family_id
+            else None
+        )
         record(
             db,
             AuditEvent(
@@ -131,6 +148,8 @@ class OAuth2AuthorizationServer(AuthorizationServer):
                 subject=issued.subject,
                 grant_type=issued.grant_type,
                 token_id=issued.jti,
+                risk_score=risk.score if risk else None,
+                flags=risk.flags if risk else [],
                 details={"scope": issued.scope, "family_id": family_id}
                 if family_id
                 else {"scope": issued.scope},
@@ -204,7 +223,12 @@ def oauth_error_response(
 class OAuthService:
     """What the HTTP layer calls: token, introspection, revocation, authorization, login."""
 
-    grant_types_supported = ["authorization_code", "refresh_token", "client_credentials"]
+    grant_types_supported = [
+        "authorization_code",
+        "refresh_token",
+        "client_credentials",
+        TOKEN_EXCHANGE,
+    ]
 
     def __init__(
         self,
@@ -227,6 +251,7 @@ class OAuthService:
         self.login_failures = FailureLimiter(
             settings.client_auth_failure_limit, settings.client_auth_failure_window
         )
+        self.failures_by_ip = AuthFailureWindow(settings.client_auth_failure_window)
         generator = TokenGenerator(
             self.codec, settings.access_token_ttl, settings.refresh_token_ttl
         )
@@ -235,9 +260,15 @@ class OAuthService:
         server.register_grant(AuthorizationCodeGrant, [S256CodeChallenge(required=True)])
         server.register_grant(ClientCredentialsGrant)
         server.register_grant(RefreshTokenGrant)
+        exchange_config = TokenExchangeConfig(self.codec, keys.keyring, settings.upstream_min_ttl)
+        server.register_grant(TokenExchangeGrant, [exchange_config])
         server.register_endpoint(IntrospectionEndpoint(server, self.codec, self.issuer))
         server.register_endpoint(RevocationEndpoint(server, self.codec))
         self.server = server
+        self.upstream = UpstreamService(
+            settings, bridge.sessionmaker, keys.keyring, audit_buffer=audit_buffer
+        )
+        self.exchange = TokenExchange(server, self.upstream, exchange_config, bridge.fast)
 
     # -- client authentication (RFC 6749 §2.3.1), before entering the bridge ------------
 
@@ -297,38 +328,68 @@ class OAuthService:
         client_id, _ = extract_basic_authorization(request.headers)
         client_id = client_id or request.form.get("client_id")
         self.client_failures.fail(f"client:{client_id}", f"ip:{request.context.ip}")
+        risk = auth_failure("client_auth_failed", self.failures_by_ip.add(request.context.ip))
         self.audit_buffer.add(
             AuditEvent(
                 "client_auth_failed",
                 request.context,
                 client_id=(client_id or "")[:64] or None,
                 grant_type=request.form.get("grant_type"),
-                flags=["client_auth_failed"],
+                risk_score=risk.score,
+                flags=risk.flags,
                 details={"reason": request.oauth_error.get_error_description()},
             )
         )
 
-    async def _authenticated_call(self, request: OAuthRequest, call: Any) -> Response:
+    async def _authenticated_call(
+        self, request: OAuthRequest, call: Any, deferred: bool = False
+    ) -> Response:
         throttled = await self._preauthenticate(request)
         if throttled is not None:
             return throttled
-        response = await self.bridge.run(request, call)
+        if deferred and request.preauth_client is not None and self.bridge.fast is not None:
+            response = await self.bridge.run_deferred(request, call)
+        else:
+            response = await self.bridge.run(request, call)
         self._note_client_failure(request)
         return response
 
     # -- endpoints ----------------------------------------------------------------------
 
     async def token(self, request: OAuthRequest) -> Response:
-        """RFC 6749 §3.2 token endpoint: every grant, Cache-Control: no-store."""
+        """RFC 6749 §3.2 token endpoint: every grant, Cache-Control: no-store.
+
+        client_credentials with a pre-verified client needs no database read, so it takes
+        the bridge's deferred-write hot path (one statement on PostgreSQL). Token exchange
+        (RFC 8693) may refresh an upstream grant between two bridge calls (TokenExchange).
+        """
+        if request.form.get("grant_type") == TOKEN_EXCHANGE:
+            return await self.exchange.token(request, self._authenticated_call)
         return await self._authenticated_call(
-            request, lambda: self.server.create_token_response(request)
+            request,
+            lambda: self.server.create_token_response(request),
+            deferred=request.form.get("grant_type") == "client_credentials",
         )
 
     async def introspect(self, request: OAuthRequest) -> Response:
         """RFC 7662 introspection; audited through the batch buffer (read-only event)."""
         request.introspected = None
+        presented = request.form.get("token", "")
+        deferred = False
+        if presented.count(".") == 2 and self.bridge.fast is not None:
+            # Hot path: verify the JWT and read its row up front (one round trip).
+            claims = self.codec.decode(presented)
+            row = await self.bridge.fast.access_token(claims["jti"]) if claims else None
+            request.prefetched = (
+                PresentedToken("access_token", row.jti, access=row, claims=claims)
+                if row is not None
+                else None
+            )
+            deferred = True
         response = await self._authenticated_call(
-            request, lambda: self.server.create_endpoint_response("introspection", request)
+            request,
+            lambda: self.server.create_endpoint_response("introspection", request),
+            deferred=deferred,
         )
         if request.introspected is not None:
             token, active = request.introspected
@@ -448,12 +509,14 @@ class OAuthService:
         if ok and user is not None and user.active:
             return user
         self.login_failures.fail(*keys)
+        risk = auth_failure("login_failed", self.failures_by_ip.add(context.ip))
         self.audit_buffer.add(
             AuditEvent(
                 "login_failed",
                 context,
                 subject=user.subject if user else None,
-                flags=["login_failed"],
+                risk_score=risk.score,
+                flags=risk.flags,
             )
         )
         return None

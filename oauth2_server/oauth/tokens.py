@@ -7,7 +7,10 @@ keeps only the `jti`. Refresh tokens are 256-bit opaque strings stored as SHA-25
 
 from __future__ import annotations
 
+import hashlib
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,10 +41,14 @@ class IssuedToken:
 class AccessTokenCodec:
     """Signs and verifies RFC 9068 access tokens with the issuer's `KeyStore`."""
 
-    def __init__(self, keys: KeyStore, issuer: str, audience: str) -> None:
+    def __init__(
+        self, keys: KeyStore, issuer: str, audience: str, cache_size: int = 10_000
+    ) -> None:
         self.keys = keys
         self.issuer = issuer
         self.audience = audience
+        self.cache_size = cache_size
+        self._verified: OrderedDict[bytes, tuple[dict[str, Any], str]] = OrderedDict()
 
     def encode(self, claims: dict[str, Any]) -> str:
         """Sign `claims` (plus `iss`/`aud`) with the current key; header carries kid and typ."""
@@ -58,7 +65,28 @@ class AccessTokenCodec:
 
     def decode(self, token: str) -> dict[str, Any] | None:
         """Verified claims of one of our access tokens, or None (bad signature, expired,
-        unknown kid, wrong issuer or `typ`, malformed). RFC 9068 §4."""
+        unknown kid, wrong issuer or `typ`, malformed). RFC 9068 §4.
+
+        A verified token's claims are remembered (keyed by the SHA-256 of the exact token
+        string, bounded LRU) until it expires or its key leaves the key set, so a resource
+        server introspecting the same token on every call does not pay an ES256
+        verification each time. Revocation is not cached: callers still read the `jti` row.
+        """
+        key = hashlib.sha256(token.encode()).digest()
+        cached = self._verified.get(key)
+        if cached is not None:
+            claims, kid = cached
+            if kid in self.keys.public_keys and claims["exp"] > time.time():
+                return claims
+            del self._verified[key]
+        claims = self._verify(token)
+        if claims is not None:
+            self._verified[key] = (claims, claims.pop("_kid"))
+            while len(self._verified) > self.cache_size:
+                self._verified.popitem(last=False)
+        return claims
+
+    def _verify(self, token: str) -> dict[str, Any] | None:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -69,7 +97,7 @@ class AccessTokenCodec:
         if key is None or header.get("alg") != ALG:
             return None
         try:
-            return jwt.decode(
+            claims = jwt.decode(
                 token,
                 key,
                 algorithms=[ALG],
@@ -78,6 +106,8 @@ class AccessTokenCodec:
             )
         except jwt.PyJWTError:
             return None
+        claims["_kid"] = header["kid"]
+        return claims
 
 
 class TokenGenerator:

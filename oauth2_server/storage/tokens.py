@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from oauth2_server.db.models import AccessToken, AuthorizationCode, RefreshToken
@@ -135,26 +135,33 @@ _ACCESS_COLUMNS = (
 )
 
 
+# Hot-path statements are constants on the Table with bound parameters: compiled once,
+# executed on the session's connection without ORM machinery.
+_INSERT_ACCESS = AccessToken.__table__.insert()
+_SELECT_ACCESS = select(*_ACCESS_COLUMNS).where(AccessToken.jti == bindparam("jti"))
+
+
 def insert_access_token(session: Session, record: AccessTokenRecord) -> None:
     """Store the row for a newly issued access token."""
-    session.execute(
-        insert(AccessToken).values(
-            jti=record.jti,
-            client_id=record.client_id,
-            subject=record.subject,
-            user_id=record.user_id,
-            scope=record.scope,
-            grant_type=record.grant_type,
-            family_id=record.family_id,
-            issued_at=record.issued_at,
-            expires_at=record.expires_at,
-        )
+    session.connection().execute(
+        _INSERT_ACCESS,
+        {
+            "jti": record.jti,
+            "client_id": record.client_id,
+            "subject": record.subject,
+            "user_id": record.user_id,
+            "scope": record.scope,
+            "grant_type": record.grant_type,
+            "family_id": record.family_id,
+            "issued_at": record.issued_at,
+            "expires_at": record.expires_at,
+        },
     )
 
 
 def get_access_token(session: Session, jti: str) -> AccessTokenRecord | None:
     """The access-token row by `jti`, or None."""
-    row = session.execute(select(*_ACCESS_COLUMNS).where(AccessToken.jti == jti)).first()
+    row = session.connection().execute(_SELECT_ACCESS, {"jti": jti}).first()
     return AccessTokenRecord(*row) if row else None
 
 

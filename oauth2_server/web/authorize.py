@@ -12,9 +12,11 @@ import hmac
 import secrets
 from urllib.parse import urlencode
 
+from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from oauth2_server.oauth.server import (
     AuthorizationPageError,
@@ -23,6 +25,22 @@ from oauth2_server.oauth.server import (
     OAuthService,
 )
 from oauth2_server.web.forms import BadRequest, oauth_request, parse_params, read_form
+
+
+class LoginSessionMiddleware:
+    """Starlette's signed-cookie session, on the authorization endpoint only (the token,
+    introspection and revocation endpoints never read cookies). Cookie: HttpOnly,
+    SameSite=Lax, Secure outside development; signed with a key derived from the keyring."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._wrapped: SessionMiddleware | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._wrapped is None:
+            self._wrapped = SessionMiddleware(self.app, **scope["app"].state.session_settings)
+        await self._wrapped(scope, receive, send)
+
 
 SESSION_USER = "uid"
 SESSION_CSRF = "csrf"

@@ -1,0 +1,221 @@
+"""Audit query benchmark: one client, one day, on a large `oauth2_token_logs` (PostgreSQL).
+
+    python bench/audit_query.py --rows 10000000      # the issue's target: < 100 ms
+    python bench/audit_query.py --rows 200000        # a quick check that it works
+
+It (re)creates a scratch database (`--database-url`, default
+postgresql://postgres@127.0.0.1:5432/oauth2_bench_audit; it is DROPPED first), migrates
+it to head (monthly partitions), creates the partitions of the last `--days` days the
+way the janitor does, drops the table's secondary indexes, bulk-loads `--rows` rows with
+`generate_series` in chunks (rows spread at random over `--days` days and `--clients`
+clients, so a client-day holds rows / (clients × days) rows in random physical order),
+rebuilds the indexes, ANALYZEs, and then times the admin API's query path
+(`audit_query.query_rows` over asyncpg, exactly what GET /admin/audit runs) for
+`--samples` random (client, day) pairs: the first page (limit 100) and the whole day
+(keyset pages of 1000). Prints p50 / p95 / max in ms and the plan of one query, and exits
+1 when the p95 of the first page is above `--target-ms` (default 100).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from oauth2_server import audit_partitions  # noqa: E402
+from oauth2_server.audit_query import AuditFilter, query_rows  # noqa: E402
+from oauth2_server.crypto.keyring import generate_key_spec  # noqa: E402
+from oauth2_server.db.engine import create_engine as create_async  # noqa: E402
+from oauth2_server.db.engine import create_sessionmaker  # noqa: E402
+
+LOAD = """
+INSERT INTO oauth2_token_logs (created_at, action, client_id, subject, grant_type, token_id,
+    ip, user_agent, request_id, risk_score, flags, details, family_id)
+SELECT :now - random() * make_interval(days => :days),
+       (ARRAY['issued', 'refreshed', 'introspected', 'revoked'])[1 + g % 4],
+       'client-' || lpad((floor(random() * :clients))::int::text, 5, '0'),
+       'user-' || (g % 50000),
+       'client_credentials',
+       md5(g::text),
+       '10.' || (g % 250) || '.' || (g % 199) || '.1',
+       'bench/1.0',
+       md5((g * 7)::text),
+       CASE WHEN g % 997 = 0 THEN 0.4 ELSE 0 END,
+       CAST(CASE WHEN g % 997 = 0 THEN '["new_ip"]' ELSE '[]' END AS json),
+       CAST('{}' AS json),
+       CASE WHEN g % 3 = 0 THEN md5((g / 3)::text) END
+FROM generate_series(:start, :stop) AS g
+"""
+
+
+def sync_url(url: str) -> str:
+    return make_url(url).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+def recreate_database(url: str) -> None:
+    target = make_url(url)
+    admin = create_engine(
+        sync_url(url.rsplit("/", 1)[0] + "/postgres"), isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
+        connection.execute(text(f'CREATE DATABASE "{target.database}"'))
+    admin.dispose()
+
+
+def migrate(url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH2_")}
+    env.update(OAUTH2_DATABASE_URL=url, OAUTH2_ENCRYPTION_KEYS=generate_key_spec("bench"))
+    subprocess.run(
+        [sys.executable, "-m", "oauth2_server", "migrate"],
+        env=env,
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
+
+
+def load(url: str, rows: int, days: int, clients: int, now: datetime) -> None:
+    engine = create_engine(sync_url(url))
+    with Session(engine) as session, session.begin():
+        month = audit_partitions.month_start(now - timedelta(days=days))
+        while month <= now:
+            audit_partitions.ensure_month(session, month)
+            month = audit_partitions.add_months(month, 1)
+    with engine.begin() as connection:
+        indexes = connection.execute(
+            text(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'oauth2_token_logs' "
+                "AND indexname LIKE 'ix_%'"
+            )
+        ).all()
+        for name, _ in indexes:
+            connection.execute(text(f"DROP INDEX {name}"))
+    chunk = 1_000_000
+    started = time.monotonic()
+    for start in range(1, rows + 1, chunk):
+        stop = min(rows, start + chunk - 1)
+        with engine.begin() as connection:
+            connection.execute(
+                text(LOAD),
+                {"now": now, "days": days, "clients": clients, "start": start, "stop": stop},
+            )
+        print(f"  loaded {stop:,} rows ({time.monotonic() - started:.0f} s)", flush=True)
+    with engine.begin() as connection:
+        for name, definition in indexes:
+            began = time.monotonic()
+            connection.execute(text(definition.replace(" ON ONLY ", " ON ")))
+            print(f"  index {name}: {time.monotonic() - began:.0f} s", flush=True)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("VACUUM ANALYZE oauth2_token_logs"))
+    engine.dispose()
+
+
+def percentiles(samples: list[float]) -> str:
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
+    return f"p50 {statistics.median(ordered):6.1f} ms  p95 {p95:6.1f} ms  max {ordered[-1]:6.1f} ms"
+
+
+async def measure(
+    url: str, days: int, clients: int, samples: int, now: datetime
+) -> tuple[list[float], list[float], list[int]]:
+    engine = create_async(url, 2)
+    sessions = create_sessionmaker(engine)
+    first_page, whole_day, sizes = [], [], []
+    rng = random.Random(7)
+    try:
+        for i in range(samples + 1):
+            client = f"client-{rng.randrange(clients):05d}"
+            day = (now - timedelta(days=rng.randrange(1, days))).replace(
+                hour=0, minute=0, second=0, microsecond=0
+            )
+            f = AuditFilter(since=day, until=day + timedelta(days=1), client_id=client)
+            async with sessions() as session:
+                began = time.perf_counter()
+                await session.run_sync(query_rows, f, None, 100)
+                first = (time.perf_counter() - began) * 1000
+                began, after, count = time.perf_counter(), None, 0
+                while True:
+                    rows = await session.run_sync(query_rows, f, after, 1000)
+                    count += len(rows)
+                    if len(rows) < 1000:
+                        break
+                    after = (rows[-1].created_at, rows[-1].id)
+                whole = (time.perf_counter() - began) * 1000
+            if i:  # the first pair warms the connection and the catalog caches
+                first_page.append(first)
+                whole_day.append(whole)
+                sizes.append(count)
+    finally:
+        await engine.dispose()
+    return first_page, whole_day, sizes
+
+
+def explain(url: str, now: datetime, clients: int) -> str:
+    engine = create_engine(sync_url(url))
+    day = (now - timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
+    with engine.connect() as connection:
+        plan = connection.execute(
+            text(
+                "EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM oauth2_token_logs WHERE client_id = :c "
+                "AND created_at >= :a AND created_at < :b ORDER BY created_at, id LIMIT 100"
+            ),
+            {"c": f"client-{clients // 2:05d}", "a": day, "b": day + timedelta(days=1)},
+        ).all()
+    engine.dispose()
+    return "\n".join(f"    {row[0]}" for row in plan)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--database-url", default="postgresql://postgres@127.0.0.1:5432/oauth2_bench_audit"
+    )
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--samples", type=int, default=50)
+    parser.add_argument("--target-ms", type=float, default=100.0)
+    parser.add_argument(
+        "--reuse", action="store_true", help="skip creating and loading the database"
+    )
+    args = parser.parse_args()
+    now = datetime.now(UTC)
+    if not args.reuse:
+        print(
+            f"creating {make_url(args.database_url).database} with {args.rows:,} rows", flush=True
+        )
+        recreate_database(args.database_url)
+        migrate(args.database_url)
+        load(args.database_url, args.rows, args.days, args.clients, now)
+    first, whole, sizes = asyncio.run(
+        measure(args.database_url, args.days, args.clients, args.samples, now)
+    )
+    print(f"rows {args.rows:,}; one client × one day ≈ {statistics.mean(sizes):.0f} rows")
+    print(f"first page (limit 100): {percentiles(first)}")
+    print(f"whole day (pages of 1000): {percentiles(whole)}")
+    print("plan of one first-page query:\n" + explain(args.database_url, now, args.clients))
+    p95 = sorted(first)[min(len(first) - 1, int(len(first) * 0.95))]
+    print("OK" if p95 < args.target_ms else f"SLOW: p95 {p95:.1f} ms ≥ {args.target_ms} ms")
+    return 0 if p95 < args.target_ms else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

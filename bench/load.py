@@ -1,0 +1,340 @@
+"""Load benchmark: client_credentials and introspection on PostgreSQL, 2 uvicorn workers,
+against a bare Starlette endpoint answering a JSON body of the same size (the ceiling).
+
+    sudo apt-get install wrk           # the load generator (Debian package)
+    python bench/load.py               # defaults: 15 s per scenario, concurrency 16
+
+It creates a scratch PostgreSQL database (`--database-url`, default
+postgresql://postgres@127.0.0.1:5432/oauth2_bench), migrates it, registers a client,
+starts `oauth2-server serve --workers 2` on a free loopback port, and runs wrk with 2
+threads and 16 connections per scenario. Commits are durable (PostgreSQL defaults,
+synchronous_commit=on) and every token request writes its access-token row and audit row.
+Prints one line per scenario: req/s, p50, p99 (ms) and errors (non-2xx or socket errors).
+Extra scenarios (e.g. token exchange) register themselves in SCENARIOS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlencode
+
+import requests
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from oauth2_server.crypto.keyring import generate_key_spec  # noqa: E402
+from oauth2_server.storage.clients import create_client  # noqa: E402
+
+WRK_SCRIPT = textwrap.dedent(
+    """
+    wrk.method = "POST"
+    wrk.body = os.getenv("BENCH_BODY")
+    wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+    local auth = os.getenv("BENCH_AUTH")
+    if auth and auth ~= "" then wrk.headers["Authorization"] = auth end
+    local bad = 0
+    response = function(status, headers, body)
+      if status ~= 200 then bad = bad + 1 end
+    end
+    done = function(summary, latency, requests)
+      local e = summary.errors
+      io.write(string.format(
+        '{"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"socket_errors":%d,"status_errors":%d}\\n',
+        summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+        e.connect + e.read + e.write + e.timeout, e.status))
+    end
+    """
+)
+
+BARE_APP = textwrap.dedent(
+    """
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    BODY = {"access_token": "x" * %(size)d, "token_type": "Bearer"}
+
+    async def token(request):
+        await request.form()
+        return JSONResponse(BODY, headers={"Cache-Control": "no-store"})
+
+    app = Starlette(routes=[Route("/token", token, methods=["POST"])])
+    """
+)
+
+
+@dataclass
+class Result:
+    name: str
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+    def line(self) -> str:
+        return (
+            f"{self.name:<28} {self.requests_per_second:>9,.0f} req/s   "
+            f"p50 {self.p50_ms:6.2f} ms   p99 {self.p99_ms:6.2f} ms   errors {self.errors}"
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited early ({process.returncode})")
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    raise SystemExit(f"{url} not ready after {timeout} s")
+
+
+def run_wrk(
+    name: str, url: str, body: str, auth: str, seconds: int, connections: int, script: Path
+) -> Result:
+    env = {**os.environ, "BENCH_BODY": body, "BENCH_AUTH": auth}
+    output = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    stats = json.loads(output.strip().splitlines()[-1])
+    return Result(
+        name,
+        stats["requests"] / (stats["duration_us"] / 1e6),
+        stats["p50_us"] / 1000,
+        stats["p99_us"] / 1000,
+        stats["socket_errors"] + stats["status_errors"],
+    )
+
+
+def basic(client_id: str, secret: str) -> str:
+    return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+
+
+@dataclass
+class BenchContext:
+    """What a scenario gets: the server, the database, a registered confidential client."""
+
+    base_url: str
+    database_url: str
+    sync_engine: object
+    client_id: str
+    secret: str
+    env: dict[str, str]
+
+
+# name → function(context) returning (path, body, authorization header)
+SCENARIOS: dict[str, Callable[[BenchContext], tuple[str, str, str]]] = {}
+
+
+def scenario(
+    name: str,
+) -> Callable[
+    [Callable[[BenchContext], tuple[str, str, str]]], Callable[[BenchContext], tuple[str, str, str]]
+]:
+    def register(func: Callable[[BenchContext], tuple[str, str, str]]):
+        SCENARIOS[name] = func
+        return func
+
+    return register
+
+
+@scenario("client_credentials")
+def client_credentials(ctx: BenchContext) -> tuple[str, str, str]:
+    return (
+        "/oauth2/token",
+        "grant_type=client_credentials&scope=read",
+        basic(ctx.client_id, ctx.secret),
+    )
+
+
+@scenario("introspection")
+def introspection(ctx: BenchContext) -> tuple[str, str, str]:
+    token = requests.post(
+        ctx.base_url + "/oauth2/token",
+        auth=(ctx.client_id, ctx.secret),
+        data={"grant_type": "client_credentials"},
+        timeout=30,
+    ).json()
+    return (
+        "/oauth2/introspect",
+        urlencode({"token": token["access_token"]}),
+        basic(ctx.client_id, ctx.secret),
+    )
+
+
+def load_extra_scenarios() -> None:
+    """Scenario modules beside this file (bench/scenario_*.py) register themselves."""
+    import importlib
+
+    for path in sorted(Path(__file__).parent.glob("scenario_*.py")):
+        importlib.import_module(f"bench.{path.stem}")
+
+
+def reset_database(url: str) -> None:
+    parsed = make_url(url)
+    admin = create_engine(
+        parsed.set(drivername="postgresql+psycopg", database="postgres"),
+        isolation_level="AUTOCOMMIT",
+    )
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
+        connection.execute(text(f'CREATE DATABASE "{parsed.database}"'))
+    admin.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--database-url", default="postgresql://postgres@127.0.0.1:5432/oauth2_bench"
+    )
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--only", action="append", help="run only these scenarios")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    load_extra_scenarios()
+
+    reset_database(args.database_url)
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH2_")}
+    env.update(
+        OAUTH2_DATABASE_URL=args.database_url,
+        OAUTH2_ENCRYPTION_KEYS=generate_key_spec("bench"),
+        OAUTH2_ISSUER=base_url,
+        OAUTH2_PORT=str(port),
+        OAUTH2_WORKERS=str(args.workers),
+        OAUTH2_BOOTSTRAP_ADMIN="false",
+        OAUTH2_LOG_LEVEL="warning",
+    )
+    python = sys.executable
+    subprocess.run(
+        [python, "-m", "oauth2_server", "migrate"], env=env, check=True, capture_output=True
+    )
+    sync_url = make_url(args.database_url).set(drivername="postgresql+psycopg")
+    engine = create_engine(sync_url)
+    with Session(engine) as session, session.begin():
+        record, secret = create_client(
+            session,
+            name="bench",
+            grant_types=["client_credentials"],
+            redirect_uris=[],
+            scope="read introspect",
+        )
+    server = subprocess.Popen([python, "-m", "oauth2_server", "serve"], env=env, cwd=ROOT)
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "bench.lua"
+        script.write_text(WRK_SCRIPT)
+        try:
+            wait_ready(base_url + "/healthz", server)
+            ctx = BenchContext(
+                base_url, args.database_url, engine, record.client_id, secret or "", env
+            )
+            body_size = 0
+            for name, build in SCENARIOS.items():
+                if args.only and name not in args.only:
+                    continue
+                path, body, auth = build(ctx)
+                # warm the secret cache, the client cache and the connection pools
+                for _ in range(50):
+                    response = requests.post(
+                        base_url + path,
+                        data=body,
+                        timeout=30,
+                        headers={
+                            "Authorization": auth,
+                            "Content-Type": "application/x-www-form-urlencoded",
+                        },
+                    )
+                    assert response.status_code == 200, response.text
+                body_size = max(body_size, len(response.content))
+                results.append(
+                    run_wrk(
+                        name, base_url + path, body, auth, args.seconds, args.connections, script
+                    )
+                )
+                print(results[-1].line(), flush=True)
+            log_rows = (
+                engine.connect().execute(text("SELECT count(*) FROM oauth2_token_logs")).scalar()
+            )
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+        # The ceiling: bare Starlette, same uvicorn settings, JSON body of the same size.
+        app_dir = Path(tmp)
+        (app_dir / "bare_app.py").write_text(BARE_APP % {"size": max(body_size - 45, 10)})
+        bare_port = free_port()
+        bare = subprocess.Popen(
+            [
+                python,
+                "-m",
+                "uvicorn",
+                "bare_app:app",
+                "--port",
+                str(bare_port),
+                "--workers",
+                str(args.workers),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            cwd=app_dir,
+        )
+        try:
+            wait_ready(f"http://127.0.0.1:{bare_port}/token", bare)
+            results.append(
+                run_wrk(
+                    "bare starlette (ceiling)",
+                    f"http://127.0.0.1:{bare_port}/token",
+                    "grant_type=client_credentials&scope=read",
+                    "",
+                    args.seconds,
+                    args.connections,
+                    script,
+                )
+            )
+            print(results[-1].line(), flush=True)
+        finally:
+            bare.terminate()
+            bare.wait(timeout=30)
+    print(f"audit rows written: {log_rows}")
+    engine.dispose()
+
+
+if __name__ == "__main__":
+    main()

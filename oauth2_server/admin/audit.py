@@ -1,0 +1,54 @@
+"""Admin API: GET /admin/audit, the audit trail queried with keyset pagination.
+
+Filters and their meaning are `audit_query.FILTER_DOCS`; the same filters drive
+`oauth2-server audit query` and `audit export`. A cursor altered by the client, or
+reused with other filters, is a 400 naming `cursor`; a reversed time range is a 400
+naming `until`.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from oauth2_server.admin.http import Actor, bad_request, cursor_codec, json_response
+from oauth2_server.admin.http import admin_endpoint as endpoint
+from oauth2_server.audit_query import (
+    FILTER_DOCS,
+    MAX_LIMIT,
+    AuditQueryError,
+    parse_filter,
+    parse_limit,
+    query_page,
+)
+from oauth2_server.web.forms import BadRequest, parse_params
+
+QUERY = {
+    **FILTER_DOCS,
+    "limit": f"page size, 1–{MAX_LIMIT} (default 100)",
+    "cursor": "next_cursor of the previous page (same filters)",
+}
+
+
+@endpoint(query=QUERY, tag="audit")
+async def query_audit(request: Request, actor: Actor) -> Response:
+    """Query `oauth2_token_logs`: rows matching every filter given, oldest first (or
+    `order=desc`), `limit` per page; `next_cursor` fetches the next page."""
+    try:
+        params = parse_params(request.url.query, allow_repeats=True)
+    except BadRequest as exc:
+        raise bad_request("query", exc.description) from None
+    try:
+        for name in ("limit", "cursor"):
+            if len(params.get(name, [])) > 1:
+                raise AuditQueryError(name, f"{name} may be given once")
+        f = parse_filter(params, extra=("limit", "cursor"))
+        limit = parse_limit((params.get("limit") or [None])[0])
+        cursor = (params.get("cursor") or [None])[0]
+        codec = cursor_codec(request)
+        page = await request.app.state.oauth.bridge.read(
+            lambda s: query_page(s, codec, f, cursor, limit)
+        )
+    except AuditQueryError as exc:
+        raise bad_request(exc.field, exc.message) from None
+    return json_response(page)

@@ -1,0 +1,190 @@
+"""`oauth2-server audit query|export|verify|seal` and `oauth2-server janitor`: the audit
+trail for auditors (same filters as GET /admin/audit) and housekeeping."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import ExitStack
+from typing import Any, TextIO
+
+from oauth2_server import audit_chain, audit_query, janitor
+from oauth2_server.admin.cli_support import (
+    CommandFailed,
+    Sessions,
+    add_paging,
+    options_body,
+    print_json,
+    quiet_broken_pipe,
+    run_async,
+)
+from oauth2_server.admin.http import make_cursor_codec
+from oauth2_server.config import Settings
+from oauth2_server.crypto.keyring import load_keyring
+
+FILTER_OPTIONS = {
+    "since": "since",
+    "until": "until",
+    "client_id": "client_id",
+    "subject": "subject",
+    "branch_id": "branch_id",
+    "ip": "ip",
+    "min_risk": "min_risk",
+    "flag": "flag",
+    "order": "order",
+}
+
+
+def _filter(args: Any) -> audit_query.AuditFilter:
+    params = {name: [str(v)] for name, v in options_body(args, FILTER_OPTIONS).items()}
+    if args.action:
+        params["action"] = list(args.action)
+    try:
+        return audit_query.parse_filter(params)
+    except audit_query.AuditQueryError as exc:
+        raise CommandFailed(f"{exc.field}: {exc.message}") from None
+
+
+def cmd_audit_query(settings: Settings, args: Any) -> None:
+    f = _filter(args)
+    try:
+        limit = audit_query.parse_limit(str(args.limit))
+    except audit_query.AuditQueryError as exc:
+        raise CommandFailed(f"--limit: {exc.message}") from None
+    codec = make_cursor_codec(load_keyring(settings))
+
+    async def go(sessions: Sessions) -> Any:
+        async with sessions() as session:
+            return await session.run_sync(audit_query.query_page, codec, f, args.cursor, limit)
+
+    print_json(run_async(settings, go))
+
+
+class ProgressBar:
+    """`[#####.....] 45% 45,000/100,000 rows` redrawn in place on a terminal."""
+
+    def __init__(self, total: int, stream: TextIO, width: int = 30) -> None:
+        self.total = max(total, 1)
+        self.stream = stream
+        self.width = width
+
+    def __call__(self, done: int) -> None:
+        fraction = min(1.0, done / self.total)
+        filled = int(self.width * fraction)
+        bar = "#" * filled + "." * (self.width - filled)
+        self.stream.write(f"\r[{bar}] {fraction:4.0%} {done:,}/{self.total:,} rows")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+def cmd_audit_export(settings: Settings, args: Any) -> None:
+    f = _filter(args)
+    with ExitStack() as stack:
+        if args.output and args.output != "-":
+            try:
+                out: TextIO = stack.enter_context(
+                    open(args.output, "w", newline="", encoding="utf-8")  # noqa: SIM115
+                )
+            except OSError as exc:
+                raise CommandFailed(f"--output: {exc}") from None
+        else:
+            out = sys.stdout
+        show_bar = sys.stderr.isatty() and not (out is sys.stdout and sys.stdout.isatty())
+        writer = audit_query.RowWriter(out, args.format)
+
+        async def go(sessions: Sessions) -> int:
+            bar = None
+            if show_bar:
+                async with sessions() as session:
+                    bar = ProgressBar(await session.run_sync(audit_query.count_rows, f), sys.stderr)
+            total = await audit_query.export(sessions, f, writer, args.batch_size, bar)
+            if bar is not None:
+                bar(total)
+                bar.close()
+            return total
+
+        try:
+            total = run_async(settings, go)
+            out.flush()
+        except BrokenPipeError:
+            quiet_broken_pipe()
+    if args.output and args.output != "-":
+        print(json.dumps({"rows": total, "output": args.output}), file=sys.stderr)
+
+
+def cmd_audit_verify(settings: Settings, args: Any) -> None:
+    expect = None
+    if args.expect:
+        seq, _, digest = args.expect.partition(":")
+        if not seq.isdigit() or len(digest) != 64:
+            raise CommandFailed("--expect must look like SEQ:HASH (a head printed by verify)")
+        expect = (int(seq), digest)
+    report = run_async(settings, lambda sessions: audit_chain.verify_chain(sessions, expect))
+    result = {
+        "ok": report.ok,
+        "checked": report.checked,
+        "pending": report.pending,
+        "anchor_seq": report.anchor_seq,
+        "head": f"{report.head_seq}:{report.head_hash}",
+        "problem": report.problem.__dict__ if report.problem else None,
+        "notes": report.notes,
+    }
+    print_json(result)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+def cmd_audit_seal(settings: Settings, args: Any) -> None:
+    delay = settings.audit_seal_delay if args.delay is None else args.delay
+    batch = settings.janitor_batch_size
+    sealed = run_async(settings, lambda sessions: audit_chain.seal_pending(sessions, delay, batch))
+    print_json({"sealed": sealed})
+
+
+def cmd_janitor(settings: Settings, args: Any) -> None:
+    async def go(sessions: Sessions) -> janitor.JanitorReport:
+        return await janitor.run_janitor(
+            settings, sessions, seal=not args.no_seal, batch_size=args.batch_size
+        )
+
+    print_json(run_async(settings, go).as_dict())
+
+
+def _audit_filters(parser: argparse.ArgumentParser) -> None:
+    for name, doc in audit_query.FILTER_DOCS.items():
+        option = "--" + name.replace("_", "-")
+        if name == "action":
+            parser.add_argument(option, action="append", help=doc)
+        else:
+            parser.add_argument(option, dest=name, help=doc)
+
+
+def register(sub: Any) -> None:
+    """Add `audit …` and `janitor` to `oauth2-server`'s parser (`sub`: its subparsers)."""
+    audit = sub.add_parser("audit", help="query, export and verify the audit trail")
+    audit_group = audit.add_subparsers(dest="audit_command", required=True)
+    a = audit_group.add_parser("query", help="one page of audit rows (JSON)")
+    _audit_filters(a)
+    add_paging(a, audit_query.DEFAULT_LIMIT)
+    a.set_defaults(func=cmd_audit_query)
+    a = audit_group.add_parser("export", help="stream every matching row as CSV or JSON Lines")
+    _audit_filters(a)
+    a.add_argument("--format", choices=["csv", "jsonl"], required=True)
+    a.add_argument("--output", help="file to write (default stdout)")
+    a.add_argument("--batch-size", type=int, default=1000, help="rows per read")
+    a.set_defaults(func=cmd_audit_export)
+    a = audit_group.add_parser("verify", help="recompute the hash chain; exit 1 on tampering")
+    a.add_argument("--expect", help="SEQ:HASH of a head recorded earlier, to check too")
+    a.set_defaults(func=cmd_audit_verify)
+    a = audit_group.add_parser("seal", help="seal pending rows into the hash chain now")
+    a.add_argument("--delay", type=float, help="seconds (default OAUTH2_AUDIT_SEAL_DELAY)")
+    a.set_defaults(func=cmd_audit_seal)
+
+    j = sub.add_parser("janitor", help="partitions, sealing, retention, expired rows")
+    j.add_argument("--batch-size", type=int, help="default OAUTH2_JANITOR_BATCH_SIZE")
+    j.add_argument("--no-seal", action="store_true", help="skip sealing")
+    j.set_defaults(func=cmd_janitor)

@@ -1,0 +1,239 @@
+"""CLI commands for admins: the admin API's operations without HTTP (`clients`, `users`,
+`tokens`), registered into `oauth2-server` by `cli.build_parser` with `audit` and
+`janitor` (`admin.audit_commands`). Every command prints JSON. Changes are audited like
+API changes (`admin_*` rows, `via: cli`, the OS user as `operator`).
+
+A client changed here is seen by running servers within `OAUTH2_CLIENT_CACHE_TTL`
+seconds; revocations are immediate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from typing import Any
+
+from oauth2_server.admin import audit_commands, clients, tokens, users
+from oauth2_server.admin.cli_support import (
+    CommandFailed,
+    add_paging,
+    options_body,
+    print_json,
+    transaction,
+)
+from oauth2_server.admin.http import MAX_PAGE, Actor, AdminError, make_cursor_codec
+from oauth2_server.audit import RequestContext
+from oauth2_server.config import Settings
+from oauth2_server.crypto.hashing import hash_secret
+from oauth2_server.crypto.keyring import load_keyring
+from oauth2_server.cursors import CursorError, query_scope
+
+__all__ = ["CommandFailed", "register"]
+
+
+def _actor() -> Actor:
+    return Actor(None, None, RequestContext(), via="cli", operator=getpass.getuser())
+
+
+def _page(settings: Settings, name: str, filters: dict[str, Any], args: Any, call: Any) -> None:
+    """Print one page of a listing; its `next_cursor` continues with --cursor."""
+    if not 1 <= args.limit <= MAX_PAGE:
+        raise CommandFailed(f"--limit must be from 1 to {MAX_PAGE}")
+    codec = make_cursor_codec(load_keyring(settings))
+    scope = query_scope(name, filters)
+    try:
+        after = codec.decode(args.cursor, scope) if args.cursor else None
+    except CursorError as exc:
+        raise CommandFailed(f"cursor: {exc}") from None
+    page = transaction(settings, lambda s: call(s, after, args.limit))
+    position = page.pop("next_position")
+    page["next_cursor"] = codec.encode(scope, position) if position else None
+    print_json(page)
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    if values is None:
+        return None
+    return [v for value in values for v in value.replace(",", " ").split() if v]
+
+
+# -- clients ------------------------------------------------------------------------------
+
+
+def cmd_clients_list(settings: Settings, args: Any) -> None:
+    _page(settings, "clients", {}, args, clients.list_clients_op)
+
+
+def cmd_clients_show(settings: Settings, args: Any) -> None:
+    print_json(transaction(settings, lambda s: clients.get_client_op(s, args.client_id)))
+
+
+def cmd_clients_update(settings: Settings, args: Any) -> None:
+    body = options_body(args, {"name": "name", "active": "active"})
+    for dest, name in (
+        ("grant_type", "grant_types"),
+        ("redirect_uri", "redirect_uris"),
+        ("branch", "branches"),
+    ):
+        if getattr(args, dest) is not None:
+            body[name] = _split(getattr(args, dest))
+    if args.scope is not None:
+        body["scope"] = " ".join(_split(args.scope) or [])
+    actor = _actor()
+    print_json(
+        transaction(settings, lambda s: clients.update_client_op(s, actor, args.client_id, body))
+    )
+
+
+def cmd_clients_rotate_secret(settings: Settings, args: Any) -> None:
+    actor = _actor()
+    secret, hashed = asyncio.run(clients.new_secret_hash())
+    result = transaction(
+        settings, lambda s: clients.rotate_secret_op(s, actor, args.client_id, hashed)
+    )
+    print_json({**result, "client_secret": secret})
+    print("The client secret is shown only this once.", file=sys.stderr)
+
+
+def cmd_clients_delete(settings: Settings, args: Any) -> None:
+    actor = _actor()
+    print_json(transaction(settings, lambda s: clients.delete_client_op(s, actor, args.client_id)))
+
+
+# -- users --------------------------------------------------------------------------------
+
+
+def cmd_users_list(settings: Settings, args: Any) -> None:
+    _page(settings, "users", {}, args, users.list_users_op)
+
+
+def cmd_users_show(settings: Settings, args: Any) -> None:
+    print_json(transaction(settings, lambda s: users.get_user_op(s, args.subject)))
+
+
+def cmd_users_update(settings: Settings, args: Any) -> None:
+    body = options_body(args, {"username": "username", "active": "active"})
+    actor = _actor()
+    print_json(transaction(settings, lambda s: users.update_user_op(s, actor, args.subject, body)))
+
+
+def cmd_users_deactivate(settings: Settings, args: Any) -> None:
+    actor = _actor()
+    body = {"active": False}
+    print_json(transaction(settings, lambda s: users.update_user_op(s, actor, args.subject, body)))
+
+
+def cmd_users_set_password(settings: Settings, args: Any) -> None:
+    password = args.password
+    if password is None:
+        password = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else None
+    if password is None:
+        password = getpass.getpass("new password: ")
+    try:
+        users.check_password(password)
+    except AdminError as exc:
+        raise CommandFailed(exc.description) from None
+    hashed = hash_secret(password)
+    actor = _actor()
+    revoke = args.revoke_tokens
+    print_json(
+        transaction(
+            settings, lambda s: users.set_password_op(s, actor, args.subject, hashed, revoke)
+        )
+    )
+
+
+# -- tokens -------------------------------------------------------------------------------
+
+_CRITERIA = {"client_id": "client_id", "user": "user", "branch_id": "branch_id"}
+
+
+def cmd_tokens_list(settings: Settings, args: Any) -> None:
+    criteria = options_body(args, _CRITERIA)
+    _page(
+        settings,
+        "tokens",
+        {"kind": args.kind, **criteria},
+        args,
+        lambda s, after, limit: tokens.list_tokens_op(s, criteria, args.kind, after, limit),
+    )
+
+
+def cmd_tokens_revoke(settings: Settings, args: Any) -> None:
+    body = options_body(args, {"jti": "jti", "family_id": "family_id", **_CRITERIA})
+    actor = _actor()
+    print_json(transaction(settings, lambda s: tokens.revoke_op(s, actor, body)))
+
+
+# -- registration ---------------------------------------------------------------------
+
+
+def _active(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--active", dest="active", action="store_const", const=True)
+    group.add_argument("--inactive", dest="active", action="store_const", const=False)
+
+
+def register(sub: Any, clients_group: Any, users_group: Any) -> None:
+    """Add the admin and audit commands to `oauth2-server`'s parser (`sub`: top-level
+    subparsers; `clients_group`/`users_group`: those commands' subparsers)."""
+    c = clients_group.add_parser("list", help="list clients (JSON, paged)")
+    add_paging(c)
+    c.set_defaults(func=cmd_clients_list)
+    c = clients_group.add_parser("show", help="show one client")
+    c.add_argument("client_id")
+    c.set_defaults(func=cmd_clients_show)
+    c = clients_group.add_parser("update", help="change a client (options given replace)")
+    c.add_argument("client_id")
+    c.add_argument("--name")
+    c.add_argument("--grant-type", action="append")
+    c.add_argument("--redirect-uri", action="append")
+    c.add_argument("--scope", action="append")
+    c.add_argument("--branch", action="append", help="branch ids it may broker (`*`: all)")
+    _active(c)
+    c.set_defaults(func=cmd_clients_update)
+    c = clients_group.add_parser("rotate-secret", help="new client secret, printed once")
+    c.add_argument("client_id")
+    c.set_defaults(func=cmd_clients_rotate_secret)
+    c = clients_group.add_parser("delete", help="revoke a client's tokens and delete it")
+    c.add_argument("client_id")
+    c.set_defaults(func=cmd_clients_delete)
+
+    u = users_group.add_parser("list", help="list users (JSON, paged)")
+    add_paging(u)
+    u.set_defaults(func=cmd_users_list)
+    for name, func, help_ in (
+        ("show", cmd_users_show, "show one user"),
+        ("deactivate", cmd_users_deactivate, "deactivate a user and revoke their tokens"),
+    ):
+        u = users_group.add_parser(name, help=help_)
+        u.add_argument("subject")
+        u.set_defaults(func=func)
+    u = users_group.add_parser("update", help="rename or (de)activate a user")
+    u.add_argument("subject")
+    u.add_argument("--username")
+    _active(u)
+    u.set_defaults(func=cmd_users_update)
+    u = users_group.add_parser("set-password", help="set a user's password")
+    u.add_argument("subject")
+    u.add_argument("--password", help="default: read from stdin or prompt")
+    u.add_argument("--revoke-tokens", action="store_true")
+    u.set_defaults(func=cmd_users_set_password)
+
+    tokens_group = sub.add_parser("tokens", help="live tokens and revocation").add_subparsers(
+        dest="tokens_command", required=True
+    )
+    t = tokens_group.add_parser("list", help="live tokens by client, user or branch")
+    for option in ("--client-id", "--user", "--branch-id"):
+        t.add_argument(option)
+    t.add_argument("--kind", choices=["access", "refresh"], default="access")
+    add_paging(t)
+    t.set_defaults(func=cmd_tokens_list)
+    t = tokens_group.add_parser("revoke", help="revoke by one of the options; prints the count")
+    group = t.add_mutually_exclusive_group(required=True)
+    for option in ("--jti", "--family-id", "--client-id", "--user", "--branch-id"):
+        group.add_argument(option)
+    t.set_defaults(func=cmd_tokens_revoke)
+    audit_commands.register(sub)

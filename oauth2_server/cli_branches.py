@@ -1,0 +1,331 @@
+"""`oauth2-server branches …`: branches, which clients may use them, and their upstream
+connections (DESIGN.md "Upstream brokering").
+
+    branches create BRANCH --name NAME [--contact-email E] [--google-account-id A]
+                                        [--google-location-id L]
+    branches list | status [BRANCH] | activate BRANCH | deactivate BRANCH
+    branches grant BRANCH --client CLIENT_ID      (BRANCH may be '*': every branch)
+    branches ungrant BRANCH --client CLIENT_ID
+    branches connect BRANCH --provider google     (prints the authorization URL)
+    branches disconnect BRANCH --provider google [--force]
+
+Changes are audited (`admin_branch_*` rows with `via: cli` and the OS user as
+`operator`; `upstream_unlinked` on disconnect). `--json` prints JSON for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
+
+from oauth2_server.audit import AuditEvent, record
+from oauth2_server.config import Settings
+from oauth2_server.crypto.keyring import load_keyring
+from oauth2_server.db import migrate
+from oauth2_server.db.engine import create_engine, create_sessionmaker
+from oauth2_server.storage import branches as branch_storage
+from oauth2_server.storage import upstream as upstream_storage
+from oauth2_server.upstream.connect import ConnectError, begin_connection
+from oauth2_server.upstream.providers import (
+    ProviderNotConfigured,
+    UnknownProvider,
+    load_provider,
+    provider_names,
+)
+from oauth2_server.upstream.service import UpstreamService
+
+T = TypeVar("T")
+Sessions = async_sessionmaker[AsyncSession]
+
+
+class BranchCommandError(Exception):
+    """A branches command that failed, with a message for the operator (exit status 2)."""
+
+
+async def _with_sessions(settings: Settings, call: Callable[[Sessions], Awaitable[T]]) -> T:
+    engine = create_engine(settings.database_url, 2)
+    try:
+        if settings.is_sqlite:
+            await migrate.upgrade(engine)
+        else:
+            await migrate.require_head(engine)
+        return await call(create_sessionmaker(engine))
+    finally:
+        await engine.dispose()
+
+
+def _run(settings: Settings, call: Callable[[Sessions], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(_with_sessions(settings, call))
+    except migrate.DatabaseNotMigrated as exc:
+        raise BranchCommandError(str(exc)) from None
+    except (
+        branch_storage.BranchError,
+        ConnectError,
+        ProviderNotConfigured,
+        UnknownProvider,
+    ) as exc:
+        raise BranchCommandError(str(exc)) from None
+
+
+def _transaction(settings: Settings, call: Callable[[Session], T]) -> T:
+    async def go(sessions: Sessions) -> T:
+        async with sessions() as session, session.begin():
+            return await session.run_sync(call)
+
+    return _run(settings, go)
+
+
+def _event(action: str, **kwargs: Any) -> AuditEvent:
+    details = {"via": "cli", "operator": getpass.getuser(), **kwargs.pop("details", {})}
+    return AuditEvent(action, details=details, **kwargs)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value is not None else None
+
+
+def _print(args: argparse.Namespace, value: Any, text: str) -> None:
+    print(json.dumps(value, default=str) if args.json else text)
+
+
+def _branch_dict(record_: branch_storage.BranchRecord, clients: list[str]) -> dict[str, Any]:
+    return {
+        "branch_id": record_.branch_id,
+        "name": record_.name,
+        "contact_email": record_.contact_email,
+        "google_account_id": record_.google_account_id,
+        "google_location_id": record_.google_location_id,
+        "active": record_.active,
+        "clients": clients,
+    }
+
+
+def cmd_create(settings: Settings, args: argparse.Namespace) -> None:
+    def call(db: Session) -> branch_storage.BranchRecord:
+        created = branch_storage.create_branch(
+            db,
+            branch_id=args.branch,
+            name=args.name,
+            contact_email=args.contact_email,
+            google_account_id=args.google_account_id,
+            google_location_id=args.google_location_id,
+        )
+        record(db, _event("admin_branch_created", branch_id=args.branch))
+        return created
+
+    created = _transaction(settings, call)
+    _print(args, _branch_dict(created, []), f"created branch {created.branch_id}")
+
+
+def cmd_list(settings: Settings, args: argparse.Namespace) -> None:
+    def call(db: Session) -> tuple[list[branch_storage.BranchRecord], dict[str, list[str]]]:
+        return branch_storage.list_branches(db), branch_storage.branch_grants(db)
+
+    branches, grants = _transaction(settings, call)
+    rows = [_branch_dict(b, grants.get(b.branch_id, [])) for b in branches]
+    if args.json:
+        print(json.dumps({"branches": rows, "all_branches_clients": grants.get("*", [])}))
+        return
+    for row in rows:
+        state = "active" if row["active"] else "inactive"
+        clients = ", ".join(row["clients"]) or "-"
+        print(f"{row['branch_id']}\t{row['name']}\t{state}\tclients: {clients}")
+    if grants.get("*"):
+        print(f"every branch: {', '.join(grants['*'])}")
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> None:
+    def call(db: Session) -> list[upstream_storage.ConnectionStatus]:
+        if args.branch and branch_storage.get_branch(db, args.branch) is None:
+            raise branch_storage.BranchError(f"branch {args.branch!r} not found")
+        return upstream_storage.connection_status(db, args.branch)
+
+    rows = [
+        {
+            "branch_id": s.branch_id,
+            "name": s.name,
+            "active": s.active,
+            "provider": s.provider,
+            "connected": s.provider is not None,
+            "account_email": s.account_email,
+            "scope": s.scope,
+            "access_expires_at": _iso(s.access_expires_at),
+            "last_refreshed_at": _iso(s.last_refreshed_at),
+            "needs_consent": s.needs_consent,
+            "consent_error": s.consent_error,
+            "grant_shared_by": s.branches_sharing,
+        }
+        for s in _transaction(settings, call)
+    ]
+    if args.json:
+        print(json.dumps({"branches": rows}))
+        return
+    for row in rows:
+        if not row["connected"]:
+            print(f"{row['branch_id']}\tnot connected")
+            continue
+        flag = "NEEDS CONSENT" if row["needs_consent"] else "ok"
+        print(
+            f"{row['branch_id']}\t{row['provider']}\t{row['account_email'] or '-'}\t{flag}\n"
+            f"    scopes: {row['scope']}\n"
+            f"    access token expires: {row['access_expires_at']}  "
+            f"last refresh: {row['last_refreshed_at'] or 'never'}  "
+            f"grant shared by {row['grant_shared_by']} branch(es)"
+            + (f"\n    reason: {row['consent_error']}" if row["needs_consent"] else "")
+        )
+
+
+def _set_active(active: bool) -> Callable[[Settings, argparse.Namespace], None]:
+    def command(settings: Settings, args: argparse.Namespace) -> None:
+        def call(db: Session) -> None:
+            if not branch_storage.set_branch_active(db, args.branch, active):
+                raise branch_storage.BranchError(f"branch {args.branch!r} not found")
+            record(
+                db,
+                _event("admin_branch_updated", branch_id=args.branch, details={"active": active}),
+            )
+
+        _transaction(settings, call)
+        state = "active" if active else "inactive"
+        _print(args, {"branch_id": args.branch, "active": active}, f"{args.branch} is {state}")
+
+    return command
+
+
+def cmd_grant(settings: Settings, args: argparse.Namespace) -> None:
+    def call(db: Session) -> bool:
+        added = branch_storage.grant_branch(db, args.client, args.branch)
+        if added:
+            record(db, _event("admin_branch_granted", client_id=args.client, branch_id=args.branch))
+        return added
+
+    added = _transaction(settings, call)
+    what = "every branch" if args.branch == branch_storage.ALL_BRANCHES else args.branch
+    text = f"client {args.client} may broker tokens for {what}" + ("" if added else " (already)")
+    _print(args, {"client_id": args.client, "branch_id": args.branch, "added": added}, text)
+
+
+def cmd_ungrant(settings: Settings, args: argparse.Namespace) -> None:
+    def call(db: Session) -> bool:
+        removed = branch_storage.revoke_branch_grant(db, args.client, args.branch)
+        if not removed:
+            raise branch_storage.BranchError(
+                f"client {args.client!r} has no grant for branch {args.branch!r}"
+            )
+        record(db, _event("admin_branch_ungranted", client_id=args.client, branch_id=args.branch))
+        return removed
+
+    _transaction(settings, call)
+    _print(
+        args,
+        {"client_id": args.client, "branch_id": args.branch, "removed": True},
+        f"client {args.client} may no longer broker tokens for {args.branch}",
+    )
+
+
+def cmd_connect(settings: Settings, args: argparse.Namespace) -> None:
+    keyring = load_keyring(settings)
+    try:
+        provider = load_provider(settings, args.provider)
+    except (UnknownProvider, ProviderNotConfigured) as exc:
+        raise BranchCommandError(str(exc)) from None
+
+    def call(db: Session) -> Any:
+        return begin_connection(
+            db,
+            keyring,
+            provider,
+            args.branch,
+            issuer_url=settings.issuer_url,
+            state_ttl=settings.upstream_state_ttl,
+        )
+
+    start = _transaction(settings, call)
+    value = {
+        "branch_id": start.branch_id,
+        "provider": start.provider,
+        "authorization_url": start.authorization_url,
+        "redirect_uri": start.redirect_uri,
+        "expires_at": _iso(start.expires_at),
+    }
+    text = (
+        f"Open this URL in a browser signed in to the {provider.spec.title} account of branch "
+        f"{start.branch_id} (valid until {_iso(start.expires_at)}, once):\n\n"
+        f"{start.authorization_url}\n"
+    )
+    _print(args, value, text)
+
+
+def cmd_disconnect(settings: Settings, args: argparse.Namespace) -> None:
+    keyring = load_keyring(settings)
+
+    async def go(sessions: Sessions) -> Any:
+        service = UpstreamService(settings, sessions, keyring)
+        try:
+            return await service.disconnect(args.branch, args.provider, force=args.force)
+        finally:
+            await service.aclose()
+
+    result = _run(settings, go)
+    value = {
+        "branch_id": result.branch_id,
+        "provider": result.provider,
+        "grant_deleted": result.grant_deleted,
+        "revoked": result.revoked,
+        "remaining_branches": result.remaining_branches,
+        "note": result.note,
+    }
+    _print(args, value, f"disconnected {result.branch_id} from {result.provider}: {result.note}")
+
+
+def register(sub: Any) -> None:
+    """Add `branches …` to the `oauth2-server` parser (`sub`: its subparsers)."""
+    branches = sub.add_parser("branches", help="branches and their upstream connections")
+    commands = branches.add_subparsers(dest="branches_command", required=True)
+
+    def command(name: str, func: Any, help_: str) -> argparse.ArgumentParser:
+        parser = commands.add_parser(name, help=help_)
+        parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+        parser.set_defaults(func=func)
+        return parser
+
+    create = command("create", cmd_create, "create a branch")
+    create.add_argument("branch", help="external branch id (letters, digits, ._:-)")
+    create.add_argument("--name", required=True)
+    create.add_argument("--contact-email")
+    create.add_argument("--google-account-id", help="Business Profile account, accounts/…")
+    create.add_argument("--google-location-id", help="Business Profile location, locations/…")
+    command("list", cmd_list, "list branches and the clients granted them")
+    status = command("status", cmd_status, "upstream connection of each branch")
+    status.add_argument("branch", nargs="?")
+    for name, active in (("activate", True), ("deactivate", False)):
+        command(name, _set_active(active), f"{name} a branch").add_argument("branch")
+    for name, func, help_ in (
+        ("grant", cmd_grant, "let a client broker tokens for a branch ('*': every branch)"),
+        ("ungrant", cmd_ungrant, "withdraw a client's grant of a branch"),
+    ):
+        parser = command(name, func, help_)
+        parser.add_argument("branch")
+        parser.add_argument("--client", required=True, help="client_id")
+    for name, func, help_ in (
+        ("connect", cmd_connect, "print the provider's authorization URL for a branch"),
+        ("disconnect", cmd_disconnect, "unlink a branch (revoking its grant if last)"),
+    ):
+        parser = command(name, func, help_)
+        parser.add_argument("branch")
+        parser.add_argument("--provider", default="google", choices=provider_names())
+        if name == "disconnect":
+            parser.add_argument(
+                "--force",
+                action="store_true",
+                help="delete the stored tokens even if the provider cannot revoke them",
+            )

@@ -1,0 +1,142 @@
+"""Changing registered clients (the admin API): list, register, update, rotate, delete.
+
+Secrets arrive here already hashed (argon2id runs off the event loop in the caller).
+No function returns `secret_hash`: `ClientView` is what admins see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from oauth2_server.db.models import AuthorizationCode, Client
+from oauth2_server.storage import utcnow
+
+
+@dataclass(frozen=True)
+class ClientView:
+    """A client as the admin API shows it: everything but the secret hash."""
+
+    client_id: str
+    name: str
+    token_endpoint_auth_method: str
+    grant_types: list[str]
+    redirect_uris: list[str]
+    scope: str
+    active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+_COLUMNS = (
+    Client.client_id,
+    Client.name,
+    Client.token_endpoint_auth_method,
+    Client.grant_types,
+    Client.redirect_uris,
+    Client.scope,
+    Client.active,
+    Client.created_at,
+    Client.updated_at,
+)
+
+
+def _view(row: Any) -> ClientView:
+    return ClientView(*row)
+
+
+def get_client_view(session: Session, client_id: str) -> ClientView | None:
+    """The client with this id, or None."""
+    row = session.execute(select(*_COLUMNS).where(Client.client_id == client_id)).first()
+    return _view(row) if row else None
+
+
+def list_clients(
+    session: Session, after_id: int | None, limit: int
+) -> list[tuple[int, ClientView]]:
+    """Up to `limit` clients in registration order after row id `after_id`, as
+    (row id, view) pairs (the row id is the keyset position)."""
+    stmt = select(Client.id, *_COLUMNS).order_by(Client.id).limit(limit)
+    if after_id is not None:
+        stmt = stmt.where(Client.id > after_id)
+    return [(row[0], _view(row[1:])) for row in session.execute(stmt)]
+
+
+def client_name_taken(session: Session, name: str, except_client_id: str | None = None) -> bool:
+    """True if another client has this name (case-insensitive)."""
+    stmt = select(Client.id).where(func.lower(Client.name) == name.lower())
+    if except_client_id is not None:
+        stmt = stmt.where(Client.client_id != except_client_id)
+    return session.scalars(stmt.limit(1)).first() is not None
+
+
+def client_id_taken(session: Session, client_id: str) -> bool:
+    return (
+        session.scalars(select(Client.id).where(Client.client_id == client_id)).first() is not None
+    )
+
+
+def register_client(
+    session: Session,
+    *,
+    client_id: str,
+    name: str,
+    token_endpoint_auth_method: str,
+    grant_types: Sequence[str],
+    redirect_uris: Sequence[str],
+    scope: str,
+    secret_hash: str | None,
+) -> ClientView:
+    """Insert a client whose metadata the caller validated. Returns its view."""
+    now = utcnow()
+    session.execute(
+        insert(Client).values(
+            client_id=client_id,
+            name=name,
+            secret_hash=secret_hash,
+            token_endpoint_auth_method=token_endpoint_auth_method,
+            grant_types=list(grant_types),
+            redirect_uris=list(redirect_uris),
+            scope=scope,
+            active=True,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    view = get_client_view(session, client_id)
+    assert view is not None
+    return view
+
+
+UPDATABLE = ("name", "grant_types", "redirect_uris", "scope", "active")
+
+
+def update_client(session: Session, client_id: str, changes: dict[str, Any]) -> ClientView | None:
+    """Apply validated `changes` (keys from UPDATABLE). None if the client is unknown."""
+    values = {key: changes[key] for key in UPDATABLE if key in changes}
+    result = session.execute(
+        update(Client).where(Client.client_id == client_id).values(**values, updated_at=utcnow())
+    )
+    return get_client_view(session, client_id) if result.rowcount else None
+
+
+def set_client_secret_hash(session: Session, client_id: str, secret_hash: str) -> bool:
+    """Replace a confidential client's secret hash; True if the client exists."""
+    result = session.execute(
+        update(Client)
+        .where(Client.client_id == client_id)
+        .values(secret_hash=secret_hash, updated_at=utcnow())
+    )
+    return result.rowcount > 0
+
+
+def delete_client(session: Session, client_id: str) -> bool:
+    """Delete a client, its consents (cascade) and its pending authorization codes.
+    True if it existed. Revoke its tokens first (`storage.revocation`)."""
+    session.execute(delete(AuthorizationCode).where(AuthorizationCode.client_id == client_id))
+    return session.execute(delete(Client).where(Client.client_id == client_id)).rowcount > 0

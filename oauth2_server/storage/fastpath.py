@@ -1,0 +1,210 @@
+"""The hot path's storage: few round trips, no ORM (DESIGN.md "Performance facts").
+
+Issuing a token writes two rows (the access-token row and its audit row) that must commit
+together; introspection reads one row by `jti`. Through an ORM session that is BEGIN,
+INSERT, INSERT, COMMIT plus SQLAlchemy's per-statement machinery (~1.2 ms of CPU here);
+this module does it as ONE statement on PostgreSQL, a data-modifying CTE sent over
+asyncpg (`WITH w0 AS (INSERT …) INSERT …`): atomic, durable at commit, one round trip.
+On SQLite it runs the same inserts in one transaction through SQLAlchemy.
+
+`DeferredWrites` stands in for a `Session` while a request's Authlib call runs without a
+database session (its reads were done up front): the storage functions' inserts on
+`session.connection().execute(table.insert(), params)` are collected, then `FastStore.apply`
+writes them in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import JSON, Insert, Table, bindparam, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from oauth2_server.db.models import AccessToken
+from oauth2_server.storage.tokens import AccessTokenRecord
+
+
+class DeferredWrites:
+    """Collects `(table, row)` inserts issued through `connection().execute(...)`.
+
+    Only plain `Table.insert()` statements are accepted; anything else raises TypeError,
+    so a hook that needs a real session cannot silently run on the fast path.
+    """
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[Table, dict[str, Any]]] = []
+
+    def connection(self) -> DeferredWrites:
+        return self
+
+    def execute(self, statement: Any, parameters: Any = None) -> None:
+        if not isinstance(statement, Insert) or not isinstance(statement.table, Table):
+            raise TypeError(f"not deferrable on the fast path: {statement!r}")
+        if statement._values or statement._multi_values:  # noqa: SLF001 - literal values
+            raise TypeError("deferred inserts take their values as parameters")
+        rows = parameters if isinstance(parameters, list) else [parameters]
+        self.rows.extend((statement.table, dict(row)) for row in rows)
+
+
+_JSON_COLUMNS: dict[str, frozenset[str]] = {}
+
+
+def _json_columns(table: Table) -> frozenset[str]:
+    """Columns asyncpg must receive as JSON text."""
+    names = _JSON_COLUMNS.get(table.name)
+    if names is None:
+        names = frozenset(c.name for c in table.c if isinstance(c.type, JSON))
+        _JSON_COLUMNS[table.name] = names
+    return names
+
+
+def _pg_args(rows: Sequence[tuple[Table, dict[str, Any]]]) -> list[Any]:
+    args: list[Any] = []
+    for table, row in rows:
+        json_columns = _json_columns(table)
+        for column, value in row.items():
+            args.append(
+                json.dumps(value) if column in json_columns and value is not None else value
+            )
+    return args
+
+
+# At most this many coalesced INSERT statements in flight per worker, and requests per
+# statement (well under PostgreSQL's 32767 bind parameters).
+MAX_FLUSHERS = 4
+MAX_BATCH = 64
+
+
+async def _no_session_state(connection: Any) -> None:
+    """Pool reset: these connections only run single autocommit statements and never set
+    session state (no LISTEN, advisory locks or SET), so asyncpg's default reset query —
+    one more round trip per request — has nothing to undo."""
+
+
+class FastStore:
+    """One-round-trip writes and reads for the hot path (PostgreSQL via asyncpg)."""
+
+    def __init__(self, engine: AsyncEngine, pool: Any | None) -> None:
+        self.engine = engine
+        self.pool = pool  # asyncpg.Pool on PostgreSQL, None on SQLite
+        self._sql: dict[tuple[Any, ...], str] = {}
+        self._pending: list[tuple[list[tuple[Table, dict[str, Any]]], asyncio.Future[None]]] = []
+        self._flushers = 0
+
+    @classmethod
+    async def create(cls, engine: AsyncEngine, pool_size: int) -> FastStore:
+        """Open an asyncpg pool beside the engine on PostgreSQL (none on SQLite)."""
+        if engine.dialect.name != "postgresql":
+            return cls(engine, None)
+        import asyncpg
+
+        url = make_url(engine.url).set(drivername="postgresql")
+        pool = await asyncpg.create_pool(
+            url.render_as_string(hide_password=False),
+            min_size=1,
+            max_size=pool_size,
+            reset=_no_session_state,
+        )
+        return cls(engine, pool)
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+
+    def _insert_sql(self, groups: Sequence[tuple[Table, tuple[str, ...], int]]) -> str:
+        """`WITH w0 AS (INSERT … VALUES (…),(…)) INSERT …` for (table, columns, row count)
+        groups; cached per shape."""
+        key = tuple((table.name, columns, count) for table, columns, count in groups)
+        sql = self._sql.get(key)
+        if sql is None:
+            parts: list[str] = []
+            number = 0
+            for table, columns, count in groups:
+                tuples = []
+                for _ in range(count):
+                    placeholders = [f"${number + i + 1}" for i in range(len(columns))]
+                    number += len(columns)
+                    tuples.append(f"({', '.join(placeholders)})")
+                # Identifiers come from table metadata (a KeyError for anything else);
+                # values are always bound parameters.
+                names = ", ".join(f'"{table.c[name].name}"' for name in columns)
+                parts.append(
+                    f'INSERT INTO "{table.name}" ({names}) VALUES {", ".join(tuples)}'  # noqa: S608
+                )
+            ctes = ", ".join(f"w{i} AS ({part})" for i, part in enumerate(parts[:-1]))
+            sql = f"WITH {ctes} {parts[-1]}" if ctes else parts[-1]
+            if len(self._sql) < 4096:
+                self._sql[key] = sql
+        return sql
+
+    async def apply(self, writes: DeferredWrites) -> None:
+        """Write every collected row in one transaction; return once it is committed.
+
+        On PostgreSQL, requests that arrive while `MAX_FLUSHERS` statements are already in
+        flight are coalesced: their rows go out together in the next single statement (no
+        waiting when the store is idle). Each request still returns only after the
+        statement holding its rows has committed, and a failed statement fails every
+        request in it, so no token is handed out that is not durably stored.
+        """
+        if not writes.rows:
+            return
+        if self.pool is None:
+            async with self.engine.begin() as connection:
+                for table, row in writes.rows:
+                    await connection.execute(table.insert(), row)
+            return
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append((writes.rows, done))
+        if self._flushers < MAX_FLUSHERS:
+            self._flushers += 1
+            try:
+                await self._flush()
+            finally:
+                self._flushers -= 1
+        await done
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            groups: dict[tuple[str, tuple[str, ...]], list[dict[str, Any]]] = {}
+            tables: dict[str, Table] = {}
+            for rows, _ in batch:
+                for table, row in rows:
+                    tables[table.name] = table
+                    groups.setdefault((table.name, tuple(row)), []).append(row)
+            shape = [(tables[name], columns, len(rows)) for (name, columns), rows in groups.items()]
+            args = _pg_args(
+                [(tables[name], row) for (name, _), rows in groups.items() for row in rows]
+            )
+            try:
+                async with self.pool.acquire() as connection:
+                    await connection.execute(self._insert_sql(shape), *args)
+            except Exception as exc:  # every request of the batch fails with it
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+
+    async def access_token(self, jti: str) -> AccessTokenRecord | None:
+        """The access-token row by `jti` (one round trip), or None."""
+        if self.pool is None:
+            async with self.engine.connect() as connection:
+                row = (await connection.execute(_SELECT_ACCESS, {"jti": jti})).first()
+        else:
+            async with self.pool.acquire() as connection:
+                row = await connection.fetchrow(_SELECT_ACCESS_PG, jti)
+        return AccessTokenRecord(*row) if row is not None else None
+
+
+_ACCESS_COLUMNS = list(AccessTokenRecord.__dataclass_fields__)
+_SELECT_ACCESS = select(*(AccessToken.__table__.c[c] for c in _ACCESS_COLUMNS)).where(
+    AccessToken.__table__.c.jti == bindparam("jti")
+)
+_SELECT_ACCESS_PG = f"SELECT {', '.join(_ACCESS_COLUMNS)} FROM oauth2_access_tokens WHERE jti = $1"  # noqa: S608

@@ -1,0 +1,305 @@
+"""Upstream grants (`oauth2_upstream_credentials`) and their links to branches
+(DESIGN.md "Upstream brokering"); pending connections are `storage.upstream_states`.
+
+One grant per (provider, account `sub`), linked to many branches. Tokens arrive here
+already encrypted (`upstream.sealing`); nothing in this module sees a token in clear.
+Security-relevant steps cannot race: a refresh holds `lock_credential` (`SELECT … FOR
+UPDATE` on PostgreSQL; on SQLite, a first write that takes the database's single writer
+lock) until its transaction ends. Token exchange's reads are `storage.exchange`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from oauth2_server.db.models import Branch, BranchUpstreamLink, UpstreamCredential
+
+
+@dataclass(frozen=True)
+class SealedTokens:
+    """A grant's access and refresh tokens as ciphertexts under one keyring key (made by
+    `upstream.sealing.seal_tokens`)."""
+
+    key_id: str
+    access: bytes
+    refresh: bytes
+
+
+@dataclass(frozen=True)
+class CredentialRow:
+    """A stored upstream grant; tokens as ciphertext under `encryption_key_id`. Times UTC."""
+
+    id: str
+    provider: str
+    account_sub: str
+    account_email: str | None
+    scope: str
+    encryption_key_id: str
+    access_token_ciphertext: bytes
+    refresh_token_ciphertext: bytes
+    access_expires_at: datetime
+    needs_consent: bool
+    consent_error: str | None
+    last_refreshed_at: datetime | None
+
+
+CREDENTIAL_COLUMNS = (
+    UpstreamCredential.id,
+    UpstreamCredential.provider,
+    UpstreamCredential.account_sub,
+    UpstreamCredential.account_email,
+    UpstreamCredential.scope,
+    UpstreamCredential.encryption_key_id,
+    UpstreamCredential.access_token_ciphertext,
+    UpstreamCredential.refresh_token_ciphertext,
+    UpstreamCredential.access_expires_at,
+    UpstreamCredential.needs_consent,
+    UpstreamCredential.consent_error,
+    UpstreamCredential.last_refreshed_at,
+)
+
+
+def _credential(row: object | None) -> CredentialRow | None:
+    return CredentialRow(*row) if row is not None else None  # type: ignore[misc]
+
+
+def get_credential(session: Session, credential_id: str) -> CredentialRow | None:
+    """The grant by id, without locking."""
+    row = session.execute(
+        select(*CREDENTIAL_COLUMNS).where(UpstreamCredential.id == credential_id)
+    ).first()
+    return _credential(row)
+
+
+def lock_credential(session: Session, credential_id: str) -> CredentialRow | None:
+    """The grant by id, locked until the transaction ends; None if it is gone.
+
+    PostgreSQL: `SELECT … FOR UPDATE`, so concurrent refreshers of one grant queue here,
+    across processes. SQLite has no row locks; a first no-op UPDATE makes this
+    transaction the database's single writer (others wait `busy_timeout`), which
+    serialises refreshers the same way.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(
+            update(UpstreamCredential)
+            .where(UpstreamCredential.id == credential_id)
+            .values(updated_at=UpstreamCredential.updated_at)
+        )
+    row = session.execute(
+        select(*CREDENTIAL_COLUMNS).where(UpstreamCredential.id == credential_id).with_for_update()
+    ).first()
+    return _credential(row)
+
+
+def find_credential(session: Session, provider: str, account_sub: str) -> CredentialRow | None:
+    """The grant of one provider account, locked like `lock_credential` (connecting
+    updates it)."""
+    found = session.scalar(
+        select(UpstreamCredential.id).where(
+            UpstreamCredential.provider == provider,
+            UpstreamCredential.account_sub == account_sub,
+        )
+    )
+    return lock_credential(session, found) if found is not None else None
+
+
+def insert_credential(
+    session: Session,
+    *,
+    credential_id: str,
+    provider: str,
+    account_sub: str,
+    account_email: str | None,
+    scope: str,
+    sealed: SealedTokens,
+    access_expires_at: datetime,
+    now: datetime,
+) -> None:
+    """Store a new grant (its id is part of the tokens' associated data)."""
+    session.execute(
+        insert(UpstreamCredential).values(
+            id=credential_id,
+            provider=provider,
+            account_sub=account_sub,
+            account_email=account_email,
+            scope=scope,
+            encryption_key_id=sealed.key_id,
+            access_token_ciphertext=sealed.access,
+            refresh_token_ciphertext=sealed.refresh,
+            access_expires_at=access_expires_at,
+            needs_consent=False,
+            consent_error=None,
+            last_refreshed_at=None,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+
+
+def store_tokens(
+    session: Session,
+    credential_id: str,
+    *,
+    sealed: SealedTokens,
+    access_expires_at: datetime,
+    scope: str,
+    now: datetime,
+    refreshed: bool,
+    account_email: str | None = None,
+) -> None:
+    """Replace a grant's tokens (after a refresh, or a new consent which also clears
+    `needs_consent`). `refreshed` sets `last_refreshed_at`."""
+    values: dict[str, object] = {
+        "encryption_key_id": sealed.key_id,
+        "access_token_ciphertext": sealed.access,
+        "refresh_token_ciphertext": sealed.refresh,
+        "access_expires_at": access_expires_at,
+        "scope": scope,
+        "updated_at": now,
+    }
+    if refreshed:
+        values["last_refreshed_at"] = now
+    else:
+        values.update(needs_consent=False, consent_error=None)
+    if account_email is not None:
+        values["account_email"] = account_email
+    session.execute(
+        update(UpstreamCredential).where(UpstreamCredential.id == credential_id).values(values)
+    )
+
+
+def mark_needs_consent(session: Session, credential_id: str, reason: str, now: datetime) -> bool:
+    """Flag a grant the provider refused: its branches need a new consent. True if set."""
+    result = session.execute(
+        update(UpstreamCredential)
+        .where(UpstreamCredential.id == credential_id)
+        .values(needs_consent=True, consent_error=reason[:400], updated_at=now)
+    )
+    return result.rowcount > 0
+
+
+def delete_credential(session: Session, credential_id: str) -> None:
+    """Delete a grant and its encrypted tokens (links go with it, ON DELETE CASCADE)."""
+    session.execute(
+        delete(BranchUpstreamLink).where(BranchUpstreamLink.credential_id == credential_id)
+    )
+    session.execute(delete(UpstreamCredential).where(UpstreamCredential.id == credential_id))
+
+
+def link_branch(
+    session: Session, branch_id: str, provider: str, credential_id: str, now: datetime
+) -> str | None:
+    """Point a branch's `provider` connection at a grant. Returns the grant it used
+    before if that was another one (the caller may have to remove it), else None."""
+    previous = session.scalar(
+        select(BranchUpstreamLink.credential_id).where(
+            BranchUpstreamLink.branch_id == branch_id, BranchUpstreamLink.provider == provider
+        )
+    )
+    if previous is None:
+        session.execute(
+            insert(BranchUpstreamLink).values(
+                branch_id=branch_id, provider=provider, credential_id=credential_id, linked_at=now
+            )
+        )
+        return None
+    session.execute(
+        update(BranchUpstreamLink)
+        .where(BranchUpstreamLink.branch_id == branch_id, BranchUpstreamLink.provider == provider)
+        .values(credential_id=credential_id, linked_at=now)
+    )
+    return previous if previous != credential_id else None
+
+
+def unlink_branch(session: Session, branch_id: str, provider: str) -> str | None:
+    """Remove a branch's `provider` connection; the grant id it used, or None."""
+    return session.execute(
+        delete(BranchUpstreamLink)
+        .where(BranchUpstreamLink.branch_id == branch_id, BranchUpstreamLink.provider == provider)
+        .returning(BranchUpstreamLink.credential_id)
+    ).scalar()
+
+
+def linked_branches(session: Session, credential_id: str) -> list[str]:
+    """Branch ids using a grant."""
+    return list(
+        session.scalars(
+            select(BranchUpstreamLink.branch_id)
+            .where(BranchUpstreamLink.credential_id == credential_id)
+            .order_by(BranchUpstreamLink.branch_id)
+        )
+    )
+
+
+# -- status listing ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConnectionStatus:
+    """One branch and its connection to one provider (provider None: not connected)."""
+
+    branch_id: str
+    name: str
+    active: bool
+    provider: str | None
+    credential_id: str | None
+    account_email: str | None
+    scope: str | None
+    access_expires_at: datetime | None
+    last_refreshed_at: datetime | None
+    needs_consent: bool
+    consent_error: str | None
+    branches_sharing: int
+
+
+def connection_status(session: Session, branch_id: str | None = None) -> list[ConnectionStatus]:
+    """Every branch (or one) with each of its provider connections, by branch id."""
+    sharing = (
+        select(BranchUpstreamLink.credential_id, func.count().label("n"))
+        .group_by(BranchUpstreamLink.credential_id)
+        .subquery()
+    )
+    stmt = (
+        select(
+            Branch.branch_id,
+            Branch.name,
+            Branch.active,
+            BranchUpstreamLink.provider,
+            UpstreamCredential.id,
+            UpstreamCredential.account_email,
+            UpstreamCredential.scope,
+            UpstreamCredential.access_expires_at,
+            UpstreamCredential.last_refreshed_at,
+            UpstreamCredential.needs_consent,
+            UpstreamCredential.consent_error,
+            sharing.c.n,
+        )
+        .select_from(Branch)
+        .outerjoin(BranchUpstreamLink, BranchUpstreamLink.branch_id == Branch.branch_id)
+        .outerjoin(UpstreamCredential, UpstreamCredential.id == BranchUpstreamLink.credential_id)
+        .outerjoin(sharing, sharing.c.credential_id == UpstreamCredential.id)
+        .order_by(Branch.branch_id, BranchUpstreamLink.provider)
+    )
+    if branch_id is not None:
+        stmt = stmt.where(Branch.branch_id == branch_id)
+    return [
+        ConnectionStatus(
+            branch_id=row[0],
+            name=row[1],
+            active=bool(row[2]),
+            provider=row[3],
+            credential_id=row[4],
+            account_email=row[5],
+            scope=row[6],
+            access_expires_at=row[7],
+            last_refreshed_at=row[8],
+            needs_consent=bool(row[9]),
+            consent_error=row[10],
+            branches_sharing=int(row[11] or 0),
+        )
+        for row in session.execute(stmt)
+    ]

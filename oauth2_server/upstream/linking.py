@@ -1,0 +1,444 @@
+"""Finishing a branch's connection (the provider's callback) and disconnecting it
+(DESIGN.md "Upstream brokering" 1–2): one grant per (provider, account `sub`), linked to
+many branches; a grant is revoked at the provider and deleted only with its last branch.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from oauth2_server.audit import AuditEvent, RequestContext, record
+from oauth2_server.crypto.hashing import token_digest
+from oauth2_server.storage import upstream as storage
+from oauth2_server.storage import upstream_states, utcnow
+from oauth2_server.storage.branches import get_branch
+from oauth2_server.upstream.base import UpstreamBase, printable
+from oauth2_server.upstream.client import TokenResponse, UpstreamRejected, UpstreamUnavailable
+from oauth2_server.upstream.connect import (
+    Account,
+    ConnectError,
+    ConnectionStart,
+    account_from_claims,
+    begin_connection,
+    id_token_claims,
+)
+from oauth2_server.upstream.providers import (
+    Provider,
+    ProviderNotConfigured,
+    UnknownProvider,
+    provider_names,
+)
+from oauth2_server.upstream.sealing import REFRESH, open_verifier, seal_tokens
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConnectResult:
+    """A finished connection: the branch now uses grant `credential_id`."""
+
+    branch_id: str
+    provider: str
+    credential_id: str
+    account_email: str | None
+    scope: str
+    access_expires_at: datetime
+    reused_grant: bool
+    branches: list[str]
+
+
+@dataclass(frozen=True)
+class DisconnectResult:
+    """A disconnected branch; `grant_deleted` when it was the grant's last branch, then
+    `revoked` says whether the provider revoked it (None: not attempted / no endpoint)."""
+
+    branch_id: str
+    provider: str
+    credential_id: str
+    grant_deleted: bool
+    revoked: bool | None
+    note: str
+    remaining_branches: list[str]
+
+
+class Linking(UpstreamBase):
+    """Connecting and disconnecting branches."""
+
+    # -- connecting (DESIGN.md "Upstream brokering" 1–2) ---------------------------------
+
+    async def begin_connection(self, branch_id: str, provider: str) -> ConnectionStart:
+        """`connect.begin_connection` in its own transaction (for the admin API)."""
+        configured = self.provider(provider)
+        return await self._write(
+            lambda db: begin_connection(
+                db,
+                self.keyring,
+                configured,
+                branch_id,
+                issuer_url=self.settings.issuer_url,
+                state_ttl=self.settings.upstream_state_ttl,
+            )
+        )
+
+    async def finish_connection(
+        self, provider_name: str, params: dict[str, str], context: RequestContext
+    ) -> ConnectResult:
+        """Handle the provider's redirect to `/upstream/<provider>/callback`.
+
+        Consumes `state` first (single use, even when a later step fails), then checks
+        the provider's answer (RFC 6749 §4.1.2.1 errors), exchanges the code with the
+        PKCE verifier, checks the granted scope holds the provider's required scopes,
+        identifies the account (`sub`, email) and stores the grant for that account,
+        linked to the branch. Raises ConnectError (nothing stored) otherwise.
+        """
+        state = params.get("state")
+        if not state:
+            raise ConnectError("the callback has no 'state'; start again with branches connect")
+        pending = await self._write(
+            lambda db: upstream_states.consume_state(db, token_digest(state))
+        )
+        if pending is None:
+            await self._audit_failure(
+                AuditEvent(
+                    "upstream_link_failed",
+                    context,
+                    flags=["unknown_state"],
+                    details={"provider": provider_name[:40]},
+                )
+            )
+            raise ConnectError(
+                "unknown or already used 'state': each connection URL works once; "
+                "start again with branches connect"
+            )
+        try:
+            return await self._finish(pending, provider_name, params, context)
+        except ConnectError as exc:
+            await self._audit_failure(
+                AuditEvent(
+                    "upstream_link_failed",
+                    context,
+                    branch_id=pending.branch_id,
+                    details={"provider": pending.provider, "reason": printable(exc)},
+                )
+            )
+            raise
+
+    async def _finish(
+        self,
+        pending: upstream_states.StateRow,
+        provider_name: str,
+        params: dict[str, str],
+        context: RequestContext,
+    ) -> ConnectResult:
+        if pending.expires_at <= utcnow():
+            raise ConnectError(
+                f"this connection URL expired (valid {self.settings.upstream_state_ttl} s); "
+                "start again with branches connect"
+            )
+        if pending.provider != provider_name:
+            raise ConnectError("'state' was issued for another provider")
+        if params.get("error"):
+            raise ConnectError(
+                f"{pending.provider} did not authorize: {printable(params['error'], 60)}"
+                + (
+                    f": {printable(params['error_description'])}"
+                    if params.get("error_description")
+                    else ""
+                )
+            )
+        code = params.get("code")
+        if not code:
+            raise ConnectError("the callback has no 'code'")
+        try:
+            provider = self.provider(pending.provider)
+        except (UnknownProvider, ProviderNotConfigured) as exc:
+            raise ConnectError(str(exc), 500, "server_error") from None
+        verifier = open_verifier(
+            self.keyring,
+            pending.state_hash,
+            pending.encryption_key_id,
+            pending.code_verifier_ciphertext,
+        )
+        try:
+            tokens = await self.client.exchange_code(provider, code, pending.redirect_uri, verifier)
+        except UpstreamRejected as exc:
+            raise ConnectError(
+                f"{provider.name} refused the authorization code: {printable(exc)}"
+            ) from None
+        except UpstreamUnavailable as exc:
+            raise ConnectError(printable(exc), 502, "temporarily_unavailable") from None
+        granted = tokens.scope if tokens.scope is not None else pending.scope
+        lacking = provider.spec.required_scopes - set(granted.split())
+        if lacking:
+            # Nothing is stored. The new grant is not revoked either: at Google revoking
+            # any token of an account removes the whole grant, which other branches may use.
+            raise ConnectError(
+                f"the {provider.spec.title} account did not grant {' '.join(sorted(lacking))} "
+                "(unticked on the consent screen?); connect again and allow it"
+            )
+        account = await self._account(provider, tokens)
+        return await self._store_connection(
+            provider, pending.branch_id, account, tokens, granted, context
+        )
+
+    async def _account(self, provider: Provider, tokens: TokenResponse) -> Account:
+        claims: dict[str, Any] = {}
+        if tokens.id_token is not None:
+            claims = id_token_claims(tokens.id_token, provider.client_id)
+        account = account_from_claims(claims)
+        if account is None or account.email is None:
+            try:
+                info = await self.client.userinfo(provider, tokens.access_token)
+            except UpstreamUnavailable as exc:
+                if account is not None:
+                    return account
+                raise ConnectError(printable(exc), 502, "temporarily_unavailable") from None
+            from_userinfo = account_from_claims(info)
+            if (
+                account is not None
+                and from_userinfo is not None
+                and from_userinfo.sub != account.sub
+            ):
+                raise ConnectError("id_token and userinfo name different accounts", 502)
+            account = from_userinfo or account
+        if account is None:
+            raise ConnectError(f"{provider.name} did not say which account connected", 502)
+        return account
+
+    async def _store_connection(
+        self,
+        provider: Provider,
+        branch_id: str,
+        account: Account,
+        tokens: TokenResponse,
+        scope: str,
+        context: RequestContext,
+    ) -> ConnectResult:
+        for attempt in range(2):
+            try:
+                result, orphan = await self._write(
+                    lambda db: self._link(db, provider, branch_id, account, tokens, scope, context)
+                )
+                break
+            except IntegrityError:
+                # Two callbacks for one new account inserted at once: the second retries
+                # and links to the first one's grant.
+                if attempt:
+                    raise
+        if orphan is not None:
+            await self._revoke_quietly(provider, orphan)
+        return result
+
+    def _link(
+        self,
+        db: Session,
+        provider: Provider,
+        branch_id: str,
+        account: Account,
+        tokens: TokenResponse,
+        scope: str,
+        context: RequestContext,
+    ) -> tuple[ConnectResult, str | None]:
+        now = utcnow()
+        if get_branch(db, branch_id) is None:
+            raise ConnectError(f"branch {branch_id!r} was deleted meanwhile", 404)
+        existing = storage.find_credential(db, provider.name, account.sub)
+        credential_id = existing.id if existing is not None else str(uuid.uuid4())
+        refresh_token = tokens.refresh_token
+        if refresh_token is None and existing is not None:
+            refresh_token = self._open(existing, REFRESH)
+        if refresh_token is None:
+            raise ConnectError(
+                f"{provider.name} returned no refresh token (offline access was not granted)",
+                502,
+            )
+        sealed = seal_tokens(
+            self.keyring,
+            credential_id=credential_id,
+            provider=provider.name,
+            account_sub=account.sub,
+            access_token=tokens.access_token,
+            refresh_token=refresh_token,
+        )
+        expires_at = now + timedelta(seconds=tokens.expires_in)
+        if existing is None:
+            storage.insert_credential(
+                db,
+                credential_id=credential_id,
+                provider=provider.name,
+                account_sub=account.sub,
+                account_email=account.email,
+                scope=scope,
+                sealed=sealed,
+                access_expires_at=expires_at,
+                now=now,
+            )
+        else:
+            storage.store_tokens(
+                db,
+                credential_id,
+                sealed=sealed,
+                access_expires_at=expires_at,
+                scope=scope,
+                now=now,
+                refreshed=False,
+                account_email=account.email,
+            )
+        previous = storage.link_branch(db, branch_id, provider.name, credential_id, now)
+        events = [
+            AuditEvent(
+                "upstream_linked",
+                context,
+                branch_id=branch_id,
+                details={
+                    "provider": provider.name,
+                    "credential_id": credential_id,
+                    "account_email": account.email,
+                    "scope": scope,
+                    "reused_grant": existing is not None,
+                    "replaced_credential_id": previous,
+                },
+            )
+        ]
+        orphan = None
+        if previous is not None and not storage.linked_branches(db, previous):
+            old = storage.lock_credential(db, previous)
+            if old is not None:
+                orphan = self._open_or_none(old)
+                storage.delete_credential(db, previous)
+                events.append(
+                    AuditEvent(
+                        "upstream_unlinked",
+                        context,
+                        branch_id=branch_id,
+                        details={
+                            "provider": provider.name,
+                            "credential_id": previous,
+                            "grant_deleted": True,
+                            "replaced_by": credential_id,
+                        },
+                    )
+                )
+        record(db, *events)
+        result = ConnectResult(
+            branch_id=branch_id,
+            provider=provider.name,
+            credential_id=credential_id,
+            account_email=account.email,
+            scope=scope,
+            access_expires_at=expires_at,
+            reused_grant=existing is not None,
+            branches=storage.linked_branches(db, credential_id),
+        )
+        return result, orphan
+
+    async def _revoke_quietly(self, provider: Provider, refresh_token: str) -> bool | None:
+        try:
+            return await self.client.revoke(provider, refresh_token)
+        except (UpstreamUnavailable, UpstreamRejected) as exc:
+            log.warning("revoking a replaced %s grant failed: %s", provider.name, exc)
+            return None
+
+    # -- disconnecting -------------------------------------------------------------------
+
+    async def disconnect(
+        self, branch_id: str, provider_name: str, *, force: bool = False
+    ) -> DisconnectResult:
+        """Unlink a branch from its `provider` grant. When it was the grant's last branch,
+        revoke the grant at the provider (RFC 7009) and delete its tokens.
+
+        The revocation happens first, holding the grant's lock: if the provider cannot be
+        reached (or is not configured) nothing changes and ConnectError says so, unless
+        `force`, which deletes the stored tokens anyway. Raises ConnectError when the
+        branch is not connected to `provider`.
+        """
+        if provider_name not in provider_names():
+            raise ConnectError(str(UnknownProvider(provider_name)))
+        async with self.sessionmaker() as session, session.begin():
+
+            def unlink(db: Session) -> tuple[str, list[str], storage.CredentialRow | None]:
+                if get_branch(db, branch_id) is None:
+                    raise ConnectError(f"branch {branch_id!r} not found", 404)
+                credential_id = storage.unlink_branch(db, branch_id, provider_name)
+                if credential_id is None:
+                    raise ConnectError(f"branch {branch_id!r} is not connected to {provider_name}")
+                remaining = storage.linked_branches(db, credential_id)
+                row = None if remaining else storage.lock_credential(db, credential_id)
+                return credential_id, remaining, row
+
+            credential_id, remaining, row = await session.run_sync(unlink)
+            revoked: bool | None = None
+            note = ""
+            provider: Provider | None = None
+            if row is not None:
+                try:
+                    provider = self.provider(provider_name)
+                except ProviderNotConfigured as exc:
+                    if not force:
+                        raise ConnectError(
+                            f"{exc}; cannot revoke the grant (use --force to only delete the "
+                            "stored tokens)",
+                            500,
+                        ) from None
+                refresh_token = self._open_or_none(row)
+                if provider is None:
+                    note = "provider not configured: stored tokens deleted without revocation"
+                elif refresh_token is None:
+                    note = "stored refresh token does not decrypt: deleted without revocation"
+                else:
+                    try:
+                        revoked = await self.client.revoke(provider, refresh_token)
+                    except (UpstreamUnavailable, UpstreamRejected) as exc:
+                        if not force:
+                            raise ConnectError(
+                                f"revoking at {provider_name} failed ({printable(exc)}); "
+                                "nothing changed: retry, or use --force to only delete the "
+                                "stored tokens",
+                                502,
+                            ) from None
+                        note = f"revocation failed ({printable(exc)}); stored tokens deleted"
+                    else:
+                        note = (
+                            f"grant revoked at {provider_name}; stored tokens deleted"
+                            if revoked
+                            else f"{provider_name} has no revocation endpoint; stored tokens "
+                            "deleted (the grant stays valid there until it lapses)"
+                        )
+            else:
+                note = f"grant kept: still used by {', '.join(remaining)}"
+
+            def finish(db: Session) -> None:
+                if row is not None:
+                    storage.delete_credential(db, credential_id)
+                record(
+                    db,
+                    AuditEvent(
+                        "upstream_unlinked",
+                        branch_id=branch_id,
+                        details={
+                            "provider": provider_name,
+                            "credential_id": credential_id,
+                            "grant_deleted": row is not None,
+                            "revoked": revoked,
+                            "remaining_branches": remaining,
+                        },
+                    ),
+                )
+
+            await session.run_sync(finish)
+        return DisconnectResult(
+            branch_id=branch_id,
+            provider=provider_name,
+            credential_id=credential_id,
+            grant_deleted=row is not None,
+            revoked=revoked,
+            note=note,
+            remaining_branches=remaining,
+        )

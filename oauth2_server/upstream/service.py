@@ -1,0 +1,53 @@
+"""The async side of upstream brokering: finishing a connection, disconnecting, and
+refreshing a grant before token exchange hands its access token out.
+
+Why this is async code outside Authlib: Authlib's grant hooks run synchronously inside
+`AsyncSession.run_sync` on the event loop (`oauth.bridge`), where awaiting httpx is
+impossible and a blocking HTTP client would stall every request. So token exchange
+validates and authorises in its grant (sync, one read), and when the stored token is
+too close to expiry it asks `ensure_fresh` here, which refreshes in its own transaction
+and then lets the grant run again. The refresh holds the grant's row lock
+(`storage.upstream.lock_credential`) across the provider call and re-checks the expiry
+once it has the lock, so concurrent exchanges for one grant cause one upstream refresh,
+across processes; within a process, concurrent callers also share one in-flight refresh
+(so they hold one database connection, not one each, and share its outcome).
+
+Audit rows (`upstream_linked`, `upstream_unlinked`, `upstream_refreshed`,
+`upstream_refresh_failed`) are written in the transaction of the change they describe;
+failures that change nothing go through the audit buffer when there is one.
+"""
+
+from __future__ import annotations
+
+from oauth2_server.upstream.base import UpstreamBase, printable
+from oauth2_server.upstream.linking import ConnectResult, DisconnectResult, Linking
+from oauth2_server.upstream.refresh import (
+    CredentialGone,
+    NeedsConsent,
+    RefreshError,
+    Refreshing,
+    RefreshMisconfigured,
+    RefreshUnavailable,
+)
+
+__all__ = [
+    "ConnectResult",
+    "CredentialGone",
+    "DisconnectResult",
+    "NeedsConsent",
+    "RefreshError",
+    "RefreshMisconfigured",
+    "RefreshUnavailable",
+    "UpstreamBase",
+    "UpstreamService",
+    "printable",
+]
+
+
+class UpstreamService(Linking, Refreshing):
+    """Connections and refreshes against upstream providers (one per app or CLI run).
+
+    `UpstreamService(settings, sessionmaker, keyring, audit_buffer=None, transport=None)`:
+    `sessionmaker` opens this service's own transactions; `keyring` encrypts stored
+    tokens; `transport` lets tests substitute httpx's transport.
+    """

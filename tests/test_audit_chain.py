@@ -1,0 +1,158 @@
+"""Tamper evidence: sealed audit rows form a hash chain, and `audit verify` reports the
+first altered, deleted or inserted row. Each test tampers with the database directly,
+as an attacker with SQL access would, checks the report, then undoes the tampering."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import pytest
+from sqlalchemy import insert, select
+
+from oauth2_server.audit_chain import ROW_COLUMNS, link_hash
+from oauth2_server.db.models import TokenLog
+from tests.admin_helpers import event, execute, insert_log_rows, run_cli, seal, verify
+
+
+@pytest.fixture
+def chain(server, db, unique):
+    """Five fresh rows, sealed; the chain verifies before the test tampers with it."""
+    time.sleep(0.5)  # let the live servers' audit buffers flush (0.2 s in tests)
+    client = unique("chain")
+    now = datetime.now(UTC)
+    ids = insert_log_rows(
+        db,
+        [
+            event(
+                "issued",
+                now - timedelta(milliseconds=50 - i),
+                client_id=client,
+                token_id=f"t{i}",
+                details={"n": i},
+            )
+            for i in range(5)
+        ],
+    )
+    seal(db)
+    report = verify(db)
+    assert report.ok, report.problem
+    return ids
+
+
+def saved(db, row_id) -> dict:
+    """Every column of a row, typed (as the chain code reads it)."""
+    with db.session() as session:
+        return session.execute(select(*ROW_COLUMNS).where(TokenLog.id == row_id)).one()._asdict()
+
+
+def reinsert(db, values: dict) -> None:
+    with db.session() as session:
+        session.execute(insert(TokenLog).values(**values))
+
+
+def test_an_altered_row_is_reported(db, chain):
+    target = chain[2]
+    execute(db, "UPDATE oauth2_token_logs SET action = 'revoked' WHERE id = :i", i=target)
+    try:
+        report = verify(db)
+        assert report.problem.kind == "altered" and report.problem.log_id == target
+        result = run_cli(db, "audit", "verify")
+        assert result.returncode == 1
+        problem = json.loads(result.stdout)["problem"]
+        assert problem["kind"] == "altered" and problem["log_id"] == target
+    finally:
+        execute(db, "UPDATE oauth2_token_logs SET action = 'issued' WHERE id = :i", i=target)
+    assert verify(db).ok
+
+
+def test_an_altered_and_rehashed_row_is_reported(db, chain):
+    target = chain[1]
+    row = saved(db, target)
+    forged = SimpleNamespace(**{**row, "token_id": "forged"})
+    execute(
+        db,
+        "UPDATE oauth2_token_logs SET token_id = 'forged', row_hash = :h WHERE id = :i",
+        h=link_hash(row["prev_hash"], forged, row["seal_seq"]),
+        i=target,
+    )
+    try:
+        report = verify(db)
+        assert report.problem.kind == "altered" and report.problem.log_id == chain[2]
+        assert "prev_hash" in report.problem.message
+    finally:
+        execute(
+            db,
+            "UPDATE oauth2_token_logs SET token_id = :t, row_hash = :h WHERE id = :i",
+            t=row["token_id"],
+            h=row["row_hash"],
+            i=target,
+        )
+    assert verify(db).ok
+
+
+def test_a_deleted_row_is_reported(db, chain):
+    target = chain[2]
+    row = saved(db, target)
+    execute(db, "DELETE FROM oauth2_token_logs WHERE id = :i", i=target)
+    try:
+        report = verify(db)
+        assert report.problem.kind == "deleted" and report.problem.log_id == chain[3]
+        assert str(row["seal_seq"]) in report.problem.message
+    finally:
+        reinsert(db, row)
+    assert verify(db).ok
+
+
+def test_a_deleted_last_row_is_reported(db, chain):
+    target = chain[-1]
+    row = saved(db, target)
+    execute(db, "DELETE FROM oauth2_token_logs WHERE id = :i", i=target)
+    try:
+        report = verify(db)
+        assert report.problem.kind == "deleted" and report.problem.seal_seq == row["seal_seq"]
+    finally:
+        reinsert(db, row)
+    assert verify(db).ok
+
+
+def test_an_inserted_row_is_reported(db, chain):
+    middle = saved(db, chain[2])
+    [inserted] = insert_log_rows(
+        db,
+        [
+            event(
+                "issued",
+                middle["created_at"] + timedelta(microseconds=1),
+                client_id=middle["client_id"],
+            )
+        ],
+    )
+    try:
+        report = verify(db)
+        assert report.problem.kind == "inserted" and report.problem.log_id == inserted
+    finally:
+        execute(db, "DELETE FROM oauth2_token_logs WHERE id = :i", i=inserted)
+    assert verify(db).ok
+
+
+def test_an_inserted_row_with_a_copied_seal_is_reported(db, chain):
+    inserted = db.scalar("SELECT max(id) + 1000 FROM oauth2_token_logs")
+    reinsert(db, {**saved(db, chain[2]), "id": inserted, "token_id": "copied"})
+    try:
+        report = verify(db)
+        assert report.problem.kind == "inserted" and report.problem.log_id == inserted
+    finally:
+        execute(db, "DELETE FROM oauth2_token_logs WHERE id = :i", i=inserted)
+    assert verify(db).ok
+
+
+def test_a_recorded_head_detects_a_rewritten_chain(db, chain):
+    report = verify(db)
+    head = (report.head_seq, report.head_hash)
+    assert verify(db, head).ok
+    assert verify(db, (head[0], "0" * 64)).problem.kind == "altered"
+    result = run_cli(db, "audit", "verify", "--expect", f"{head[0]}:{'f' * 64}")
+    assert result.returncode == 1 and "rewritten" in result.stdout

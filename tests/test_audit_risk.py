@@ -1,0 +1,111 @@
+"""Risk scores and flags on audit rows (oauth2_server/risk.py, SECURITY.md): a refresh
+from a new IP for its grant is flagged `new_ip`; client authentication failures from one
+IP raise the score and, from the fifth, add `auth_failure_burst`; flagged rows are found
+by the audit query."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from tests.admin_helpers import PASSWORD, admin_api
+from tests.flows import REDIRECT_URI, authorize_with_pkce, exchange_code
+
+
+@pytest.fixture
+def admin(server, db, unique):
+    return admin_api(server, db, unique)
+
+
+def some_ip() -> str:
+    return f"203.0.113.{random.randrange(1, 255)}"
+
+
+def refresh_from(server, client_id, refresh_token, ip):
+    response = server.post(
+        "/oauth2/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "client_id": client_id,
+        },
+        headers={"X-Forwarded-For": ip},
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_refresh_from_a_new_ip_is_flagged(server, db, admin, unique):
+    client_id, _ = db.create_client(
+        name=unique("app"),
+        public=True,
+        grant_types=["authorization_code", "refresh_token"],
+        redirect_uris=[REDIRECT_URI],
+        scope="read",
+    )
+    user = db.create_user(unique("yara"), PASSWORD)
+    token = exchange_code(
+        server.base_url, authorize_with_pkce(server.base_url, client_id, user.username, PASSWORD)
+    )
+    elsewhere = some_ip()
+    token = refresh_from(server, client_id, token["refresh_token"], "127.0.0.1")
+    token = refresh_from(server, client_id, token["refresh_token"], elsewhere)
+    token = refresh_from(server, client_id, token["refresh_token"], elsewhere)
+    rows = db.rows(
+        "SELECT ip, risk_score, flags FROM oauth2_token_logs WHERE client_id = :c "
+        "AND action = 'refreshed' ORDER BY id",
+        c=client_id,
+    )
+    assert [(ip, float(score)) for ip, score, _ in rows] == [
+        ("127.0.0.1", 0.0),
+        (elsewhere, 0.4),
+        (elsewhere, 0.0),
+    ]
+    assert [str(flags).count("new_ip") for *_, flags in rows] == [0, 1, 0]
+    found = admin.get("/audit", params={"client_id": client_id, "flag": "new_ip"}).json()["items"]
+    assert [(item["ip"], item["flags"]) for item in found] == [(elsewhere, ["new_ip"])]
+
+
+def test_client_auth_failures_from_one_ip_raise_the_score(server, db, admin, unique):
+    client_id, _ = db.create_client(name=unique("svc"))
+    ip = some_ip()
+    for _ in range(6):
+        response = server.post(
+            "/oauth2/token",
+            auth=(client_id, "wrong"),
+            headers={"X-Forwarded-For": ip},
+            data={"grant_type": "client_credentials"},
+        )
+        assert response.status_code == 401
+    deadline = time.monotonic() + 5
+    while (
+        time.monotonic() < deadline
+        and db.count("oauth2_token_logs", "action = 'client_auth_failed' AND ip = :ip", ip=ip) < 6
+    ):
+        time.sleep(0.1)
+    found = admin.get("/audit", params={"ip": ip, "action": "client_auth_failed"}).json()["items"]
+    assert [item["risk_score"] for item in found] == [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    assert ["auth_failure_burst" in item["flags"] for item in found] == [False] * 4 + [True] * 2
+    burst = admin.get("/audit", params={"ip": ip, "flag": "auth_failure_burst"}).json()["items"]
+    assert len(burst) == 2
+
+
+def test_code_replay_scores_one_and_is_found_by_min_risk(server, db, admin, unique):
+    client_id, _ = db.create_client(
+        name=unique("app"),
+        public=True,
+        grant_types=["authorization_code", "refresh_token"],
+        redirect_uris=[REDIRECT_URI],
+        scope="read",
+    )
+    user = db.create_user(unique("zed"), PASSWORD)
+    result = authorize_with_pkce(server.base_url, client_id, user.username, PASSWORD)
+    exchange_code(server.base_url, result)
+    with pytest.raises(Exception):  # noqa: B017 (oauthlib raises its own invalid_grant)
+        exchange_code(server.base_url, result)
+    found = admin.get("/audit", params={"client_id": client_id, "min_risk": "0.9"}).json()["items"]
+    assert [(item["action"], item["risk_score"], item["flags"]) for item in found] == [
+        ("code_replay", 1.0, ["code_replay"])
+    ]

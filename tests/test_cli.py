@@ -1,0 +1,116 @@
+"""The `oauth2-server` command: clients and users are created once, secrets shown once,
+bad input exits 2 with a message naming the problem and changes nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import free_port, server_env
+
+
+def cli(db, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = server_env(db.url, db.keys, free_port())
+    return subprocess.run(
+        [sys.executable, "-m", "oauth2_server", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_clients_create_prints_secret_once_and_client_works(server, db, unique):
+    name = unique("svc")
+    result = cli(
+        db,
+        "clients",
+        "create",
+        "--name",
+        name,
+        "--grant-type",
+        "client_credentials",
+        "--scope",
+        "read write",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    created = json.loads(result.stdout)
+    assert created["grant_types"] == ["client_credentials"]
+    assert created["scope"] == "read write"
+    assert created["token_endpoint_auth_method"] == "client_secret_basic"
+    token = server.post(
+        "/oauth2/token",
+        auth=(created["client_id"], created["client_secret"]),
+        data={"grant_type": "client_credentials", "scope": "write"},
+    )
+    assert token.status_code == 200 and token.json()["scope"] == "write"
+    stored = db.scalar(
+        "SELECT secret_hash FROM oauth2_clients WHERE client_id = :c", c=created["client_id"]
+    )
+    assert stored.startswith("$argon2id$") and created["client_secret"] not in stored
+
+
+def test_public_client_has_no_secret(db, unique):
+    result = cli(
+        db,
+        "clients",
+        "create",
+        "--name",
+        unique("spa"),
+        "--public",
+        "--grant-type",
+        "authorization_code,refresh_token",
+        "--redirect-uri",
+        "http://127.0.0.1:7000/cb",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    created = json.loads(result.stdout)
+    assert created["client_secret"] is None
+    assert created["token_endpoint_auth_method"] == "none"
+
+
+def test_invalid_client_registration_exits_2_and_changes_nothing(db, unique):
+    before = db.count("oauth2_clients")
+    cases = [
+        (
+            ["--grant-type", "authorization_code", "--redirect-uri", "http://app.example.com/cb"],
+            "https",
+        ),
+        (
+            ["--grant-type", "authorization_code", "--redirect-uri", "https://a.example/cb#x"],
+            "fragment",
+        ),
+        (["--grant-type", "authorization_code"], "redirect_uri"),
+        (["--grant-type", "password"], "password"),
+        (["--public", "--grant-type", "client_credentials"], "client_credentials"),
+    ]
+    for args, named in cases:
+        result = cli(db, "clients", "create", "--name", unique("bad"), *args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert named in result.stderr
+    assert db.count("oauth2_clients") == before
+
+
+def test_users_create_reads_password_from_stdin_and_refuses_duplicates(db, unique):
+    username = unique("henry")
+    result = cli(
+        db, "users", "create", "--username", username, "--json", stdin="a long enough passphrase\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["username"] == username
+    again = cli(db, "users", "create", "--username", username, stdin="another passphrase\n")
+    assert again.returncode == 2 and "taken" in again.stderr
+    short = cli(db, "users", "create", "--username", unique("ivy"), stdin="short\n")
+    assert short.returncode == 2 and "8 characters" in short.stderr
+    assert db.count("oauth2_users", "username = :u", u=username) == 1
+
+
+def test_migrate_is_idempotent(db):
+    first = cli(db, "migrate")
+    second = cli(db, "migrate")
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    assert first.stdout == second.stdout and "revision" in first.stdout

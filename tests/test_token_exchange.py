@@ -1,0 +1,390 @@
+"""RFC 8693 token exchange for a branch's Google access token (DESIGN.md "Upstream
+brokering" 3), through a live server and a fake Google.
+
+Every refused request is RFC 8693 §2.2.2 / RFC 6749 §5.2 shaped and leaves the stored
+upstream grants exactly as they were (DESIGN.md invariant 8). The refusals use a branch
+whose Google token is near expiry, so a request that got past validation by mistake
+would show up as an upstream refresh.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.conftest import start_live_server
+from tests.fake_google import (
+    ACCESS_TOKEN_TYPE,
+    BUSINESS_MANAGE,
+    TOKEN_EXCHANGE,
+    FakeGoogle,
+    connect_branch,
+    credential_rows,
+    ensure_branch,
+    exchange,
+    exchange_client,
+)
+
+
+@pytest.fixture(scope="module")
+def google():
+    fake = FakeGoogle().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def upstream(database, google, tmp_path_factory):
+    live = start_live_server(database, tmp_path_factory.mktemp("exchange"), **google.env())
+    yield live
+    live.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset(google):
+    google.reset()
+
+
+@pytest.fixture
+def stale_branch(upstream, db, google, unique):
+    """A branch connected to Google whose stored token has 2 minutes left (< 5 min)."""
+    branch_id = unique("stale")
+    connect_branch(upstream, db, google, branch_id, expires_in=120)
+    return branch_id
+
+
+def assert_refused(response, error, status=400, *, mentions=""):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == error, body
+    assert body["error_description"]
+    assert mentions in body["error_description"], body
+    assert response.headers["cache-control"] == "no-store"
+    assert "access_token" not in body
+
+
+# -- the exchange ------------------------------------------------------------------------
+
+
+def test_exchange_returns_the_branch_google_token_with_five_minutes_left(
+    upstream, db, google, unique
+):
+    """RFC 8693 §2.2.1: access_token, issued_token_type, token_type, expires_in, scope."""
+    branch_id = unique("branch")
+    connect_branch(upstream, db, google, branch_id)
+    google_token = google.issued_access_tokens[-1]
+    client_id, secret = exchange_client(db, [branch_id])
+    subject = upstream.client_credentials_token(client_id, secret, scope="read")
+
+    response = exchange(upstream, client_id, secret, subject, branch_id)
+
+    assert response.status_code == 200, response.text
+    assert response.headers["cache-control"] == "no-store"
+    body = response.json()
+    assert body["access_token"] == google_token
+    assert body["issued_token_type"] == ACCESS_TOKEN_TYPE
+    assert body["token_type"] == "Bearer"
+    assert 300 <= body["expires_in"] <= 3599
+    assert BUSINESS_MANAGE in body["scope"].split()
+    assert "refresh_token" not in body
+    assert google.refresh_calls == 0
+
+
+def test_exchange_is_audited_without_the_token(upstream, db, google, unique):
+    """DESIGN.md invariant 6: `exchanged` row with branch, provider and client."""
+    branch_id = unique("audited")
+    connect_branch(upstream, db, google, branch_id)
+    client_id, secret = exchange_client(db, [branch_id])
+    subject = upstream.client_credentials_token(client_id, secret)
+    body = exchange(upstream, client_id, secret, subject, branch_id).json()
+
+    rows = db.rows(
+        "SELECT client_id, branch_id, grant_type, details FROM oauth2_token_logs "
+        "WHERE action = 'exchanged' AND branch_id = :b",
+        b=branch_id,
+    )
+    assert len(rows) == 1
+    client, branch, grant_type, details = rows[0]
+    assert (client, branch, grant_type) == (client_id, branch_id, TOKEN_EXCHANGE)
+    assert "google" in str(details)
+    assert body["access_token"] not in str(rows)
+    assert body["access_token"] not in upstream.log()
+
+
+def test_expires_in_comes_from_the_provider_never_assumed(upstream, db, google, unique):
+    """DESIGN.md: compute expiry from `expires_in`, never assume 3600."""
+    branch_id = unique("odd-ttl")
+    connect_branch(upstream, db, google, branch_id, expires_in=1234)
+    client_id, secret = exchange_client(db, [branch_id])
+    subject = upstream.client_credentials_token(client_id, secret)
+    body = exchange(upstream, client_id, secret, subject, branch_id).json()
+    assert 1200 <= body["expires_in"] <= 1234
+
+
+def test_a_client_granted_every_branch_may_exchange_for_any(upstream, db, google, unique):
+    branch_id = unique("any")
+    connect_branch(upstream, db, google, branch_id)
+    client_id, secret = exchange_client(db, ["*"])
+    subject = upstream.client_credentials_token(client_id, secret)
+    assert exchange(upstream, client_id, secret, subject, branch_id).status_code == 200
+
+
+def test_requested_scope_within_the_grant_is_accepted(upstream, db, google, unique):
+    branch_id = unique("scoped")
+    connect_branch(upstream, db, google, branch_id)
+    client_id, secret = exchange_client(db, [branch_id])
+    subject = upstream.client_credentials_token(client_id, secret)
+    response = exchange(upstream, client_id, secret, subject, branch_id, scope=BUSINESS_MANAGE)
+    assert response.status_code == 200, response.text
+
+
+def test_introspecting_the_subject_token_keeps_working(upstream, db, google, unique):
+    """RFC 7662: the exchange does not consume or change the subject token."""
+    branch_id = unique("introspect")
+    connect_branch(upstream, db, google, branch_id)
+    client_id, secret = exchange_client(db, [branch_id])
+    subject = upstream.client_credentials_token(client_id, secret)
+    assert exchange(upstream, client_id, secret, subject, branch_id).status_code == 200
+    answer = upstream.post("/oauth2/introspect", auth=(client_id, secret), data={"token": subject})
+    assert answer.json()["active"] is True
+
+
+def test_metadata_lists_the_token_exchange_grant(upstream):
+    """RFC 8414 §2 grant_types_supported."""
+    metadata = upstream.get("/.well-known/oauth-authorization-server").json()
+    assert TOKEN_EXCHANGE in metadata["grant_types_supported"]
+
+
+# -- refusals: RFC 8693 §2.2.2 errors, nothing changes -------------------------------------
+
+
+def test_unknown_branch_is_invalid_target(upstream, db, google, stale_branch):
+    client_id, secret = exchange_client(db, ["*"])
+    subject = upstream.client_credentials_token(client_id, secret)
+    before = credential_rows(db)
+    response = exchange(upstream, client_id, secret, subject, "no-such-branch")
+    assert_refused(response, "invalid_target", mentions="no-such-branch")
+    assert credential_rows(db) == before and google.refresh_calls == 0
+
+
+def test_branch_not_granted_to_the_client_is_invalid_target(
+    upstream, db, google, stale_branch, unique
+):
+    other = unique("other")
+    ensure_branch(db, other)
+    client_id, secret = exchange_client(db, [other])
+    subject = upstream.client_credentials_token(client_id, secret)
+    before = credential_rows(db)
+    response = exchange(upstream, client_id, secret, subject, stale_branch)
+    assert_refused(response, "invalid_target", mentions=stale_branch)
+    assert credential_rows(db) == before and google.refresh_calls == 0
+
+
+def test_client_without_upstream_google_scope_is_invalid_target(upstream, db, google, stale_branch):
+    client_id, secret = exchange_client(db, [stale_branch], scope="read")
+    subject = upstream.client_credentials_token(client_id, secret)
+    before = credential_rows(db)
+    response = exchange(upstream, client_id, secret, subject, stale_branch)
+    assert_refused(response, "invalid_target", mentions="upstream:google")
+    assert credential_rows(db) == before and google.refresh_calls == 0
+
+
+def test_unknown_audience_is_invalid_target(upstream, db, google, stale_branch):
+    client_id, secret = exchange_client(db, [stale_branch])
+    subject = upstream.client_credentials_token(client_id, secret)
+    before = credential_rows(db)
+    response = exchange(upstream, client_id, secret, subject, stale_branch, audience="yahoo")
+    assert_refused(response, "invalid_target", mentions="yahoo")
+    assert credential_rows(db) == before and google.refresh_calls == 0
+
+
+def test_resource_parameter_is_invalid_target(upstream, db, google, stale_branch):
+    """RFC 8693 §2.2.2: a resource the server will not issue for is invalid_target."""
+    client_id, secret = exchange_client(db, [stale_branch])
+    subject = upstream.client_credentials_token(client_id, secret)
+    before = credential_rows(db)
+    response = exchange(
+        upstream,
+        client_id,
+        secret,
+        subject,
+        stale_branch,
+        resource="https://mybusiness.googleapis.com/",
+    )
+    assert_refused(response, "invalid_target")
+    assert credential_rows(db) == before and google.refresh_calls == 0
+
+
+def test_expired_subject_token_is_invalid_request(start_server, db, google, stale_branch):
+    """RFC 8693 §2.2.2: an invalid subject_token is invalid_request."""
+    short = start_server(OAUTH2_ACCESS_TOKEN_TTL="1", **google.env())
+    client_id, secret = exchange_client(db, [stale_branch])
+    subject = short.client_credentials_token(client_id, secret)
+    time.sleep(2.2)
+    before = credential_rows(db)
+    response = exchange(short, client_id, secret, subject, stale_branch)
+    assert_refused(response, "invalid_request", mentions="subject_token")
+    assert credential_rows(db) == before and google.refresh_calls == 0
+
+
+def test_revoked_subject_token_is_invalid_request(upstream, db, google, stale_branch):
+    client_id, secret = exchange_client(db, [stale_branch])
+    subject = upstream.client_credentials_token(client_id, secret)
+    revoked = upstream.post("/oauth2/revoke", auth=(client_id, secret), data={"token": subject})
+    assert revoked.status_code == 200
+    before = credential_rows(db)
+    response = exchange(upstream, client_id, secret, subject, stale_branch)
+    assert_refused(response, "invalid_request", mentions="revoked")
+    assert credential_rows(db) == before and google.refresh_calls == 0
+
+
+def test_forged_subject_token_is_invalid_request(upstream, db, google, stale_branch):
+    client_id, secret = exchange_client(db, [stale_branch])
+    genuine = upstream.client_credentials_token(client_id, secret)
+    header = jwt.get_unverified_header(genuine)
+    claims = jwt.decode(genuine, options={"verify_signature": False})
+    claims["jti"] = str(uuid.uuid4())
+    forged = jwt.encode(
+        claims,
+        ec.generate_private_key(ec.SECP256R1()),
+        algorithm="ES256",
+        headers={"kid": header["kid"], "typ": "at+jwt"},
+    )
+    before = credential_rows(db)
+    response = exchange(upstream, client_id, secret, forged, stale_branch)
+    assert_refused(response, "invalid_request", mentions="subject_token")
+    assert credential_rows(db) == before and google.refresh_calls == 0
+
+
+def test_subject_token_of_another_client_is_invalid_request(upstream, db, google, stale_branch):
+    client_id, secret = exchange_client(db, [stale_branch])
+    other_id, other_secret = exchange_client(db, [stale_branch])
+    theirs = upstream.client_credentials_token(other_id, other_secret)
+    before = credential_rows(db)
+    response = exchange(upstream, client_id, secret, theirs, stale_branch)
+    assert_refused(response, "invalid_request", mentions="not issued to this client")
+    assert credential_rows(db) == before and google.refresh_calls == 0
+
+
+def test_missing_subject_token_type_is_invalid_request(upstream, db, google, stale_branch):
+    """RFC 8693 §2.1: subject_token_type is REQUIRED."""
+    client_id, secret = exchange_client(db, [stale_branch])
+    subject = upstream.client_credentials_token(client_id, secret)
+    before = credential_rows(db)
+    response = exchange(upstream, client_id, secret, subject, stale_branch, subject_token_type=None)
+    assert_refused(response, "invalid_request", mentions="subject_token_type")
+    assert credential_rows(db) == before and google.refresh_calls == 0
+
+
+def test_unsupported_subject_token_type_is_invalid_request(upstream, db, google, stale_branch):
+    client_id, secret = exchange_client(db, [stale_branch])
+    subject = upstream.client_credentials_token(client_id, secret)
+    before = credential_rows(db)
+    response = exchange(
+        upstream,
+        client_id,
+        secret,
+        subject,
+        stale_branch,
+        subject_token_type="urn:ietf:params:oauth:token-type:id_token",
+    )
+    assert_refused(response, "invalid_request", mentions="subject_token_type")
+    assert credential_rows(db) == before and google.refresh_calls == 0
+
+
+def test_missing_branch_id_is_invalid_request(upstream, db, google, stale_branch):
+    client_id, secret = exchange_client(db, [stale_branch])
+    subject = upstream.client_credentials_token(client_id, secret)
+    before = credential_rows(db)
+    response = exchange(upstream, client_id, secret, subject, None)
+    assert_refused(response, "invalid_request", mentions="branch_id")
+    assert credential_rows(db) == before and google.refresh_calls == 0
+
+
+def test_scope_wider_than_the_grant_is_invalid_scope(upstream, db, google, stale_branch):
+    """RFC 6749 §5.2 invalid_scope: the upstream grant does not hold it."""
+    client_id, secret = exchange_client(db, [stale_branch])
+    subject = upstream.client_credentials_token(client_id, secret)
+    before = credential_rows(db)
+    response = exchange(
+        upstream,
+        client_id,
+        secret,
+        subject,
+        stale_branch,
+        scope=f"{BUSINESS_MANAGE} https://www.googleapis.com/auth/drive",
+    )
+    assert_refused(response, "invalid_scope", mentions="auth/drive")
+    assert credential_rows(db) == before and google.refresh_calls == 0
+
+
+def test_branch_not_connected_is_invalid_grant_naming_the_branch(upstream, db, google, unique):
+    branch_id = unique("unconnected")
+    ensure_branch(db, branch_id)
+    client_id, secret = exchange_client(db, [branch_id])
+    subject = upstream.client_credentials_token(client_id, secret)
+    before = credential_rows(db)
+    response = exchange(upstream, client_id, secret, subject, branch_id)
+    assert_refused(response, "invalid_grant", mentions=branch_id)
+    assert "branches connect" in response.json()["error_description"]
+    assert credential_rows(db) == before and google.refresh_calls == 0
+
+
+def test_client_not_registered_for_token_exchange_is_unauthorized_client(
+    upstream, db, google, stale_branch
+):
+    client_id, secret = exchange_client(db, [stale_branch], grant_types=["client_credentials"])
+    subject = upstream.client_credentials_token(client_id, secret)
+    before = credential_rows(db)
+    response = exchange(upstream, client_id, secret, subject, stale_branch)
+    assert_refused(response, "unauthorized_client")
+    assert credential_rows(db) == before and google.refresh_calls == 0
+
+
+def test_wrong_client_secret_is_invalid_client(upstream, db, google, stale_branch):
+    client_id, secret = exchange_client(db, [stale_branch])
+    subject = upstream.client_credentials_token(client_id, secret)
+    before = credential_rows(db)
+    response = exchange(upstream, client_id, "wrong-secret", subject, stale_branch)
+    assert_refused(response, "invalid_client", status=401)
+    assert credential_rows(db) == before and google.refresh_calls == 0
+
+
+def test_deactivated_branch_is_invalid_target(upstream, db, google, stale_branch):
+    from oauth2_server.storage.branches import set_branch_active
+
+    client_id, secret = exchange_client(db, [stale_branch])
+    subject = upstream.client_credentials_token(client_id, secret)
+    with db.session() as session:
+        set_branch_active(session, stale_branch, False)
+    before = credential_rows(db)
+    response = exchange(upstream, client_id, secret, subject, stale_branch)
+    assert_refused(response, "invalid_target", mentions="deactivated")
+    assert credential_rows(db) == before and google.refresh_calls == 0
+
+
+def test_benchmark_scenario_answers_200(upstream, db):
+    """bench/scenario_token_exchange.py stays in step with the grant (no load is run)."""
+    import asyncio
+
+    import requests
+
+    from bench.scenario_token_exchange import setup_token_exchange
+
+    request = asyncio.run(setup_token_exchange(upstream.base_url, db.url, db.keys))
+    for _ in range(3):
+        response = requests.post(
+            upstream.url(request.path),
+            data=request.body,
+            timeout=30,
+            headers={
+                "Authorization": request.authorization,
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["expires_in"] > 80_000
