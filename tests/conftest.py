@@ -53,6 +53,25 @@ def sync_url(url: str) -> str:
     return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
+def worker_database(url: str) -> str:
+    """Under pytest-xdist each worker gets its own database, `<name>_<worker>`, created on
+    the same server (the suite wipes its schema, so workers must not share one)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return url
+    parsed = make_url(url)
+    name = f"{parsed.database}_{worker}"
+    admin = create_engine(sync_url(url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:  # fails loudly if PostgreSQL is unreachable
+        exists = connection.execute(
+            text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+        ).scalar()
+        if not exists:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return parsed.set(database=name).render_as_string(hide_password=False)
+
+
 @dataclass
 class Database:
     """One test database: the URL the server uses and a sync engine for the tests."""
@@ -103,7 +122,7 @@ def database(
         path = tmp_path_factory.mktemp("sqlite") / "oauth2.db"
         url = f"sqlite+aiosqlite:///{path}"
     else:
-        url = os.environ["TEST_DATABASE_URL"]
+        url = worker_database(os.environ["TEST_DATABASE_URL"])
     engine = create_engine(sync_url(url))
     if backend == "postgresql":
         with engine.begin() as connection:  # fails loudly if PostgreSQL is unreachable
