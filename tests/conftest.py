@@ -257,3 +257,41 @@ _counter = iter(range(1_000_000))
 def unique() -> Any:
     """unique("alice") → "alice-<n>-<pid>": names that never collide across tests."""
     return lambda prefix: f"{prefix}-{next(_counter)}-{os.getpid()}"
+
+
+@pytest.fixture(scope="module")
+def google() -> Iterator[Any]:
+    """A fake Google (and Microsoft) OAuth provider on 127.0.0.1 (tests/fake_google.py)."""
+    from tests.fake_google import FakeGoogle
+
+    fake = FakeGoogle().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset_fake_google(request: pytest.FixtureRequest) -> None:
+    """Each test starts with the fake provider's default behaviour and zeroed counters."""
+    if "google" in request.fixturenames:
+        request.getfixturevalue("google").reset()
+
+
+@pytest.fixture(scope="module")
+def upstream(
+    request: pytest.FixtureRequest,
+    database: Database,
+    google: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[LiveServer]:
+    """A live server whose upstream providers point at the fake. A test module may set
+    `UPSTREAM_ENV` (extra settings; its "PROVIDERS" entry lists the providers to configure,
+    default google only)."""
+    extra = dict(getattr(request.module, "UPSTREAM_ENV", {}))
+    providers = extra.pop("PROVIDERS", ("google",))
+    env: dict[str, str] = {}
+    for provider in providers:
+        env.update(google.env(provider))
+    env.update(extra)
+    live = start_live_server(database, tmp_path_factory.mktemp(request.module.__name__), **env)
+    yield live
+    live.stop()

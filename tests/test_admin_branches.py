@@ -9,28 +9,13 @@ import random
 import pytest
 
 from tests.admin_helpers import Introspector, admin_api, admin_rows, assert_error, snapshot
-from tests.conftest import start_live_server
-from tests.fake_google import Account, FakeGoogle, callback, follow_consent
+from tests.fake_google import Account, callback, follow_consent
 
 BRANCH_ROWS = (
     "SELECT branch_id, name, contact_email, google_account_id, google_location_id, active "
     "FROM oauth2_branches ORDER BY branch_id"
 )
 GRANT_ROWS = "SELECT client_id, branch_id FROM oauth2_client_branches ORDER BY client_id, branch_id"
-
-
-@pytest.fixture(scope="module")
-def google():
-    fake = FakeGoogle().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
-def upstream(database, google, tmp_path_factory):
-    live = start_live_server(database, tmp_path_factory.mktemp("admin-branches"), **google.env())
-    yield live
-    live.stop()
 
 
 @pytest.fixture

@@ -16,37 +16,16 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.conftest import start_live_server
 from tests.fake_google import (
     ACCESS_TOKEN_TYPE,
     BUSINESS_MANAGE,
     TOKEN_EXCHANGE,
-    FakeGoogle,
     connect_branch,
     credential_rows,
     ensure_branch,
     exchange,
     exchange_client,
 )
-
-
-@pytest.fixture(scope="module")
-def google():
-    fake = FakeGoogle().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
-def upstream(database, google, tmp_path_factory):
-    live = start_live_server(database, tmp_path_factory.mktemp("exchange"), **google.env())
-    yield live
-    live.stop()
-
-
-@pytest.fixture(autouse=True)
-def _reset(google):
-    google.reset()
 
 
 @pytest.fixture

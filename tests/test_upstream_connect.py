@@ -9,14 +9,11 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
 import requests
 
-from tests.conftest import start_live_server
 from tests.fake_google import (
     BUSINESS_MANAGE,
     Account,
-    FakeGoogle,
     account_for,
     callback,
     cli,
@@ -30,25 +27,6 @@ from tests.fake_google import (
     follow_consent,
 )
 from tests.flows import query_of
-
-
-@pytest.fixture(scope="module")
-def google():
-    fake = FakeGoogle().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
-def upstream(database, google, tmp_path_factory):
-    live = start_live_server(database, tmp_path_factory.mktemp("connect"), **google.env())
-    yield live
-    live.stop()
-
-
-@pytest.fixture(autouse=True)
-def _reset(google):
-    google.reset()
 
 
 def requests_get_html(location):

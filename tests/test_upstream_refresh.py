@@ -11,10 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from oauth2_server.storage.branches import grant_branch
-from tests.conftest import start_live_server
 from tests.fake_google import (
     Account,
-    FakeGoogle,
     connect_branch,
     credential_of,
     credential_rows,
@@ -23,30 +21,8 @@ from tests.fake_google import (
     exchange_client,
 )
 
-
-@pytest.fixture(scope="module")
-def google():
-    fake = FakeGoogle().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
-def upstream(database, google, tmp_path_factory):
-    live = start_live_server(
-        database,
-        tmp_path_factory.mktemp("refresh"),
-        OAUTH2_UPSTREAM_TIMEOUT="2",
-        **google.env(),
-        **google.env("microsoft"),
-    )
-    yield live
-    live.stop()
-
-
-@pytest.fixture(autouse=True)
-def _reset(google):
-    google.reset()
+# Extra settings for this module's server (read by the `upstream` fixture in conftest.py).
+UPSTREAM_ENV = {"OAUTH2_UPSTREAM_TIMEOUT": "2", "PROVIDERS": ("google", "microsoft")}
 
 
 def stale(upstream, db, google, branch_id, **kwargs):

@@ -16,7 +16,6 @@ from oauth2_server.upstream.sealing import open_token
 from tests.conftest import start_live_server
 from tests.fake_google import (
     Account,
-    FakeGoogle,
     callback,
     connect_branch,
     connection_url,
@@ -26,25 +25,6 @@ from tests.fake_google import (
     exchange_client,
     follow_consent,
 )
-
-
-@pytest.fixture(scope="module")
-def google():
-    fake = FakeGoogle().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
-def upstream(database, google, tmp_path_factory):
-    live = start_live_server(database, tmp_path_factory.mktemp("storage"), **google.env())
-    yield live
-    live.stop()
-
-
-@pytest.fixture(autouse=True)
-def _reset(google):
-    google.reset()
 
 
 def dump_database(db) -> str:
