@@ -11,6 +11,8 @@ synchronous SQLAlchemy connection, and read tables directly to check what change
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import socket
 import subprocess
@@ -24,7 +26,7 @@ from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
@@ -97,6 +99,25 @@ class Database:
 
     def count(self, table: str, where: str = "1=1", **params: Any) -> int:
         return int(self.scalar(f"SELECT count(*) FROM {table} WHERE {where}", **params))  # noqa: S608
+
+    def dump(self) -> str:
+        """Every value of every table as one text blob (bytes also as hex and base64): what
+        a reader of a database backup sees, for "nothing stored in clear" checks."""
+        parts: list[str] = []
+        with self.engine.connect() as connection:
+            for table in inspect(connection).get_table_names():
+                for row in connection.execute(text(f'SELECT * FROM "{table}"')):  # noqa: S608
+                    for value in row:
+                        if isinstance(value, bytes | memoryview):
+                            raw = bytes(value)
+                            parts += [
+                                raw.decode("latin-1"),
+                                raw.hex(),
+                                base64.b64encode(raw).decode(),
+                            ]
+                        else:
+                            parts.append(json.dumps(value, default=str))
+        return "\n".join(parts)
 
     def create_client(self, **kwargs: Any) -> tuple[str, str | None]:
         """Register a client through `storage.clients.create_client`; (client_id, secret)."""

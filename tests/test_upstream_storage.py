@@ -5,11 +5,8 @@ to its row, provider, account and token kind; keys rotate without re-issuing any
 
 from __future__ import annotations
 
-import base64
-import json
-
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import text
 
 from oauth2_server.crypto.keyring import DecryptionError, generate_key_spec, parse_keyring
 from oauth2_server.upstream.sealing import open_token
@@ -27,21 +24,6 @@ from tests.fake_google import (
 )
 
 
-def dump_database(db) -> str:
-    """Every value of every table as text (bytes also as hex and base64)."""
-    parts: list[str] = []
-    with db.engine.connect() as connection:
-        for table in inspect(connection).get_table_names():
-            for row in connection.execute(text(f'SELECT * FROM "{table}"')):  # noqa: S608
-                for value in row:
-                    if isinstance(value, bytes | memoryview):
-                        raw = bytes(value)
-                        parts += [raw.decode("latin-1"), raw.hex(), base64.b64encode(raw).decode()]
-                    else:
-                        parts.append(json.dumps(value, default=str))
-    return "\n".join(parts)
-
-
 def test_ciphertexts_in_the_database_do_not_contain_the_tokens(upstream, db, google, unique):
     branch_id = unique("at-rest")
     connect_branch(upstream, db, google, branch_id, expires_in=120)
@@ -50,7 +32,7 @@ def test_ciphertexts_in_the_database_do_not_contain_the_tokens(upstream, db, goo
     assert exchange(upstream, client_id, secret, subject, branch_id).status_code == 200  # refresh
     pending = connection_url(upstream, db, unique("pending"))  # a stored PKCE verifier
 
-    blob = dump_database(db)
+    blob = db.dump()
     for token in (*google.issued_access_tokens, *google.issued_refresh_tokens):
         assert token not in blob
         assert token not in upstream.log()

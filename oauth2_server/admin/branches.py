@@ -23,18 +23,14 @@ from oauth2_server.admin.http import (
     Field,
     bad_request,
     conflict,
-    cursor_codec,
-    decode_cursor,
     iso,
     json_response,
+    keyset_page,
     not_found,
-    page_size,
-    query_params,
     read_json,
 )
 from oauth2_server.admin.http import admin_endpoint as endpoint
 from oauth2_server.audit import record
-from oauth2_server.cursors import query_scope
 from oauth2_server.storage import branch_registry as registry
 from oauth2_server.storage import branches as branch_storage
 from oauth2_server.storage import upstream as upstream_storage
@@ -178,15 +174,7 @@ async def create_branch(request: Request, actor: Actor) -> Response:
 )
 async def list_branches(request: Request, actor: Actor) -> Response:
     """List branches by id with their granted clients and connections, a page at a time."""
-    params = query_params(request, {"limit", "cursor"})
-    codec = cursor_codec(request)
-    scope = query_scope("branches", {})
-    after = decode_cursor(codec, (params.get("cursor") or [None])[0], scope)
-    limit = page_size(params)
-    page = await _service(request).bridge.read(lambda s: list_branches_op(s, after, limit))
-    position = page.pop("next_position")
-    page["next_cursor"] = codec.encode(scope, position) if position else None
-    return json_response(page)
+    return await keyset_page(request, "branches", list_branches_op)
 
 
 @endpoint(responses={200: None, 404: None}, tag="branches")

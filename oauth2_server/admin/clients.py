@@ -25,19 +25,15 @@ from oauth2_server.admin.http import (
     Field,
     bad_request,
     conflict,
-    cursor_codec,
-    decode_cursor,
     iso,
     json_response,
+    keyset_page,
     not_found,
-    page_size,
-    query_params,
     read_json,
 )
 from oauth2_server.admin.http import admin_endpoint as endpoint
 from oauth2_server.audit import record
 from oauth2_server.crypto.hashing import hash_secret
-from oauth2_server.cursors import query_scope
 from oauth2_server.storage import branch_registry, utcnow
 from oauth2_server.storage import client_registry as registry
 from oauth2_server.storage.clients import (
@@ -335,12 +331,4 @@ async def delete_client(request: Request, actor: Actor) -> Response:
 )
 async def list_clients(request: Request, actor: Actor) -> Response:
     """List clients in registration order, a page at a time (`next_cursor`)."""
-    params = query_params(request, {"limit", "cursor"})
-    codec = cursor_codec(request)
-    scope = query_scope("clients", {})
-    after = decode_cursor(codec, (params.get("cursor") or [None])[0], scope)
-    limit = page_size(params)
-    page = await _service(request).bridge.read(lambda s: list_clients_op(s, after, limit))
-    position = page.pop("next_position")
-    page["next_cursor"] = codec.encode(scope, position) if position else None
-    return json_response(page)
+    return await keyset_page(request, "clients", list_clients_op)

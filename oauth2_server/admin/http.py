@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from oauth2_server.audit import AuditEvent, RequestContext
-from oauth2_server.cursors import CURSOR_KEY_PURPOSE, CursorCodec, CursorError
+from oauth2_server.cursors import CURSOR_KEY_PURPOSE, CursorCodec, CursorError, query_scope
 from oauth2_server.storage.tokens import get_access_token
 from oauth2_server.web.forms import BadRequest, parse_params, read_body, request_context
 
@@ -329,6 +329,29 @@ def decode_cursor(codec: CursorCodec, raw: str | None, scope: str) -> list[Any] 
         return codec.decode(raw, scope)
     except CursorError as exc:
         raise bad_request("cursor", str(exc)) from None
+
+
+async def keyset_page(
+    request: Request,
+    name: str,
+    read_page: Callable[[Any, list[Any] | None, int], dict[str, Any]],
+) -> Response:
+    """GET of a plain keyset-paged listing (`limit`, `cursor`; no other parameter).
+
+    Decodes the signed cursor (400 naming `cursor` if tampered), reads one page with
+    `read_page(session, after, limit)` — a dict with `items` and `next_position` — and
+    answers it with `next_cursor` in place of the position.
+    """
+    params = query_params(request, {"limit", "cursor"})
+    codec = cursor_codec(request)
+    scope = query_scope(name, {})
+    after = decode_cursor(codec, (params.get("cursor") or [None])[0], scope)
+    limit = page_size(params)
+    bridge = request.app.state.oauth.bridge
+    page = await bridge.read(lambda session: read_page(session, after, limit))
+    position = page.pop("next_position")
+    page["next_cursor"] = codec.encode(scope, position) if position else None
+    return json_response(page)
 
 
 def iso(moment: datetime | None) -> str | None:

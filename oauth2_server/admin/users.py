@@ -21,19 +21,15 @@ from oauth2_server.admin.http import (
     Field,
     bad_request,
     conflict,
-    cursor_codec,
-    decode_cursor,
     iso,
     json_response,
+    keyset_page,
     not_found,
-    page_size,
-    query_params,
     read_json,
 )
 from oauth2_server.admin.http import admin_endpoint as endpoint
 from oauth2_server.audit import record
 from oauth2_server.crypto.hashing import hash_secret
-from oauth2_server.cursors import query_scope
 from oauth2_server.storage import user_registry as registry
 from oauth2_server.storage import utcnow
 from oauth2_server.storage.revocation import TokenFilter, revoke_tokens
@@ -173,15 +169,7 @@ async def create_user(request: Request, actor: Actor) -> Response:
 )
 async def list_users(request: Request, actor: Actor) -> Response:
     """List users in creation order, a page at a time (`next_cursor`)."""
-    params = query_params(request, {"limit", "cursor"})
-    codec = cursor_codec(request)
-    scope = query_scope("users", {})
-    after = decode_cursor(codec, (params.get("cursor") or [None])[0], scope)
-    limit = page_size(params)
-    page = await _bridge(request).read(lambda s: list_users_op(s, after, limit))
-    position = page.pop("next_position")
-    page["next_cursor"] = codec.encode(scope, position) if position else None
-    return json_response(page)
+    return await keyset_page(request, "users", list_users_op)
 
 
 @endpoint(responses={200: _USER, 404: None}, tag="users")
