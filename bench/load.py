@@ -9,7 +9,9 @@ postgresql://postgres@127.0.0.1:5432/oauth2_bench), migrates it, registers a cli
 starts `oauth2-server serve --workers 2` on a free loopback port, and runs wrk with 2
 threads and 16 connections per scenario. Commits are durable (PostgreSQL defaults,
 synchronous_commit=on) and every token request writes its access-token row and audit row.
-Prints one line per scenario: req/s, p50, p99 (ms) and errors (non-2xx or socket errors).
+Prints one line per scenario: req/s, p50, p99 (ms), errors (non-2xx or socket errors), and
+the CPU time per request of the server's processes and of its PostgreSQL backends (from
+/proc; steadier than req/s when the machine's speed varies).
 Extra scenarios (e.g. token exchange) register themselves in SCENARIOS.
 """
 
@@ -29,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import requests
@@ -87,12 +90,55 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    server_cpu_ms: float | None = None  # server CPU time per request (all workers), ms
+    database_cpu_ms: float | None = None  # PostgreSQL backends' CPU time per request, ms
 
     def line(self) -> str:
+        cpu = ""
+        if self.server_cpu_ms is not None:
+            cpu = f"   cpu/req server {self.server_cpu_ms:.3f} ms"
+            if self.database_cpu_ms is not None:
+                cpu += f" + postgres {self.database_cpu_ms:.3f} ms"
         return (
             f"{self.name:<28} {self.requests_per_second:>9,.0f} req/s   "
-            f"p50 {self.p50_ms:6.2f} ms   p99 {self.p99_ms:6.2f} ms   errors {self.errors}"
+            f"p50 {self.p50_ms:6.2f} ms   p99 {self.p99_ms:6.2f} ms   errors {self.errors}{cpu}"
         )
+
+
+def _descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (Linux /proc), for CPU accounting."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float | None:
+    """User + system CPU seconds used so far by `pids` (Linux /proc; None elsewhere).
+
+    CPU time per request is steadier than req/s on a shared machine whose speed varies:
+    it does not count the time spent waiting for a core.
+    """
+    ticks = 0
+    try:
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    except OSError:
+        return None
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -115,9 +161,22 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60) 
 
 
 def run_wrk(
-    name: str, url: str, body: str, auth: str, seconds: int, connections: int, script: Path
+    name: str,
+    url: str,
+    body: str,
+    auth: str,
+    seconds: int,
+    connections: int,
+    script: Path,
+    server_pid: int | None = None,
+    database_pids: Callable[[], list[int]] | None = None,
 ) -> Result:
+    """Run wrk against `url`; with `server_pid` (and `database_pids`), also the CPU time
+    the server's processes (and those PostgreSQL backends) spent per request."""
     env = {**os.environ, "BENCH_BODY": body, "BENCH_AUTH": auth}
+    server = _descendants(server_pid) if server_pid else []
+    database = database_pids() if database_pids else []
+    before = (cpu_seconds(server), cpu_seconds(database))
     output = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
         env=env,
@@ -125,14 +184,40 @@ def run_wrk(
         text=True,
         check=True,
     ).stdout
+    after = (cpu_seconds(server), cpu_seconds(database))
     stats = json.loads(output.strip().splitlines()[-1])
+    count = max(stats["requests"], 1)
+    per_request = [
+        (end - start) * 1000 / count if server and start is not None and end is not None else None
+        for start, end in zip(before, after, strict=True)
+    ]
     return Result(
         name,
         stats["requests"] / (stats["duration_us"] / 1e6),
         stats["p50_us"] / 1000,
         stats["p99_us"] / 1000,
         stats["socket_errors"] + stats["status_errors"],
+        per_request[0],
+        per_request[1] if database else None,
     )
+
+
+def postgres_backends(engine: Any, database: str) -> Callable[[], list[int]]:
+    """A function listing the PostgreSQL backend PIDs connected to `database` (they run on
+    this machine in the benchmark's setup; CPU is read from /proc when they do)."""
+
+    def pids() -> list[int]:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text(
+                    "SELECT pid FROM pg_stat_activity"
+                    " WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": database},
+            )
+            return [row[0] for row in rows if Path(f"/proc/{row[0]}").exists()]
+
+    return pids
 
 
 def basic(client_id: str, secret: str) -> str:
@@ -284,7 +369,15 @@ def main() -> None:
                 body_size = max(body_size, len(response.content))
                 results.append(
                     run_wrk(
-                        name, base_url + path, body, auth, args.seconds, args.connections, script
+                        name,
+                        base_url + path,
+                        body,
+                        auth,
+                        args.seconds,
+                        args.connections,
+                        script,
+                        server_pid=server.pid,
+                        database_pids=postgres_backends(engine, sync_url.database),
                     )
                 )
                 print(results[-1].line(), flush=True)
@@ -326,6 +419,7 @@ def main() -> None:
                     args.seconds,
                     args.connections,
                     script,
+                    server_pid=bare.pid,
                 )
             )
             print(results[-1].line(), flush=True)

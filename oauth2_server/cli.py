@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from oauth2_server import cli_branches
 from oauth2_server.admin import commands as admin_commands
+from oauth2_server.audit import AuditEvent, record
 from oauth2_server.config import ConfigError, Settings, settings_table_markdown
 from oauth2_server.crypto.keyring import generate_key_spec, load_keyring
 from oauth2_server.db import migrate
@@ -64,6 +65,22 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
     print(f"database at revision {asyncio.run(go())}")
 
 
+def _client_created(client: Any, bootstrap: bool = False) -> AuditEvent:
+    """The `admin_client_created` audit event of a client registered from the command line
+    (or by the first start's bootstrap), written in the registration's transaction."""
+    details = {
+        "target_client_id": client.client_id,
+        "name": client.name,
+        "grant_types": list(client.grant_types),
+        "redirect_uris": list(client.redirect_uris),
+        "scope": client.scope,
+        "token_endpoint_auth_method": client.token_endpoint_auth_method,
+    }
+    if bootstrap:
+        details["bootstrap"] = True
+    return admin_commands.cli_actor().event("admin_client_created", details=details)
+
+
 def _prepare(settings: Settings) -> dict[str, Any] | None:
     """Before workers start: signing key present; bootstrap admin on an empty database."""
     keyring = load_keyring(settings)
@@ -79,6 +96,7 @@ def _prepare(settings: Settings) -> dict[str, Any] | None:
             redirect_uris=[],
             scope="admin",
         )
+        record(session, _client_created(client, bootstrap=True))
         return {"client_id": client.client_id, "client_secret": secret}
 
     return _run(settings, call)
@@ -128,7 +146,7 @@ def _split(values: list[str] | None) -> list[str]:
 
 def cmd_clients_create(settings: Settings, args: argparse.Namespace) -> None:
     def call(session: Session) -> tuple[Any, str | None]:
-        return create_client(
+        client, secret = create_client(
             session,
             name=args.name,
             grant_types=_split(args.grant_type) or ["client_credentials"],
@@ -137,6 +155,8 @@ def cmd_clients_create(settings: Settings, args: argparse.Namespace) -> None:
             public=args.public,
             token_endpoint_auth_method=args.auth_method,
         )
+        record(session, _client_created(client))
+        return client, secret
 
     try:
         client, secret = _run(settings, call)
@@ -170,7 +190,16 @@ def cmd_users_create(settings: Settings, args: argparse.Namespace) -> None:
 
         password = getpass.getpass("password: ")
     try:
-        user = _run(settings, lambda session: create_user(session, args.username, password))
+
+        def call(session: Session) -> Any:
+            user = create_user(session, args.username, password)
+            event = admin_commands.cli_actor().event(
+                "admin_user_created", subject=user.subject, details={"username": user.username}
+            )
+            record(session, event)
+            return user
+
+        user = _run(settings, call)
     except UserRegistrationError as exc:
         raise CommandError(str(exc)) from None
     result = {"username": user.username, "subject": user.subject}

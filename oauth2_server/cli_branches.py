@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -26,6 +25,7 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
+from oauth2_server.admin.commands import cli_actor
 from oauth2_server.audit import AuditEvent, record
 from oauth2_server.config import Settings
 from oauth2_server.crypto.keyring import load_keyring
@@ -84,11 +84,6 @@ def _transaction(settings: Settings, call: Callable[[Session], T]) -> T:
     return _run(settings, go)
 
 
-def _event(action: str, **kwargs: Any) -> AuditEvent:
-    details = {"via": "cli", "operator": getpass.getuser(), **kwargs.pop("details", {})}
-    return AuditEvent(action, details=details, **kwargs)
-
-
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") if value is not None else None
 
@@ -119,7 +114,7 @@ def cmd_create(settings: Settings, args: argparse.Namespace) -> None:
             google_account_id=args.google_account_id,
             google_location_id=args.google_location_id,
         )
-        record(db, _event("admin_branch_created", branch_id=args.branch))
+        record(db, cli_actor().event("admin_branch_created", branch_id=args.branch))
         return created
 
     created = _transaction(settings, call)
@@ -191,7 +186,9 @@ def _set_active(active: bool) -> Callable[[Settings, argparse.Namespace], None]:
                 raise branch_storage.BranchError(f"branch {args.branch!r} not found")
             record(
                 db,
-                _event("admin_branch_updated", branch_id=args.branch, details={"active": active}),
+                cli_actor().event(
+                    "admin_branch_updated", branch_id=args.branch, details={"active": active}
+                ),
             )
 
         _transaction(settings, call)
@@ -201,11 +198,19 @@ def _set_active(active: bool) -> Callable[[Settings, argparse.Namespace], None]:
     return command
 
 
+def _grant_event(action: str, args: argparse.Namespace) -> AuditEvent:
+    """`admin_branch_granted` / `admin_branch_ungranted` by the CLI operator; the client
+    concerned goes in `details.target_client_id` (the row's `client_id` is the actor's)."""
+    return cli_actor().event(
+        action, branch_id=args.branch, details={"target_client_id": args.client}
+    )
+
+
 def cmd_grant(settings: Settings, args: argparse.Namespace) -> None:
     def call(db: Session) -> bool:
         added = branch_storage.grant_branch(db, args.client, args.branch)
         if added:
-            record(db, _event("admin_branch_granted", client_id=args.client, branch_id=args.branch))
+            record(db, _grant_event("admin_branch_granted", args))
         return added
 
     added = _transaction(settings, call)
@@ -221,7 +226,7 @@ def cmd_ungrant(settings: Settings, args: argparse.Namespace) -> None:
             raise branch_storage.BranchError(
                 f"client {args.client!r} has no grant for branch {args.branch!r}"
             )
-        record(db, _event("admin_branch_ungranted", client_id=args.client, branch_id=args.branch))
+        record(db, _grant_event("admin_branch_ungranted", args))
         return removed
 
     _transaction(settings, call)
@@ -271,7 +276,21 @@ def cmd_disconnect(settings: Settings, args: argparse.Namespace) -> None:
     async def go(sessions: Sessions) -> Any:
         service = UpstreamService(settings, sessions, keyring)
         try:
-            return await service.disconnect(args.branch, args.provider, force=args.force)
+            return await service.disconnect(
+                args.branch,
+                args.provider,
+                force=args.force,
+                audit=lambda result: cli_actor().event(
+                    "admin_branch_disconnected",
+                    branch_id=args.branch,
+                    details={
+                        "provider": result.provider,
+                        "grant_deleted": result.grant_deleted,
+                        "revoked": result.revoked,
+                        "note": result.note,
+                    },
+                ),
+            )
         finally:
             await service.aclose()
 

@@ -34,6 +34,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("expected an integer ≥ 0")
+    return value
+
+
 def _positive_float(raw: str) -> float:
     value = float(raw)
     if value <= 0:
@@ -226,6 +233,15 @@ SETTINGS: tuple[Setting, ...] = (
         "Refresh token lifetime, seconds (30 days); each rotation starts a new one.",
     ),
     Setting(
+        "OAUTH2_REFRESH_FAMILY_MAX_AGE",
+        "refresh_family_max_age",
+        _non_negative_int,
+        "7776000",
+        "Absolute lifetime of a refresh token family, seconds (90 days) from the "
+        "authorization code exchange: rotation never extends a refresh token past it, so "
+        "the user signs in again (RFC 9700 §4.14.2). 0: no absolute limit.",
+    ),
+    Setting(
         "OAUTH2_AUTHORIZATION_CODE_TTL",
         "authorization_code_ttl",
         _positive_int,
@@ -405,6 +421,7 @@ class Settings:
     dev_key_file: str = "./oauth2_server.dev-keys.json"
     access_token_ttl: int = 3600
     refresh_token_ttl: int = 2592000
+    refresh_family_max_age: int = 7776000
     authorization_code_ttl: int = 60
     access_token_audience: str = ""
     session_ttl: int = 3600

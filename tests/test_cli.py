@@ -51,6 +51,17 @@ def test_clients_create_prints_secret_once_and_client_works(server, db, unique):
         "SELECT secret_hash FROM oauth2_clients WHERE client_id = :c", c=created["client_id"]
     )
     assert stored.startswith("$argon2id$") and created["client_secret"] not in stored
+    # The registration is audited in its own transaction, like the admin API's (no secret).
+    (row,) = db.rows(
+        "SELECT client_id, details FROM oauth2_token_logs"
+        " WHERE action = 'admin_client_created' AND CAST(details AS TEXT) LIKE :c",
+        c=f'%"{created["client_id"]}"%',
+    )
+    assert row[0] is None
+    details = json.loads(row[1]) if isinstance(row[1], str) else row[1]
+    assert details["target_client_id"] == created["client_id"] and details["via"] == "cli"
+    assert details["scope"] == "read write" and details["operator"]
+    assert created["client_secret"] not in json.dumps(details)
 
 
 def test_public_client_has_no_secret(db, unique):
@@ -75,6 +86,7 @@ def test_public_client_has_no_secret(db, unique):
 
 def test_invalid_client_registration_exits_2_and_changes_nothing(db, unique):
     before = db.count("oauth2_clients")
+    audited = db.count("oauth2_token_logs", "action = 'admin_client_created'")
     cases = [
         (
             ["--grant-type", "authorization_code", "--redirect-uri", "http://app.example.com/cb"],
@@ -93,6 +105,7 @@ def test_invalid_client_registration_exits_2_and_changes_nothing(db, unique):
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert named in result.stderr
     assert db.count("oauth2_clients") == before
+    assert db.count("oauth2_token_logs", "action = 'admin_client_created'") == audited
 
 
 def test_users_create_reads_password_from_stdin_and_refuses_duplicates(db, unique):
@@ -101,12 +114,21 @@ def test_users_create_reads_password_from_stdin_and_refuses_duplicates(db, uniqu
         db, "users", "create", "--username", username, "--json", stdin="a long enough passphrase\n"
     )
     assert result.returncode == 0, result.stderr
+    subject = json.loads(result.stdout)["subject"]
     assert json.loads(result.stdout)["username"] == username
+    assert (
+        db.count("oauth2_token_logs", "action = 'admin_user_created' AND subject = :s", s=subject)
+        == 1
+    )
     again = cli(db, "users", "create", "--username", username, stdin="another passphrase\n")
     assert again.returncode == 2 and "taken" in again.stderr
     short = cli(db, "users", "create", "--username", unique("ivy"), stdin="short\n")
     assert short.returncode == 2 and "8 characters" in short.stderr
     assert db.count("oauth2_users", "username = :u", u=username) == 1
+    assert (
+        db.count("oauth2_token_logs", "action = 'admin_user_created' AND subject = :s", s=subject)
+        == 1
+    )
 
 
 def test_migrate_is_idempotent(db):

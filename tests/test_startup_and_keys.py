@@ -3,6 +3,7 @@ RFC 7517 key rotation."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -86,6 +87,19 @@ def test_unknown_setting_is_refused_naming_it(tmp_path):
     result = run_cli("serve", env=env, cwd=tmp_path)
     assert result.returncode == 2
     assert "OAUTH2_ACESS_TOKEN_TTL" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("OAUTH2_REFRESH_FAMILY_MAX_AGE", "-1"), ("OAUTH2_REFRESH_TOKEN_TTL", "0")],
+)
+def test_invalid_lifetime_is_refused_naming_it(tmp_path, name, value):
+    env = server_env(f"sqlite+aiosqlite:///{tmp_path}/x.db", "k:" + "A" * 43, free_port())
+    env[name] = value
+    result = run_cli("serve", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert name in result.stderr
+    assert not (tmp_path / "x.db").exists()  # refused before touching the database
 
 
 @pytest.mark.parametrize(
@@ -181,7 +195,16 @@ def test_embedded_default_bootstraps_admin_once_and_it_gets_admin_token(tmp_path
     engine = create_engine(sync_url(env["OAUTH2_DATABASE_URL"]))
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM oauth2_clients")).scalar() == 1
+        audit = connection.execute(
+            text("SELECT client_id, details FROM oauth2_token_logs WHERE action = :a"),
+            {"a": "admin_client_created"},
+        ).all()
     engine.dispose()
+    assert len(audit) == 1 and audit[0][0] is None  # the CLI acts as no client
+    details = audit[0][1] if isinstance(audit[0][1], dict) else json.loads(audit[0][1])
+    assert details["target_client_id"] == client_id
+    assert details["bootstrap"] is True and details["via"] == "cli"
+    assert secret not in json.dumps(details)
 
 
 @pytest.mark.skipif(

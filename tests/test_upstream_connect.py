@@ -66,6 +66,14 @@ def test_connect_flow_end_to_end_through_the_cli(upstream, db, google, unique):
     assert created.returncode == 0, created.stderr
     granted = cli(upstream, "branches", "grant", branch_id, "--client", client_id)
     assert granted.returncode == 0, granted.stderr
+    # Audited like the admin API: client_id is the acting admin (none from the CLI), the
+    # client granted is named in details.
+    ((acting, details),) = db.rows(
+        "SELECT client_id, CAST(details AS TEXT) FROM oauth2_token_logs"
+        " WHERE action = 'admin_branch_granted' AND branch_id = :b",
+        b=branch_id,
+    )
+    assert acting is None and json.loads(details)["target_client_id"] == client_id
 
     started = cli(upstream, "branches", "connect", branch_id, "--provider", "google", "--json")
     assert started.returncode == 0, started.stderr
@@ -190,11 +198,22 @@ def test_disconnect_when_revocation_fails_changes_nothing_unless_forced(
     assert failed.returncode == 2
     assert "nothing changed" in failed.stderr
     assert credential_rows(db) == before
+    unlinked = "action IN ('upstream_unlinked', 'admin_branch_disconnected') AND branch_id = :b"
+    assert db.count("oauth2_token_logs", unlinked, b=branch_id) == 0
 
     forced = cli(upstream, "branches", "disconnect", branch_id, "--force", "--json")
     assert forced.returncode == 0, forced.stderr
     assert json.loads(forced.stdout)["grant_deleted"] is True
     assert credential_of(db, branch_id) is None
+    # The operator's row commits with the unlink and its upstream_unlinked row.
+    rows = db.rows(
+        "SELECT action, client_id, CAST(details AS TEXT) FROM oauth2_token_logs WHERE action IN"
+        " ('upstream_unlinked', 'admin_branch_disconnected') AND branch_id = :b ORDER BY id",
+        b=branch_id,
+    )
+    assert [row[0] for row in rows] == ["upstream_unlinked", "admin_branch_disconnected"]
+    operator = json.loads(rows[1][2])
+    assert rows[1][1] is None and operator["via"] == "cli" and operator["grant_deleted"] is True
 
 
 def test_reconnecting_with_another_account_replaces_and_revokes_the_old_grant(

@@ -30,11 +30,12 @@ from oauth2_server.admin.http import (
     read_json,
 )
 from oauth2_server.admin.http import admin_endpoint as endpoint
-from oauth2_server.audit import record
+from oauth2_server.audit import AuditEvent, record
 from oauth2_server.storage import branch_registry as registry
 from oauth2_server.storage import branches as branch_storage
 from oauth2_server.storage import upstream as upstream_storage
 from oauth2_server.upstream.connect import ConnectError, ConnectionStart, begin_connection
+from oauth2_server.upstream.linking import DisconnectResult
 from oauth2_server.upstream.providers import ProviderNotConfigured, UnknownProvider
 
 _TEXT = {
@@ -243,23 +244,28 @@ async def disconnect(request: Request, actor: Actor) -> Response:
     """Disconnect the branch from a provider; the grant is revoked at the provider when
     no other branch uses it (`force` deletes the stored tokens even if that fails).
 
-    The unlink and its `upstream_unlinked` row commit together inside the upstream
-    service; the `admin_branch_disconnected` row naming the admin follows at once in a
-    second transaction (the service owns the first one)."""
+    The unlink, its `upstream_unlinked` row and the `admin_branch_disconnected` row naming
+    the admin commit in one transaction."""
     body = await read_json(request, DISCONNECT)
     branch_id = request.path_params["branch_id"]
     service = _service(request)
+
+    def audit(result: DisconnectResult) -> AuditEvent:
+        return actor.event(
+            "admin_branch_disconnected", branch_id=branch_id, details=_disconnect_answer(result)
+        )
+
     try:
         result = await service.upstream.disconnect(
-            branch_id, body["provider"], force=body.get("force", False)
+            branch_id, body["provider"], force=body.get("force", False), audit=audit
         )
     except (ConnectError, UnknownProvider, ProviderNotConfigured) as exc:
         raise _upstream_error(exc) from None
+    return json_response(_disconnect_answer(result))
+
+
+def _disconnect_answer(result: DisconnectResult) -> dict[str, Any]:
+    """What the admin sees of a disconnection (the internal credential id left out)."""
     answer = asdict(result)
     answer.pop("credential_id", None)
-    await service.bridge.write(
-        lambda s: record(
-            s, actor.event("admin_branch_disconnected", branch_id=branch_id, details=answer)
-        )
-    )
-    return json_response(answer)
+    return answer

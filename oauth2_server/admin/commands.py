@@ -30,10 +30,12 @@ from oauth2_server.crypto.hashing import hash_secret
 from oauth2_server.crypto.keyring import load_keyring
 from oauth2_server.cursors import CursorError, query_scope
 
-__all__ = ["CommandFailed", "register"]
+__all__ = ["CommandFailed", "cli_actor", "register"]
 
 
-def _actor() -> Actor:
+def cli_actor() -> Actor:
+    """The actor of an admin change made from the command line: audit rows get
+    `client_id` null, `details.via` "cli" and `details.operator` the OS user."""
     return Actor(None, None, RequestContext(), via="cli", operator=getpass.getuser())
 
 
@@ -81,14 +83,14 @@ def cmd_clients_update(settings: Settings, args: Any) -> None:
             body[name] = _split(getattr(args, dest))
     if args.scope is not None:
         body["scope"] = " ".join(_split(args.scope) or [])
-    actor = _actor()
+    actor = cli_actor()
     print_json(
         transaction(settings, lambda s: clients.update_client_op(s, actor, args.client_id, body))
     )
 
 
 def cmd_clients_rotate_secret(settings: Settings, args: Any) -> None:
-    actor = _actor()
+    actor = cli_actor()
     secret, hashed = asyncio.run(clients.new_secret_hash())
     result = transaction(
         settings, lambda s: clients.rotate_secret_op(s, actor, args.client_id, hashed)
@@ -98,7 +100,7 @@ def cmd_clients_rotate_secret(settings: Settings, args: Any) -> None:
 
 
 def cmd_clients_delete(settings: Settings, args: Any) -> None:
-    actor = _actor()
+    actor = cli_actor()
     print_json(transaction(settings, lambda s: clients.delete_client_op(s, actor, args.client_id)))
 
 
@@ -115,12 +117,12 @@ def cmd_users_show(settings: Settings, args: Any) -> None:
 
 def cmd_users_update(settings: Settings, args: Any) -> None:
     body = options_body(args, {"username": "username", "active": "active"})
-    actor = _actor()
+    actor = cli_actor()
     print_json(transaction(settings, lambda s: users.update_user_op(s, actor, args.subject, body)))
 
 
 def cmd_users_deactivate(settings: Settings, args: Any) -> None:
-    actor = _actor()
+    actor = cli_actor()
     body = {"active": False}
     print_json(transaction(settings, lambda s: users.update_user_op(s, actor, args.subject, body)))
 
@@ -136,7 +138,7 @@ def cmd_users_set_password(settings: Settings, args: Any) -> None:
     except AdminError as exc:
         raise CommandFailed(exc.description) from None
     hashed = hash_secret(password)
-    actor = _actor()
+    actor = cli_actor()
     revoke = args.revoke_tokens
     print_json(
         transaction(
@@ -163,7 +165,7 @@ def cmd_tokens_list(settings: Settings, args: Any) -> None:
 
 def cmd_tokens_revoke(settings: Settings, args: Any) -> None:
     body = options_body(args, {"jti": "jti", "family_id": "family_id", **_CRITERIA})
-    actor = _actor()
+    actor = cli_actor()
     print_json(transaction(settings, lambda s: tokens.revoke_op(s, actor, body)))
 
 

@@ -173,6 +173,9 @@ class RefreshToken(Base):
     expires_at: Mapped[datetime]
     rotated_at: Mapped[datetime | None] = mapped_column(nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # The family's absolute end (OAUTH2_REFRESH_FAMILY_MAX_AGE after the code exchange),
+    # copied to every rotated token; `expires_at` never passes it. NULL: no limit.
+    family_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class TokenLog(Base):

@@ -4,25 +4,24 @@ HTTP layer calls.
 `OAuthService` does, per request: client authentication up front (cached argon2 off the
 event loop, failure limits), then the Authlib call through `Bridge.run` (one session, one
 transaction), then the bookkeeping of failed authentications. The HTTP layer only parses
-HTTP and renders pages.
+HTTP and renders pages. The authorization endpoint's login and consent live in
+`oauth.authorization` (`OAuthService.authorization`).
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import secrets
-from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749 import AuthorizationServer, InvalidClientError, OAuth2Error
 from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from starlette.responses import JSONResponse, Response
 
 from oauth2_server.audit import AuditBuffer, AuditEvent, record
 from oauth2_server.config import Settings
-from oauth2_server.crypto.hashing import hash_secret, token_digest
+from oauth2_server.crypto.hashing import token_digest
+from oauth2_server.oauth.authorization import AuthorizationFlow
 from oauth2_server.oauth.bridge import Bridge, OAuthRequest, current_request
 from oauth2_server.oauth.clients import ClientCache, FailureLimiter, OAuthClient, SecretVerifier
 from oauth2_server.oauth.endpoints import (
@@ -47,22 +46,7 @@ from oauth2_server.oauth.tokens import AccessTokenCodec, IssuedToken, TokenGener
 from oauth2_server.risk import AuthFailureWindow, auth_failure, ips_seen_for_family, refresh_from_ip
 from oauth2_server.storage import tokens as token_storage
 from oauth2_server.storage.clients import ClientRecord, get_client
-from oauth2_server.storage.users import (
-    UserRecord,
-    consented_scopes,
-    get_user,
-    get_user_by_username,
-    remember_consent,
-)
 from oauth2_server.upstream.service import UpstreamService
-
-
-@functools.cache
-def _dummy_password_hash() -> str:
-    """An argon2id hash of a random string: verifying against it when a username is unknown
-    makes a failed login cost the same whether or not the user exists."""
-    return hash_secret(secrets.token_urlsafe(16))
-
 
 # RFC 6749 §5.2 errors that Authlib raises without a description.
 DEFAULT_DESCRIPTIONS = {
@@ -77,9 +61,12 @@ DEFAULT_DESCRIPTIONS = {
 class OAuth2AuthorizationServer(AuthorizationServer):
     """Authlib's server with our client lookup, token storage and Starlette responses."""
 
-    def __init__(self, clients: ClientCache, generator: TokenGenerator) -> None:
+    def __init__(
+        self, clients: ClientCache, generator: TokenGenerator, refresh_family_max_age: int = 0
+    ) -> None:
         super().__init__(scopes_supported=None)
         self.clients = clients
+        self.refresh_family_max_age = refresh_family_max_age  # seconds; 0: no limit
         self.register_token_generator("default", generator)
 
     def query_client(self, client_id: str) -> OAuthClient | None:
@@ -99,7 +86,11 @@ class OAuth2AuthorizationServer(AuthorizationServer):
 
     def save_token(self, token: dict[str, Any], request: OAuthRequest) -> None:
         """Store the access-token row, the refresh token's digest and the audit row, in the
-        request's transaction. Pops the private `_issued` entry from the response."""
+        request's transaction. Pops the private `_issued` entry from the response.
+
+        A refresh token's family ends `refresh_family_max_age` seconds after the code
+        exchange that started it; rotated tokens inherit that end and never outlive it.
+        """
         issued: IssuedToken = token.pop("_issued")
         db = request.db
         parent = request.refresh_token.record if request.refresh_token is not None else None
@@ -123,6 +114,14 @@ class OAuth2AuthorizationServer(AuthorizationServer):
         if issued.refresh_token is not None:
             assert issued.user_id is not None and issued.refresh_expires_at is not None
             assert family_id is not None
+            if parent is not None:
+                family_expires_at = parent.family_expires_at
+            elif self.refresh_family_max_age:
+                family_expires_at = issued.issued_at + timedelta(
+                    seconds=self.refresh_family_max_age
+                )
+            else:
+                family_expires_at = None
             token_storage.insert_refresh_token(
                 db,
                 token_hash=token_digest(issued.refresh_token),
@@ -133,6 +132,7 @@ class OAuth2AuthorizationServer(AuthorizationServer):
                 scope=parent.scope if parent is not None else issued.scope,
                 issued_at=issued.issued_at,
                 expires_at=issued.refresh_expires_at,
+                family_expires_at=family_expires_at,
             )
         risk = (
             refresh_from_ip(request.context.ip, ips_seen_for_family(db, family_id))
@@ -188,27 +188,6 @@ class OAuth2AuthorizationServer(AuthorizationServer):
         return super().handle_error_response(request, error)
 
 
-@dataclass(frozen=True)
-class ConsentPrompt:
-    """A valid authorization request that needs the user (login or consent page)."""
-
-    client_id: str
-    client_name: str
-    scopes: list[str]
-    redirect_uri: str
-
-
-class AuthorizationPageError(Exception):
-    """An authorization request that must not redirect (unknown client, bad redirect_uri):
-    show `description` on an error page with `status` (RFC 6749 §4.1.2.1)."""
-
-    def __init__(self, error: str, description: str, status: int = 400) -> None:
-        super().__init__(description)
-        self.error = error
-        self.description = description
-        self.status = status
-
-
 def oauth_error_response(
     error: str, description: str, status: int, headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -221,7 +200,9 @@ def oauth_error_response(
 
 
 class OAuthService:
-    """What the HTTP layer calls: token, introspection, revocation, authorization, login."""
+    """What the HTTP layer calls: token (RFC 6749 §3.2, RFC 8693), introspection (RFC 7662),
+    revocation (RFC 7009); `authorization` is the authorization endpoint's login and consent
+    (RFC 6749 §4.1)."""
 
     grant_types_supported = [
         "authorization_code",
@@ -255,7 +236,7 @@ class OAuthService:
         generator = TokenGenerator(
             self.codec, settings.access_token_ttl, settings.refresh_token_ttl
         )
-        server = OAuth2AuthorizationServer(self.clients, generator)
+        server = OAuth2AuthorizationServer(self.clients, generator, settings.refresh_family_max_age)
         AuthorizationCodeGrant.code_ttl = settings.authorization_code_ttl
         server.register_grant(AuthorizationCodeGrant, [S256CodeChallenge(required=True)])
         server.register_grant(ClientCredentialsGrant)
@@ -269,6 +250,15 @@ class OAuthService:
             settings, bridge.sessionmaker, keys.keyring, audit_buffer=audit_buffer
         )
         self.exchange = TokenExchange(server, self.upstream, exchange_config, bridge.fast)
+        self.authorization = AuthorizationFlow(
+            server,
+            bridge,
+            self.issuer,
+            self.verifier,
+            self.login_failures,
+            self.failures_by_ip,
+            audit_buffer,
+        )
 
     # -- client authentication (RFC 6749 §2.3.1), before entering the bridge ------------
 
@@ -410,121 +400,3 @@ class OAuthService:
         return await self._authenticated_call(
             request, lambda: self.server.create_endpoint_response("revocation", request)
         )
-
-    # -- authorization endpoint (RFC 6749 §4.1, RFC 9207) ---------------------------------
-
-    def _redirect(self, response: Response) -> Response:
-        """Add RFC 9207 `iss` to every redirect back to the client, success or error."""
-        location = response.headers.get("location")
-        if location:
-            response.headers["location"] = add_params_to_uri(location, [("iss", self.issuer)])
-        return response
-
-    def _consent_grant(self, request: OAuthRequest, user: UserRecord | None) -> Any:
-        try:
-            return self.server.get_consent_grant(request, end_user=user)
-        except OAuth2Error as error:
-            if error.redirect_uri:
-                return self._redirect(self.server.handle_error_response(request, error))
-            raise AuthorizationPageError(
-                error.error, error.get_error_description() or error.error
-            ) from None
-
-    def _issue_code(self, request: OAuthRequest, grant: Any, user: UserRecord | None) -> Response:
-        return self._redirect(
-            self.server.create_authorization_response(request, grant_user=user, grant=grant)
-        )
-
-    async def begin_authorization(
-        self, request: OAuthRequest, user_id: int | None, force_consent: bool = False
-    ) -> tuple[ConsentPrompt | Response, UserRecord | None]:
-        """Validate an authorization request for the signed-in user (or nobody).
-
-        Returns (ConsentPrompt, user) when the login or consent page is needed, or
-        (302 Response, user) when done: an error redirect, or a code because the user
-        already consented to these scopes. Raises AuthorizationPageError when the request
-        must not be redirected.
-        """
-
-        def call() -> tuple[ConsentPrompt | Response, UserRecord | None]:
-            user = get_user(request.db, user_id) if user_id is not None else None
-            if user is not None and not user.active:
-                user = None
-            grant = self._consent_grant(request, user)
-            if isinstance(grant, Response):
-                return grant, user
-            client = request.client
-            scopes = (request.scope or "").split()
-            remembered = (
-                user is not None
-                and not force_consent
-                and set(scopes) <= consented_scopes(request.db, user.id, client.client_id)
-            )
-            if remembered:
-                return self._issue_code(request, grant, user), user
-            return ConsentPrompt(
-                client.client_id, client.record.name, scopes, grant.redirect_uri
-            ), user
-
-        return await self.bridge.run(request, call)
-
-    async def finish_authorization(
-        self, request: OAuthRequest, user_id: int, approved: bool
-    ) -> Response:
-        """The user's decision on the consent page: a code (remembering the consent) or
-        `access_denied`, as a 302 to the client with `iss`."""
-
-        def call() -> Response:
-            user = get_user(request.db, user_id)
-            if user is None or not user.active:
-                raise AuthorizationPageError("login_required", "sign in again", 401)
-            grant = self._consent_grant(request, user)
-            if isinstance(grant, Response):
-                return grant
-            if approved:
-                remember_consent(
-                    request.db,
-                    user.id,
-                    request.client.client_id,
-                    set((request.scope or "").split()),
-                )
-                return self._issue_code(request, grant, user)
-            return self._issue_code(request, grant, None)
-
-        return await self.bridge.run(request, call)
-
-    async def login(self, username: str, password: str, context: Any) -> UserRecord | None:
-        """Check a user's password (argon2id off the loop, constant work for unknown users).
-
-        Returns the active user, or None. Failed attempts are audited (`login_failed`) and
-        count toward the same failure limit as clients; raises `LoginThrottled` over it.
-        """
-        keys = (f"user:{username}", f"ip:{context.ip}")
-        wait = self.login_failures.blocked(*keys)
-        if wait > 0:
-            raise LoginThrottled(int(wait) + 1)
-        user = await self.bridge.read(lambda db: get_user_by_username(db, username))
-        stored = user.password_hash if user is not None else _dummy_password_hash()
-        ok = await self.verifier.check(stored, password)
-        if ok and user is not None and user.active:
-            return user
-        self.login_failures.fail(*keys)
-        risk = auth_failure("login_failed", self.failures_by_ip.add(context.ip))
-        self.audit_buffer.add(
-            AuditEvent(
-                "login_failed",
-                context,
-                subject=user.subject if user else None,
-                risk_score=risk.score,
-                flags=risk.flags,
-            )
-        )
-        return None
-
-
-class LoginThrottled(Exception):
-    """Too many failed logins for this username or IP; `retry_after` seconds."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"retry after {retry_after} s")
-        self.retry_after = retry_after

@@ -189,6 +189,7 @@ class RefreshTokenRecord:
     expires_at: datetime
     rotated_at: datetime | None
     revoked_at: datetime | None
+    family_expires_at: datetime | None = None
 
 
 _REFRESH_COLUMNS = (
@@ -202,6 +203,7 @@ _REFRESH_COLUMNS = (
     RefreshToken.expires_at,
     RefreshToken.rotated_at,
     RefreshToken.revoked_at,
+    RefreshToken.family_expires_at,
 )
 
 
@@ -216,8 +218,12 @@ def insert_refresh_token(
     scope: str,
     issued_at: datetime,
     expires_at: datetime,
+    family_expires_at: datetime | None = None,
 ) -> None:
-    """Store a new refresh token by its SHA-256 digest."""
+    """Store a new refresh token by its SHA-256 digest. Its `expires_at` is capped at
+    `family_expires_at`, the family's absolute end (None: no limit), UTC."""
+    if family_expires_at is not None:
+        expires_at = min(expires_at, family_expires_at)
     session.execute(
         insert(RefreshToken).values(
             token_hash=token_hash,
@@ -228,6 +234,7 @@ def insert_refresh_token(
             scope=scope,
             issued_at=issued_at,
             expires_at=expires_at,
+            family_expires_at=family_expires_at,
         )
     )
 

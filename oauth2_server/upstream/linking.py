@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -349,10 +350,18 @@ class Linking(UpstreamBase):
     # -- disconnecting -------------------------------------------------------------------
 
     async def disconnect(
-        self, branch_id: str, provider_name: str, *, force: bool = False
+        self,
+        branch_id: str,
+        provider_name: str,
+        *,
+        force: bool = False,
+        audit: Callable[[DisconnectResult], AuditEvent] | None = None,
     ) -> DisconnectResult:
         """Unlink a branch from its `provider` grant. When it was the grant's last branch,
         revoke the grant at the provider (RFC 7009) and delete its tokens.
+
+        The unlink, its `upstream_unlinked` audit row and the row `audit(result)` returns
+        (the acting admin's, e.g. `admin_branch_disconnected`) commit in one transaction.
 
         The revocation happens first, holding the grant's lock: if the provider cannot be
         reached (or is not configured) nothing changes and ConnectError says so, unless
@@ -413,6 +422,15 @@ class Linking(UpstreamBase):
                         )
             else:
                 note = f"grant kept: still used by {', '.join(remaining)}"
+            result = DisconnectResult(
+                branch_id=branch_id,
+                provider=provider_name,
+                credential_id=credential_id,
+                grant_deleted=row is not None,
+                revoked=revoked,
+                note=note,
+                remaining_branches=remaining,
+            )
 
             def finish(db: Session) -> None:
                 if row is not None:
@@ -431,14 +449,8 @@ class Linking(UpstreamBase):
                         },
                     ),
                 )
+                if audit is not None:
+                    record(db, audit(result))
 
             await session.run_sync(finish)
-        return DisconnectResult(
-            branch_id=branch_id,
-            provider=provider_name,
-            credential_id=credential_id,
-            grant_deleted=row is not None,
-            revoked=revoked,
-            note=note,
-            remaining_branches=remaining,
-        )
+        return result

@@ -18,12 +18,12 @@ from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from oauth2_server.oauth.server import (
+from oauth2_server.oauth.authorization import (
     AuthorizationPageError,
     ConsentPrompt,
     LoginThrottled,
-    OAuthService,
 )
+from oauth2_server.oauth.server import OAuthService
 from oauth2_server.web.forms import BadRequest, oauth_request, parse_params, read_form
 
 
@@ -101,8 +101,8 @@ async def authorize(request: Request) -> Response:
             if user_id is None:
                 return _error_page(request, "login_required", "sign in first", 401)
             approved = form.get("decision", [""])[0] == "approve"
-            return await service.finish_authorization(oauth, user_id, approved)
-        result, user = await service.begin_authorization(oauth, user_id, force_consent)
+            return await service.authorization.finish(oauth, user_id, approved)
+        result, user = await service.authorization.begin(oauth, user_id, force_consent)
     except AuthorizationPageError as exc:
         return _error_page(request, exc.error, exc.description, exc.status)
     if isinstance(result, Response):
@@ -127,8 +127,9 @@ async def _login(request: Request, service: OAuthService, form: dict[str, list[s
     username = form.get("username", [""])[0]
     password = form.get("password", [""])[0]
     context = oauth_request(request, service.issuer, {}).context
+    flow = service.authorization
     try:
-        user = await service.login(username, password, context) if username and password else None
+        user = await flow.login(username, password, context) if username and password else None
     except LoginThrottled as exc:
         return _page(
             request,
