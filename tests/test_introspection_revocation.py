@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import jwt
 import pytest
+from sqlalchemy import text
 
 from tests.flows import REDIRECT_URI, authorize_with_pkce, exchange_code
 
@@ -184,3 +186,37 @@ def test_refresh_token_introspection(server, db, service, unique):
     ).json()
     assert body["active"] is True and body["token_type"] == "refresh_token"
     assert body["client_id"] == public_id and body["scope"] == "write"
+
+
+def test_concurrent_introspections_each_describe_their_own_token(server, db, service):
+    """RFC 7662 §2.2 under load: lookups arriving together are read in one statement on
+    PostgreSQL (storage/fastpath.py `Coalescer`); every answer still belongs to the token
+    asked about, revoked tokens stay inactive and an unknown jti stays unknown."""
+    client_id, secret, rs_id, rs_secret = service
+    tokens = [server.client_credentials_token(client_id, secret) for _ in range(24)]
+    revoked = set(tokens[::3])
+    for token in revoked:
+        response = server.post("/oauth2/revoke", auth=(client_id, secret), data={"token": token})
+        assert response.status_code == 200
+    # Signed by this server but without a row (the janitor removed it): unknown jti.
+    unknown = tokens[1]
+    with db.session() as session:
+        session.execute(
+            text("DELETE FROM oauth2_access_tokens WHERE jti = :j"),
+            {"j": jwt.decode(unknown, options={"verify_signature": False})["jti"]},
+        )
+    asked = tokens * 3
+
+    def introspect(token: str) -> tuple[str, dict]:
+        response = server.post("/oauth2/introspect", auth=(rs_id, rs_secret), data={"token": token})
+        assert response.status_code == 200, response.text
+        return token, response.json()
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        answers = list(pool.map(introspect, asked))
+    for token, body in answers:
+        if token in revoked or token == unknown:
+            assert body == {"active": False}
+        else:
+            claims = jwt.decode(token, options={"verify_signature": False})
+            assert body["active"] is True and body["jti"] == claims["jti"]

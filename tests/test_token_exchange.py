@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import jwt
 import pytest
@@ -130,6 +132,46 @@ def test_introspecting_the_subject_token_keeps_working(upstream, db, google, uni
     assert exchange(upstream, client_id, secret, subject, branch_id).status_code == 200
     answer = upstream.post("/oauth2/introspect", auth=(client_id, secret), data={"token": subject})
     assert answer.json()["active"] is True
+
+
+def test_concurrent_exchanges_each_get_their_own_answer(upstream, db, google, unique):
+    """Exchanges arriving together are read in one statement on PostgreSQL
+    (storage/fastpath.py `Coalescer`): each still gets its own branch's token, or its own
+    RFC 8693 §2.2.2 refusal, and its own `exchanged` row."""
+    branches = [unique("north"), unique("south")]
+    tokens = {}
+    for branch_id in branches:
+        connect_branch(upstream, db, google, branch_id)
+        tokens[branch_id] = google.issued_access_tokens[-1]
+    refused_branch = unique("closed")
+    ensure_branch(db, refused_branch)
+    clients = {branch_id: exchange_client(db, [branch_id]) for branch_id in branches}
+    subjects = {
+        branch_id: upstream.client_credentials_token(*clients[branch_id]) for branch_id in branches
+    }
+    # Each client asks for its own branch, for the other client's branch, and for an
+    # existing branch nobody is granted; several times over.
+    asked = [(owner, target) for owner in branches for target in (*branches, refused_branch)] * 4
+
+    def call(pair: tuple[str, str]) -> tuple[str, str, Any]:
+        owner, target = pair
+        client_id, secret = clients[owner]
+        return owner, target, exchange(upstream, client_id, secret, subjects[owner], target)
+
+    with ThreadPoolExecutor(max_workers=len(asked)) as pool:
+        answers = list(pool.map(call, asked))
+    for owner, target, response in answers:
+        if owner == target:
+            assert response.status_code == 200, response.text
+            assert response.json()["access_token"] == tokens[target]
+        else:
+            assert_refused(response, "invalid_target", mentions=target)
+    for branch_id in branches:
+        assert (
+            db.count("oauth2_token_logs", "action = 'exchanged' AND branch_id = :b", b=branch_id)
+            == 4
+        )
+    assert google.refresh_calls == 0
 
 
 def test_metadata_lists_the_token_exchange_grant(upstream):

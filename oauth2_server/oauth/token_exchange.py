@@ -61,7 +61,7 @@ from oauth2_server.oauth.grants import CONFIDENTIAL_METHODS
 from oauth2_server.oauth.tokens import AccessTokenCodec
 from oauth2_server.storage import tokens as token_storage
 from oauth2_server.storage import utcnow
-from oauth2_server.storage.exchange import ExchangePrefetch, exchange_target, prefetch_exchange
+from oauth2_server.storage.exchange import ExchangePrefetch, exchange_target
 from oauth2_server.storage.fastpath import FastStore
 from oauth2_server.storage.upstream import CredentialRow
 from oauth2_server.upstream.providers import provider_names
@@ -355,13 +355,8 @@ class TokenExchange:
         claims = self.config.codec.decode(subject)
         if claims is None:
             return False
-        request.prefetched = await prefetch_exchange(
-            self.fast.engine,
-            self.fast.pool,
-            jti=claims["jti"],
-            client_id=client_id,
-            branch_id=branch_id,
-            provider=audience,
+        request.prefetched = await self.fast.prefetch_exchange(
+            claims["jti"], client_id, branch_id, audience
         )
         return True
 

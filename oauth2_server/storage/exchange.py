@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, literal, select
+from sqlalchemy import String, and_, bindparam, exists, func, literal, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
@@ -128,18 +129,72 @@ _PREFETCH = (
     )
     .outerjoin(UpstreamCredential, UpstreamCredential.id == BranchUpstreamLink.credential_id)
 )
-_PREFETCH_PG: tuple[str, tuple[str, ...], dict[str, Any]] | None = None
 
 
-def _prefetch_pg() -> tuple[str, tuple[str, ...], dict[str, Any]]:
-    """The statement compiled once for raw asyncpg: SQL, parameter order, constants."""
-    global _PREFETCH_PG
-    if _PREFETCH_PG is None:
+_KEY_NAMES = ("jti", "client_id", "branch_id", "provider")
+_KEYS = (
+    func.unnest(*(bindparam(f"{name}s", type_=ARRAY(String)) for name in _KEY_NAMES))
+    .table_valued(*_KEY_NAMES)
+    .render_derived(name="keys")
+)
+_PREFETCH_MANY = (
+    select(
+        *(_KEYS.c[name] for name in _KEY_NAMES),
+        *_ACCESS_COLUMNS,
+        Branch.branch_id,
+        Branch.active,
+        exists()
+        .where(
+            ClientBranchGrant.client_id == _KEYS.c.client_id,
+            ClientBranchGrant.branch_id.in_([_KEYS.c.branch_id, literal(ALL_BRANCHES)]),
+        )
+        .label("granted"),
+        *CREDENTIAL_COLUMNS,
+    )
+    .select_from(_KEYS)
+    .outerjoin(_ACCESS_TABLE, _ACCESS_TABLE.c.jti == _KEYS.c.jti)
+    .outerjoin(Branch, Branch.branch_id == _KEYS.c.branch_id)
+    .outerjoin(
+        BranchUpstreamLink,
+        and_(
+            BranchUpstreamLink.branch_id == Branch.branch_id,
+            BranchUpstreamLink.provider == _KEYS.c.provider,
+        ),
+    )
+    .outerjoin(UpstreamCredential, UpstreamCredential.id == BranchUpstreamLink.credential_id)
+)
+_COMPILED_PG: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {}
+
+
+def _compiled_pg(name: str, statement: Any) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+    """`statement` compiled once for raw asyncpg: SQL, parameter order, constants."""
+    compiled_ = _COMPILED_PG.get(name)
+    if compiled_ is None:
         from sqlalchemy.dialects.postgresql.asyncpg import dialect
 
-        compiled = _PREFETCH.compile(dialect=dialect())
-        _PREFETCH_PG = (str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params))
-    return _PREFETCH_PG
+        compiled = statement.compile(dialect=dialect())
+        compiled_ = (str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params))
+        _COMPILED_PG[name] = compiled_
+    return compiled_
+
+
+PrefetchKey = tuple[str, str, str, str]  # (jti, client_id, branch_id, provider)
+
+
+def _prefetched(key: PrefetchKey, values: list[Any]) -> ExchangePrefetch:
+    """An ExchangePrefetch from the columns after the key: access token, branch, grant,
+    credential (all NULL where the outer joins found nothing)."""
+    access_values = values[: len(_ACCESS_COLUMNS)]
+    branch, active, granted, *credential = values[len(_ACCESS_COLUMNS) :]
+    access = AccessTokenRecord(*access_values) if access_values[0] is not None else None
+    target = None
+    if branch is not None:
+        target = ExchangeTarget(
+            branch_active=bool(active),
+            granted=bool(granted),
+            credential=CredentialRow(*credential) if credential[0] is not None else None,
+        )
+    return ExchangePrefetch(*key, access, target)
 
 
 async def prefetch_exchange(
@@ -153,25 +208,38 @@ async def prefetch_exchange(
 ) -> ExchangePrefetch:
     """Read the subject token's row and the exchange target in one statement (one round
     trip; raw asyncpg from `pool` on PostgreSQL, the engine otherwise)."""
-    params = {"jti": jti, "client_id": client_id, "branch_id": branch_id, "provider": provider}
+    key = (jti, client_id, branch_id, provider)
     if pool is not None:
-        sql, order, constants = _prefetch_pg()
-        values = {**constants, **params}
-        async with pool.acquire() as connection:
-            row: Any = await connection.fetchrow(sql, *(values[name] for name in order))
-    else:
-        async with engine.connect() as connection:
-            row = (await connection.execute(_PREFETCH, params)).first()
+        return (await prefetch_exchanges(pool, [key]))[key]
+    params = {"jti": jti, "client_id": client_id, "branch_id": branch_id, "provider": provider}
+    async with engine.connect() as connection:
+        row = (await connection.execute(_PREFETCH, params)).first()
     assert row is not None  # FROM (SELECT 1): always one row
-    values_ = list(row)
-    access_values = values_[: len(_ACCESS_COLUMNS)]
-    branch, active, granted, *credential = values_[len(_ACCESS_COLUMNS) :]
-    access = AccessTokenRecord(*access_values) if access_values[0] is not None else None
-    target = None
-    if branch is not None:
-        target = ExchangeTarget(
-            branch_active=bool(active),
-            granted=bool(granted),
-            credential=CredentialRow(*credential) if credential[0] is not None else None,
-        )
-    return ExchangePrefetch(jti, client_id, branch_id, provider, access, target)
+    return _prefetched(key, list(row))
+
+
+async def prefetch_exchanges(
+    pool: Any, keys: list[PrefetchKey]
+) -> dict[PrefetchKey, ExchangePrefetch]:
+    """`prefetch_exchange` for several requests in one statement on PostgreSQL (asyncpg
+    `pool`): one row per key, from `unnest` of the keys joined like `_PREFETCH`."""
+    if len(keys) == 1:
+        key = keys[0]
+        sql, order, constants = _compiled_pg("one", _PREFETCH)
+        values = {**constants, **dict(zip(_KEY_NAMES, key, strict=True))}
+        async with pool.acquire() as connection:
+            row = await connection.fetchrow(sql, *(values[name] for name in order))
+        return {key: _prefetched(key, list(row))}
+    sql, order, constants = _compiled_pg("many", _PREFETCH_MANY)
+    unique = list(dict.fromkeys(keys))
+    arrays = {f"{name}s": [key[i] for key in unique] for i, name in enumerate(_KEY_NAMES)}
+    values = {**constants, **arrays}
+    async with pool.acquire() as connection:
+        rows = await connection.fetch(sql, *(values[name] for name in order))
+    found: dict[PrefetchKey, ExchangePrefetch] = {}
+    width = len(_KEY_NAMES)
+    for row in rows:
+        values_ = list(row)
+        key: PrefetchKey = (values_[0], values_[1], values_[2], values_[3])
+        found[key] = _prefetched(key, values_[width:])
+    return found
