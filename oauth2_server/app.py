@@ -24,6 +24,7 @@ from oauth2_server.config import Settings
 from oauth2_server.crypto.keyring import load_keyring
 from oauth2_server.db import migrate
 from oauth2_server.db.engine import create_engine, create_sessionmaker
+from oauth2_server.db.models import TokenLog
 from oauth2_server.oauth.bridge import Bridge
 from oauth2_server.oauth.keys import KeyStore
 from oauth2_server.oauth.server import OAuthService
@@ -105,7 +106,10 @@ def create_app(settings: Settings) -> Starlette:
             keys = KeyStore(keyring)
             await bridge.write(keys.ensure)
             audit_buffer = AuditBuffer(
-                engine, settings.audit_flush_interval, settings.audit_batch_size
+                engine,
+                settings.audit_flush_interval,
+                settings.audit_batch_size,
+                writer=lambda rows: fast.copy_rows(TokenLog.__table__, rows),
             )
             audit_buffer.start()
             reload_task = asyncio.create_task(_reload_keys(bridge, keys))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -100,10 +101,22 @@ _INSERT_LOG = TokenLog.__table__.insert()
 
 
 class AuditBuffer:
-    """Batches read-only audit rows; `start()` runs the flusher, `stop()` drains it."""
+    """Batches read-only audit rows; `start()` runs the flusher, `stop()` drains it.
 
-    def __init__(self, engine: AsyncEngine, interval: float, batch_size: int) -> None:
+    `interval` (seconds) and `batch_size` (rows) bound what a crash can lose (DESIGN.md
+    invariant 6). `writer(rows)` writes one batch in one transaction (the hot path's
+    `FastStore.copy_rows`, COPY on PostgreSQL); by default an insert through `engine`.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        interval: float,
+        batch_size: int,
+        writer: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
+    ) -> None:
         self._engine = engine
+        self._writer = writer or self._insert
         self._interval = interval
         self._batch_size = batch_size
         self._rows: list[dict[str, Any]] = []
@@ -122,8 +135,7 @@ class AuditBuffer:
         if not rows:
             return 0
         try:
-            async with self._engine.begin() as connection:
-                await connection.execute(insert(TokenLog), rows)
+            await self._writer(rows)
         except Exception:
             log.exception(
                 "writing %d audit rows failed; they are kept for the next flush", len(rows)
@@ -131,6 +143,10 @@ class AuditBuffer:
             self._rows[:0] = rows
             return 0
         return len(rows)
+
+    async def _insert(self, rows: list[dict[str, Any]]) -> None:
+        async with self._engine.begin() as connection:
+            await connection.execute(insert(TokenLog), rows)
 
     async def _run(self) -> None:
         while True:

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+from oauth2_server.storage.clients import new_client_id
 from tests.conftest import free_port, server_env
 
 
@@ -136,3 +137,12 @@ def test_migrate_is_idempotent(db):
     second = cli(db, "migrate")
     assert first.returncode == 0 and second.returncode == 0, second.stderr
     assert first.stdout == second.stdout and "revision" in first.stdout
+
+
+def test_generated_client_ids_can_follow_a_command_line_option():
+    """RFC 6749 §2.2 identifiers, 128 random bits, never starting with `-` or `_`: an id
+    such as `-Xq…` after `--client` would be read by the CLI as an option (this failed
+    `branches grant` about once in 64 client registrations)."""
+    ids = [new_client_id() for _ in range(5000)]
+    assert all(client_id[0].isalnum() for client_id in ids)
+    assert len(set(ids)) == len(ids) and {len(client_id) for client_id in ids} == {22}

@@ -40,6 +40,7 @@ from oauth2_server.storage.clients import (
     AUTH_METHODS,
     GRANT_TYPES,
     ClientRegistrationError,
+    new_client_id,
     validate_redirect_uri,
 )
 from oauth2_server.storage.revocation import TokenFilter, revoke_tokens
@@ -157,7 +158,7 @@ def create_client_op(
         "scope": body.get("scope") or "",
     }
     check_metadata(merged, method == "none")
-    client_id = body.get("client_id") or secrets.token_urlsafe(16)
+    client_id = body.get("client_id") or new_client_id()
     if not CLIENT_ID.match(client_id):
         raise bad_request("client_id", "client_id may use only A-Z a-z 0-9 . _ ~ -")
     if registry.client_id_taken(session, client_id):

@@ -49,6 +49,16 @@ class ClientRecord:
         return frozenset(self.scope.split())
 
 
+def new_client_id() -> str:
+    """A fresh client identifier (RFC 6749 §2.2): 128 random bits, URL-safe base64, never
+    starting with `-` or `_`, so it can follow an option on any command line
+    (`oauth2-server branches grant B --client ID`) without being read as one."""
+    while True:
+        client_id = secrets.token_urlsafe(16)
+        if client_id[0].isalnum():
+            return client_id
+
+
 def _record(row: Client) -> ClientRecord:
     return ClientRecord(
         client_id=row.client_id,
@@ -132,7 +142,7 @@ def create_client(
     secret = None if public else secrets.token_urlsafe(32)
     now = utcnow()
     row = Client(
-        client_id=client_id or secrets.token_urlsafe(16),
+        client_id=client_id or new_client_id(),
         name=name,
         secret_hash=hash_secret(secret) if secret else None,
         token_endpoint_auth_method=method,
