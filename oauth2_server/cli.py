@@ -7,50 +7,27 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from oauth2_server import cli_branches
 from oauth2_server.admin import commands as admin_commands
+from oauth2_server.admin.cli_support import CommandFailed, transaction
 from oauth2_server.audit import AuditEvent, record
 from oauth2_server.config import ConfigError, Settings, settings_table_markdown
 from oauth2_server.crypto.keyring import generate_key_spec, load_keyring
 from oauth2_server.db import migrate
-from oauth2_server.db.engine import create_engine, create_sessionmaker
+from oauth2_server.db.engine import create_engine
 from oauth2_server.oauth.keys import KeyStore
 from oauth2_server.storage.clients import ClientRegistrationError, count_clients, create_client
 from oauth2_server.storage.users import UserRegistrationError, create_user
 
-T = TypeVar("T")
 log = logging.getLogger("oauth2_server")
 
 
 class CommandError(Exception):
     """A CLI failure with a message for the operator (exit status 2)."""
-
-
-async def _with_session(
-    settings: Settings, call: Callable[[Session], T], *, check: bool = True
-) -> T:
-    engine = create_engine(settings.database_url, 2)
-    try:
-        if settings.is_sqlite:
-            await migrate.upgrade(engine)
-        elif check:
-            await migrate.require_head(engine)
-        async with create_sessionmaker(engine)() as session, session.begin():
-            return await session.run_sync(call)
-    finally:
-        await engine.dispose()
-
-
-def _run(settings: Settings, call: Callable[[Session], T]) -> T:
-    try:
-        return asyncio.run(_with_session(settings, call))
-    except migrate.DatabaseNotMigrated as exc:
-        raise CommandError(str(exc)) from None
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
@@ -99,7 +76,7 @@ def _prepare(settings: Settings) -> dict[str, Any] | None:
         record(session, _client_created(client, bootstrap=True))
         return {"client_id": client.client_id, "client_secret": secret}
 
-    return _run(settings, call)
+    return transaction(settings, call)
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
@@ -159,7 +136,7 @@ def cmd_clients_create(settings: Settings, args: argparse.Namespace) -> None:
         return client, secret
 
     try:
-        client, secret = _run(settings, call)
+        client, secret = transaction(settings, call)
     except ClientRegistrationError as exc:
         raise CommandError(str(exc)) from None
     result = {
@@ -199,7 +176,7 @@ def cmd_users_create(settings: Settings, args: argparse.Namespace) -> None:
             record(session, event)
             return user
 
-        user = _run(settings, call)
+        user = transaction(settings, call)
     except UserRegistrationError as exc:
         raise CommandError(str(exc)) from None
     result = {"username": user.username, "subject": user.subject}
@@ -208,7 +185,7 @@ def cmd_users_create(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> None:
     keyring = load_keyring(settings)
-    kid = _run(settings, lambda session: KeyStore(keyring).rotate(session))
+    kid = transaction(settings, lambda session: KeyStore(keyring).rotate(session))
     print(f"new signing key {kid}; the previous key stays in JWKS until the next rotation")
 
 
@@ -287,8 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     except (
         ConfigError,
         CommandError,
-        admin_commands.CommandFailed,
-        cli_branches.BranchCommandError,
+        CommandFailed,
     ) as exc:
         print(f"oauth2-server: {exc}", file=sys.stderr)
         return 2

@@ -16,21 +16,18 @@ Changes are audited (`admin_branch_*` rows with `via: cli` and the OS user as
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
+from oauth2_server.admin.cli_support import CommandFailed, Sessions, run_async, transaction
 from oauth2_server.admin.commands import cli_actor
 from oauth2_server.audit import AuditEvent, record
 from oauth2_server.config import Settings
 from oauth2_server.crypto.keyring import load_keyring
-from oauth2_server.db import migrate
-from oauth2_server.db.engine import create_engine, create_sessionmaker
 from oauth2_server.storage import branches as branch_storage
 from oauth2_server.storage import upstream as upstream_storage
 from oauth2_server.upstream.connect import ConnectError, begin_connection
@@ -43,45 +40,22 @@ from oauth2_server.upstream.providers import (
 from oauth2_server.upstream.service import UpstreamService
 
 T = TypeVar("T")
-Sessions = async_sessionmaker[AsyncSession]
 
-
-class BranchCommandError(Exception):
-    """A branches command that failed, with a message for the operator (exit status 2)."""
-
-
-async def _with_sessions(settings: Settings, call: Callable[[Sessions], Awaitable[T]]) -> T:
-    engine = create_engine(settings.database_url, 2)
-    try:
-        if settings.is_sqlite:
-            await migrate.upgrade(engine)
-        else:
-            await migrate.require_head(engine)
-        return await call(create_sessionmaker(engine))
-    finally:
-        await engine.dispose()
+# Failures whose message is for the operator: exit status 2 with that message.
+_COMMAND_ERRORS = (
+    branch_storage.BranchError,
+    ConnectError,
+    ProviderNotConfigured,
+    UnknownProvider,
+)
 
 
 def _run(settings: Settings, call: Callable[[Sessions], Awaitable[T]]) -> T:
-    try:
-        return asyncio.run(_with_sessions(settings, call))
-    except migrate.DatabaseNotMigrated as exc:
-        raise BranchCommandError(str(exc)) from None
-    except (
-        branch_storage.BranchError,
-        ConnectError,
-        ProviderNotConfigured,
-        UnknownProvider,
-    ) as exc:
-        raise BranchCommandError(str(exc)) from None
+    return run_async(settings, call, _COMMAND_ERRORS)
 
 
 def _transaction(settings: Settings, call: Callable[[Session], T]) -> T:
-    async def go(sessions: Sessions) -> T:
-        async with sessions() as session, session.begin():
-            return await session.run_sync(call)
-
-    return _run(settings, go)
+    return transaction(settings, call, _COMMAND_ERRORS)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -242,7 +216,7 @@ def cmd_connect(settings: Settings, args: argparse.Namespace) -> None:
     try:
         provider = load_provider(settings, args.provider)
     except (UnknownProvider, ProviderNotConfigured) as exc:
-        raise BranchCommandError(str(exc)) from None
+        raise CommandFailed(str(exc)) from None
 
     def call(db: Session) -> Any:
         return begin_connection(

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from oauth2_server.admin.http import (
+    PAGE_QUERY,
     Actor,
     AdminError,
     Field,
@@ -169,10 +170,7 @@ async def create_branch(request: Request, actor: Actor) -> Response:
     return json_response(result, 201)
 
 
-@endpoint(
-    query={"limit": "page size, 1–500 (default 50)", "cursor": "next_cursor of the previous page"},
-    tag="branches",
-)
+@endpoint(query=PAGE_QUERY, tag="branches")
 async def list_branches(request: Request, actor: Actor) -> Response:
     """List branches by id with their granted clients and connections, a page at a time."""
     return await keyset_page(request, "branches", list_branches_op)

@@ -42,11 +42,17 @@ async def with_sessions(settings: Settings, call: Callable[[Sessions], Any]) -> 
         await engine.dispose()
 
 
-def run_async(settings: Settings, call: Callable[[Sessions], Any]) -> Any:
-    """`with_sessions` on a new event loop; errors become CommandFailed naming the field."""
+def run_async(
+    settings: Settings,
+    call: Callable[[Sessions], Any],
+    errors: tuple[type[Exception], ...] = (),
+) -> Any:
+    """`with_sessions` on a new event loop. An un-migrated database, admin and audit
+    query errors, and the command's own `errors` (domain exceptions whose message is for
+    the operator) become CommandFailed."""
     try:
         return asyncio.run(with_sessions(settings, call))
-    except migrate.DatabaseNotMigrated as exc:
+    except (migrate.DatabaseNotMigrated, *errors) as exc:
         raise CommandFailed(str(exc)) from None
     except AdminError as exc:
         raise CommandFailed(f"{exc.field or exc.error}: {exc.description}") from None
@@ -54,14 +60,16 @@ def run_async(settings: Settings, call: Callable[[Sessions], Any]) -> Any:
         raise CommandFailed(f"{getattr(exc, 'field', 'cursor')}: {exc}") from None
 
 
-def transaction(settings: Settings, call: Callable[[Session], T]) -> T:
-    """Run a sync storage call in one committed transaction."""
+def transaction(
+    settings: Settings, call: Callable[[Session], T], errors: tuple[type[Exception], ...] = ()
+) -> T:
+    """Run a sync storage call in one committed transaction (`run_async`'s errors)."""
 
     async def go(sessions: Sessions) -> T:
         async with sessions() as session, session.begin():
             return await session.run_sync(call)
 
-    return run_async(settings, go)
+    return run_async(settings, go, errors)
 
 
 def quiet_broken_pipe() -> None:

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from oauth2_server.admin.http import (
+    PAGE_QUERY,
     Actor,
     Field,
     bad_request,
@@ -326,10 +327,7 @@ async def delete_client(request: Request, actor: Actor) -> Response:
     return json_response(result)
 
 
-@endpoint(
-    query={"limit": "page size, 1–500 (default 50)", "cursor": "next_cursor of the previous page"},
-    tag="clients",
-)
+@endpoint(query=PAGE_QUERY, tag="clients")
 async def list_clients(request: Request, actor: Actor) -> Response:
     """List clients in registration order, a page at a time (`next_cursor`)."""
     return await keyset_page(request, "clients", list_clients_op)

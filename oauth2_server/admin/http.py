@@ -331,6 +331,13 @@ def decode_cursor(codec: CursorCodec, raw: str | None, scope: str) -> list[Any] 
         raise bad_request("cursor", str(exc)) from None
 
 
+# The OpenAPI description of the paging parameters every admin listing takes.
+PAGE_QUERY = {
+    "limit": f"page size, 1–{MAX_PAGE} (default {DEFAULT_PAGE})",
+    "cursor": "next_cursor of the previous page",
+}
+
+
 async def keyset_page(
     request: Request,
     name: str,

@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from oauth2_server.admin import branch_scope
 from oauth2_server.admin.http import (
+    PAGE_QUERY,
     Actor,
     Field,
     bad_request,
@@ -51,8 +52,7 @@ LIST_QUERY = {
     "user": "tokens of this user (subject)",
     "branch_id": "tokens of the clients granted this branch",
     "kind": "access (default) or refresh",
-    "limit": "page size, 1–500 (default 50)",
-    "cursor": "next_cursor of the previous page",
+    **PAGE_QUERY,
 }
 
 

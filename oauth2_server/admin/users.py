@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from oauth2_server.admin.http import (
+    PAGE_QUERY,
     Actor,
     Field,
     bad_request,
@@ -163,10 +164,7 @@ async def create_user(request: Request, actor: Actor) -> Response:
     return json_response(result, 201)
 
 
-@endpoint(
-    query={"limit": "page size, 1–500 (default 50)", "cursor": "next_cursor of the previous page"},
-    tag="users",
-)
+@endpoint(query=PAGE_QUERY, tag="users")
 async def list_users(request: Request, actor: Actor) -> Response:
     """List users in creation order, a page at a time (`next_cursor`)."""
     return await keyset_page(request, "users", list_users_op)
