@@ -106,10 +106,9 @@ def create_app(settings: Settings) -> Starlette:
             keys = KeyStore(keyring)
             await bridge.write(keys.ensure)
             audit_buffer = AuditBuffer(
-                engine,
+                lambda rows: fast.copy_rows(TokenLog.__table__, rows),
                 settings.audit_flush_interval,
                 settings.audit_batch_size,
-                writer=lambda rows: fast.copy_rows(TokenLog.__table__, rows),
             )
             audit_buffer.start()
             reload_task = asyncio.create_task(_reload_keys(bridge, keys))

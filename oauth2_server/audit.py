@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
-from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
 from oauth2_server.db.models import TokenLog
@@ -103,20 +101,18 @@ _INSERT_LOG = TokenLog.__table__.insert()
 class AuditBuffer:
     """Batches read-only audit rows; `start()` runs the flusher, `stop()` drains it.
 
-    `interval` (seconds) and `batch_size` (rows) bound what a crash can lose (DESIGN.md
-    invariant 6). `writer(rows)` writes one batch in one transaction (the hot path's
-    `FastStore.copy_rows`, COPY on PostgreSQL); by default an insert through `engine`.
+    `writer(rows)` writes one batch of `oauth2_token_logs` rows in one transaction (the
+    server passes `FastStore.copy_rows`: COPY on PostgreSQL). `interval` (seconds) and
+    `batch_size` (rows) bound what a crash can lose (DESIGN.md invariant 6).
     """
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        writer: Callable[[list[dict[str, Any]]], Awaitable[None]],
         interval: float,
         batch_size: int,
-        writer: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
     ) -> None:
-        self._engine = engine
-        self._writer = writer or self._insert
+        self._writer = writer
         self._interval = interval
         self._batch_size = batch_size
         self._rows: list[dict[str, Any]] = []
@@ -143,10 +139,6 @@ class AuditBuffer:
             self._rows[:0] = rows
             return 0
         return len(rows)
-
-    async def _insert(self, rows: list[dict[str, Any]]) -> None:
-        async with self._engine.begin() as connection:
-            await connection.execute(insert(TokenLog), rows)
 
     async def _run(self) -> None:
         while True:

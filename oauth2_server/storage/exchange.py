@@ -6,6 +6,7 @@ in one statement outside any transaction.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,19 +164,15 @@ _PREFETCH_MANY = (
     )
     .outerjoin(UpstreamCredential, UpstreamCredential.id == BranchUpstreamLink.credential_id)
 )
-_COMPILED_PG: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {}
 
 
-def _compiled_pg(name: str, statement: Any) -> tuple[str, tuple[str, ...], dict[str, Any]]:
-    """`statement` compiled once for raw asyncpg: SQL, parameter order, constants."""
-    compiled_ = _COMPILED_PG.get(name)
-    if compiled_ is None:
-        from sqlalchemy.dialects.postgresql.asyncpg import dialect
+@functools.cache
+def _prefetch_many_pg() -> tuple[str, tuple[str, ...], dict[str, Any]]:
+    """`_PREFETCH_MANY` compiled once for raw asyncpg: SQL, parameter order, constants."""
+    from sqlalchemy.dialects.postgresql.asyncpg import dialect
 
-        compiled = statement.compile(dialect=dialect())
-        compiled_ = (str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params))
-        _COMPILED_PG[name] = compiled_
-    return compiled_
+    compiled = _PREFETCH_MANY.compile(dialect=dialect())
+    return str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params)
 
 
 PrefetchKey = tuple[str, str, str, str]  # (jti, client_id, branch_id, provider)
@@ -198,19 +195,12 @@ def _prefetched(key: PrefetchKey, values: list[Any]) -> ExchangePrefetch:
 
 
 async def prefetch_exchange(
-    engine: AsyncEngine,
-    pool: Any | None,
-    *,
-    jti: str,
-    client_id: str,
-    branch_id: str,
-    provider: str,
+    engine: AsyncEngine, *, jti: str, client_id: str, branch_id: str, provider: str
 ) -> ExchangePrefetch:
-    """Read the subject token's row and the exchange target in one statement (one round
-    trip; raw asyncpg from `pool` on PostgreSQL, the engine otherwise)."""
+    """Read the subject token's row and the exchange target in one statement through
+    `engine` (the embedded database's hot path; on PostgreSQL, FastStore batches
+    concurrent requests with `prefetch_exchanges`)."""
     key = (jti, client_id, branch_id, provider)
-    if pool is not None:
-        return (await prefetch_exchanges(pool, [key]))[key]
     params = {"jti": jti, "client_id": client_id, "branch_id": branch_id, "provider": provider}
     async with engine.connect() as connection:
         row = (await connection.execute(_PREFETCH, params)).first()
@@ -222,17 +212,10 @@ async def prefetch_exchanges(
     pool: Any, keys: list[PrefetchKey]
 ) -> dict[PrefetchKey, ExchangePrefetch]:
     """`prefetch_exchange` for several requests in one statement on PostgreSQL (asyncpg
-    `pool`): one row per key, from `unnest` of the keys joined like `_PREFETCH`."""
-    if len(keys) == 1:
-        key = keys[0]
-        sql, order, constants = _compiled_pg("one", _PREFETCH)
-        values = {**constants, **dict(zip(_KEY_NAMES, key, strict=True))}
-        async with pool.acquire() as connection:
-            row = await connection.fetchrow(sql, *(values[name] for name in order))
-        return {key: _prefetched(key, list(row))}
-    sql, order, constants = _compiled_pg("many", _PREFETCH_MANY)
-    unique = list(dict.fromkeys(keys))
-    arrays = {f"{name}s": [key[i] for key in unique] for i, name in enumerate(_KEY_NAMES)}
+    `pool`): one row per key, from `unnest` of the keys joined like `_PREFETCH`.
+    Returns {(jti, client_id, branch_id, provider): ExchangePrefetch}."""
+    sql, order, constants = _prefetch_many_pg()
+    arrays = {f"{name}s": [key[i] for key in keys] for i, name in enumerate(_KEY_NAMES)}
     values = {**constants, **arrays}
     async with pool.acquire() as connection:
         rows = await connection.fetch(sql, *(values[name] for name in order))

@@ -71,15 +71,17 @@ def _json_columns(table: Table) -> frozenset[str]:
     return names
 
 
+def _pg_values(table: Table, row: dict[str, Any], columns: Sequence[str]) -> list[Any]:
+    """`row`'s values for `columns` as asyncpg takes them (JSON columns as JSON text)."""
+    json_columns = _json_columns(table)
+    return [
+        json.dumps(row[name]) if name in json_columns and row[name] is not None else row[name]
+        for name in columns
+    ]
+
+
 def _pg_args(rows: Sequence[tuple[Table, dict[str, Any]]]) -> list[Any]:
-    args: list[Any] = []
-    for table, row in rows:
-        json_columns = _json_columns(table)
-        for column, value in row.items():
-            args.append(
-                json.dumps(value) if column in json_columns and value is not None else value
-            )
-    return args
+    return [value for table, row in rows for value in _pg_values(table, row, list(row))]
 
 
 # At most this many coalesced INSERT statements in flight per worker, and requests per
@@ -228,16 +230,7 @@ class FastStore:
                 await connection.execute(table.insert(), rows)
             return
         columns = list(rows[0])
-        json_columns = _json_columns(table)
-        records = [
-            tuple(
-                json.dumps(row[name])
-                if name in json_columns and row[name] is not None
-                else row[name]
-                for name in columns
-            )
-            for row in rows
-        ]
+        records = [tuple(_pg_values(table, row, columns)) for row in rows]
         async with self.pool.acquire() as connection:
             await connection.copy_records_to_table(table.name, records=records, columns=columns)
 
@@ -255,11 +248,8 @@ class FastStore:
 
     async def _read_access_tokens(self, jtis: list[str]) -> dict[str, AccessTokenRecord]:
         async with self.pool.acquire() as connection:
-            if len(jtis) == 1:
-                rows = [await connection.fetchrow(_SELECT_ACCESS_PG, jtis[0])]
-            else:
-                rows = await connection.fetch(_SELECT_ACCESS_MANY_PG, jtis)
-        return {row[0]: AccessTokenRecord(*row) for row in rows if row is not None}
+            rows = await connection.fetch(_SELECT_ACCESS_MANY_PG, jtis)
+        return {row[0]: AccessTokenRecord(*row) for row in rows}
 
     async def prefetch_exchange(
         self, jti: str, client_id: str, branch_id: str, provider: str
@@ -269,7 +259,6 @@ class FastStore:
         if self.pool is None:
             return await prefetch_exchange(
                 self.engine,
-                None,
                 jti=jti,
                 client_id=client_id,
                 branch_id=branch_id,
@@ -323,7 +312,6 @@ _ACCESS_COLUMNS = list(AccessTokenRecord.__dataclass_fields__)
 _SELECT_ACCESS = select(*(AccessToken.__table__.c[c] for c in _ACCESS_COLUMNS)).where(
     AccessToken.__table__.c.jti == bindparam("jti")
 )
-_SELECT_ACCESS_PG = f"SELECT {', '.join(_ACCESS_COLUMNS)} FROM oauth2_access_tokens WHERE jti = $1"  # noqa: S608
 _SELECT_ACCESS_MANY_PG = (
     f"SELECT {', '.join(_ACCESS_COLUMNS)} FROM oauth2_access_tokens"  # noqa: S608
     " WHERE jti = ANY($1::varchar[])"
