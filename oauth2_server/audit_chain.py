@@ -142,6 +142,28 @@ def lock_chain(session: Session) -> ChainState | None:
     return _state(row) if row is not None else None
 
 
+def move_anchor(session: Session, state: ChainState, last_removed: Any) -> None:
+    """After retention removed sealed rows, make the last of them the chain's anchor
+    (where verification starts), unless the anchor is already at or past it.
+
+    `last_removed` has `seal_seq`, `row_hash`, `created_at` (UTC) and `id`; call it in the
+    transaction that removed the rows, holding `lock_chain`.
+    """
+    if last_removed.seal_seq <= state.anchor_seq:
+        return
+    session.execute(
+        update(AuditChain)
+        .where(AuditChain.id == 1)
+        .values(
+            anchor_seq=last_removed.seal_seq,
+            anchor_hash=last_removed.row_hash,
+            anchor_created_at=last_removed.created_at,
+            anchor_log_id=last_removed.id,
+            updated_at=datetime.now(UTC),
+        )
+    )
+
+
 def _after(position: Position | None) -> Any:
     if position is None:
         return True

@@ -20,11 +20,10 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import text, update
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from oauth2_server.audit_chain import lock_chain
-from oauth2_server.db.models import AuditChain
+from oauth2_server.audit_chain import lock_chain, move_anchor
 
 TABLE = "oauth2_token_logs"
 DEFAULT_PARTITION = f"{TABLE}_default"
@@ -149,17 +148,7 @@ def drop_month(session: Session, partition: Partition) -> int | None:
         )
     ).first()
     count = int(session.scalar(text(f"SELECT count(*) FROM {partition.name}")) or 0)  # noqa: S608
-    if last is not None and last.seal_seq > state.anchor_seq:
-        session.execute(
-            update(AuditChain)
-            .where(AuditChain.id == 1)
-            .values(
-                anchor_seq=last.seal_seq,
-                anchor_hash=last.row_hash,
-                anchor_created_at=last.created_at,
-                anchor_log_id=last.id,
-                updated_at=datetime.now(UTC),
-            )
-        )
+    if last is not None:
+        move_anchor(session, state, last)
     session.execute(text(f"DROP TABLE {partition.name}"))
     return count

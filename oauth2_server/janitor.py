@@ -33,11 +33,10 @@ from sqlalchemy.orm import Session, aliased
 
 from oauth2_server import audit_partitions
 from oauth2_server.audit import AuditEvent, record
-from oauth2_server.audit_chain import lock_chain, seal_pending
+from oauth2_server.audit_chain import lock_chain, move_anchor, seal_pending
 from oauth2_server.config import Settings
 from oauth2_server.db.models import (
     AccessToken,
-    AuditChain,
     AuthorizationCode,
     RefreshToken,
     TokenLog,
@@ -133,19 +132,8 @@ def purge_audit_batch(session: Session, cutoff: datetime, limit: int) -> int:
         .execution_options(synchronize_session=False)
     )
     sealed = [row for row in rows if row.seal_seq is not None]
-    if sealed and sealed[-1].seal_seq > state.anchor_seq:
-        last = sealed[-1]
-        session.execute(
-            AuditChain.__table__.update()
-            .where(AuditChain.id == 1)
-            .values(
-                anchor_seq=last.seal_seq,
-                anchor_hash=last.row_hash,
-                anchor_created_at=last.created_at,
-                anchor_log_id=last.id,
-                updated_at=datetime.now(UTC),
-            )
-        )
+    if sealed:
+        move_anchor(session, state, sealed[-1])
     record(
         session,
         AuditEvent(

@@ -13,21 +13,12 @@ from oauth2_server.db.models import Branch, ClientBranchGrant
 from oauth2_server.storage import utcnow
 from oauth2_server.storage.branches import (
     ALL_BRANCHES,
+    BRANCH_COLUMNS,
     BranchRecord,
     get_branch,
     grant_branch,
 )
 
-BRANCH_COLUMNS = (
-    Branch.branch_id,
-    Branch.name,
-    Branch.contact_email,
-    Branch.google_account_id,
-    Branch.google_location_id,
-    Branch.active,
-    Branch.created_at,
-    Branch.updated_at,
-)  # the fields of BranchRecord, in order
 UPDATABLE = ("name", "contact_email", "google_account_id", "google_location_id", "active")
 
 

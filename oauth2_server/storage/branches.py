@@ -39,7 +39,7 @@ class BranchRecord:
     updated_at: datetime
 
 
-_COLUMNS = (
+BRANCH_COLUMNS = (  # the fields of BranchRecord, in order
     Branch.branch_id,
     Branch.name,
     Branch.contact_email,
@@ -99,13 +99,13 @@ def create_branch(
 
 def get_branch(session: Session, branch_id: str) -> BranchRecord | None:
     """The branch with this external id, or None."""
-    row = session.execute(select(*_COLUMNS).where(Branch.branch_id == branch_id)).first()
+    row = session.execute(select(*BRANCH_COLUMNS).where(Branch.branch_id == branch_id)).first()
     return BranchRecord(*row) if row else None
 
 
 def list_branches(session: Session) -> list[BranchRecord]:
     """Every branch, by external id."""
-    rows = session.execute(select(*_COLUMNS).order_by(Branch.branch_id)).all()
+    rows = session.execute(select(*BRANCH_COLUMNS).order_by(Branch.branch_id)).all()
     return [BranchRecord(*row) for row in rows]
 
 
