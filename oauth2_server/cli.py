@@ -26,10 +26,6 @@ from oauth2_server.storage.users import UserRegistrationError, create_user
 log = logging.getLogger("oauth2_server")
 
 
-class CommandError(Exception):
-    """A CLI failure with a message for the operator (exit status 2)."""
-
-
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
     async def go() -> str:
         engine = create_engine(settings.database_url, 2)
@@ -135,10 +131,7 @@ def cmd_clients_create(settings: Settings, args: argparse.Namespace) -> None:
         record(session, _client_created(client))
         return client, secret
 
-    try:
-        client, secret = transaction(settings, call)
-    except ClientRegistrationError as exc:
-        raise CommandError(str(exc)) from None
+    client, secret = transaction(settings, call, (ClientRegistrationError,))
     result = {
         "client_id": client.client_id,
         "client_secret": secret,
@@ -166,19 +159,16 @@ def cmd_users_create(settings: Settings, args: argparse.Namespace) -> None:
         import getpass
 
         password = getpass.getpass("password: ")
-    try:
 
-        def call(session: Session) -> Any:
-            user = create_user(session, args.username, password)
-            event = admin_commands.cli_actor().event(
-                "admin_user_created", subject=user.subject, details={"username": user.username}
-            )
-            record(session, event)
-            return user
+    def call(session: Session) -> Any:
+        user = create_user(session, args.username, password)
+        event = admin_commands.cli_actor().event(
+            "admin_user_created", subject=user.subject, details={"username": user.username}
+        )
+        record(session, event)
+        return user
 
-        user = transaction(settings, call)
-    except UserRegistrationError as exc:
-        raise CommandError(str(exc)) from None
+    user = transaction(settings, call, (UserRegistrationError,))
     result = {"username": user.username, "subject": user.subject}
     print(json.dumps(result) if args.json else f"created user {user.username} (sub {user.subject})")
 
@@ -261,11 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
         )
         args.func(settings, args)
-    except (
-        ConfigError,
-        CommandError,
-        CommandFailed,
-    ) as exc:
+    except (ConfigError, CommandFailed) as exc:
         print(f"oauth2-server: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -255,29 +255,18 @@ def cmd_disconnect(settings: Settings, args: argparse.Namespace) -> None:
                 args.provider,
                 force=args.force,
                 audit=lambda result: cli_actor().event(
-                    "admin_branch_disconnected",
-                    branch_id=args.branch,
-                    details={
-                        "provider": result.provider,
-                        "grant_deleted": result.grant_deleted,
-                        "revoked": result.revoked,
-                        "note": result.note,
-                    },
+                    "admin_branch_disconnected", branch_id=args.branch, details=result.summary()
                 ),
             )
         finally:
             await service.aclose()
 
     result = _run(settings, go)
-    value = {
-        "branch_id": result.branch_id,
-        "provider": result.provider,
-        "grant_deleted": result.grant_deleted,
-        "revoked": result.revoked,
-        "remaining_branches": result.remaining_branches,
-        "note": result.note,
-    }
-    _print(args, value, f"disconnected {result.branch_id} from {result.provider}: {result.note}")
+    _print(
+        args,
+        result.summary(),
+        f"disconnected {result.branch_id} from {result.provider}: {result.note}",
+    )
 
 
 def register(sub: Any) -> None:

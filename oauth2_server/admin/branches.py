@@ -250,7 +250,7 @@ async def disconnect(request: Request, actor: Actor) -> Response:
 
     def audit(result: DisconnectResult) -> AuditEvent:
         return actor.event(
-            "admin_branch_disconnected", branch_id=branch_id, details=_disconnect_answer(result)
+            "admin_branch_disconnected", branch_id=branch_id, details=result.summary()
         )
 
     try:
@@ -259,11 +259,4 @@ async def disconnect(request: Request, actor: Actor) -> Response:
         )
     except (ConnectError, UnknownProvider, ProviderNotConfigured) as exc:
         raise _upstream_error(exc) from None
-    return json_response(_disconnect_answer(result))
-
-
-def _disconnect_answer(result: DisconnectResult) -> dict[str, Any]:
-    """What the admin sees of a disconnection (the internal credential id left out)."""
-    answer = asdict(result)
-    answer.pop("credential_id", None)
-    return answer
+    return json_response(result.summary())

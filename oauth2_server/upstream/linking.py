@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -67,6 +67,13 @@ class DisconnectResult:
     revoked: bool | None
     note: str
     remaining_branches: list[str]
+
+    def summary(self) -> dict[str, Any]:
+        """What an admin sees, and the audit row records, of it: every field but the
+        internal `credential_id`."""
+        answer = asdict(self)
+        answer.pop("credential_id")
+        return answer
 
 
 class Linking(UpstreamBase):
