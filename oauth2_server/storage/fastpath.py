@@ -283,6 +283,8 @@ class Coalescer(Generic[K, V]):
         self._running = 0
 
     async def get(self, key: K) -> V | None:
+        """`key`'s value from the batch it joined (None if `fetch_many` returned none);
+        raises what that batch's `fetch_many` raised."""
         found: asyncio.Future[V | None] = asyncio.get_running_loop().create_future()
         self._waiting.append((key, found))
         if self._running < self.limit:
