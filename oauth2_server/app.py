@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 from starlette.templating import Jinja2Templates
@@ -28,8 +30,9 @@ from oauth2_server.db.models import TokenLog
 from oauth2_server.oauth.bridge import Bridge
 from oauth2_server.oauth.keys import KeyStore
 from oauth2_server.oauth.server import OAuthService
+from oauth2_server.storage.errors import Availability, DatabaseUnavailable
 from oauth2_server.storage.fastpath import FastStore
-from oauth2_server.web import authorize, discovery, health, oauth_endpoints, upstream
+from oauth2_server.web import authorize, discovery, errors, health, oauth_endpoints, upstream
 from oauth2_server.web.middleware import HttpMiddleware
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,8 @@ async def _reload_keys(bridge: Bridge, keys: KeyStore) -> None:
         await asyncio.sleep(KEY_RELOAD_SECONDS)
         try:
             await bridge.write(keys.load)
+        except DatabaseUnavailable:
+            pass  # the outage is logged once (storage.errors.Availability); try next time
         except Exception:
             log.exception("reloading signing keys failed; keeping the loaded ones")
 
@@ -85,6 +90,7 @@ def create_app(settings: Settings) -> Starlette:
         # (production requires an https issuer; Authlib already allows loopback).
         os.environ.setdefault("AUTHLIB_INSECURE_TRANSPORT", "1")
     counter = health.RequestCounter()
+    availability = Availability()
     session_settings = {
         "secret_key": keyring.derive(b"oauth2-server session cookie").hex(),
         "session_cookie": "oauth2_session",
@@ -95,20 +101,23 @@ def create_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        engine = create_engine(settings.database_url, settings.db_pool_size)
+        engine = create_engine(settings.database_url, settings.db_pool_size, settings.db_timeout)
         try:
             if settings.is_sqlite:
                 await migrate.upgrade(engine)
             else:
                 await migrate.require_head(engine)
-            fast = await FastStore.create(engine, settings.db_pool_size)
-            bridge = Bridge(create_sessionmaker(engine), fast)
+            fast = await FastStore.create(
+                engine, settings.db_pool_size, settings.db_timeout, availability
+            )
+            bridge = Bridge(create_sessionmaker(engine), fast, availability)
             keys = KeyStore(keyring)
             await bridge.write(keys.ensure)
             audit_buffer = AuditBuffer(
                 lambda rows: fast.copy_rows(TokenLog.__table__, rows),
                 settings.audit_flush_interval,
                 settings.audit_batch_size,
+                settings.audit_buffer_max_rows,
             )
             audit_buffer.start()
             reload_task = asyncio.create_task(_reload_keys(bridge, keys))
@@ -118,6 +127,7 @@ def create_app(settings: Settings) -> Starlette:
             app.state.request_counter = counter
             yield
             reload_task.cancel()
+            app.state.oauth.refusals.close_all()  # open refusal windows' summary rows
             await audit_buffer.stop()
             await app.state.oauth.upstream.aclose()
             await fast.close()
@@ -126,7 +136,22 @@ def create_app(settings: Settings) -> Starlette:
 
     middleware = [
         Middleware(HttpMiddleware, counter=counter),
+        # Anything no handler below took: 500 server_error JSON, one log line.
+        Middleware(errors.LastResort, handler=errors.unhandled),
     ]
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    # Every error no endpoint answered, in one place (web/errors.py says why each).
+    exception_handlers = {
+        HTTPException: errors.http_exception,  # 404, 405: JSON, never text/plain
+        DatabaseUnavailable: errors.database_unavailable,  # 503 + Retry-After
+        Exception: errors.unhandled,  # only what escapes our own middleware
+    }
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers=exception_handlers,
+    )
     app.state.session_settings = session_settings
+    app.state.availability = availability
+    app.state.retry_after = max(1, math.ceil(settings.db_timeout))
     return app

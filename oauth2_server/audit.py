@@ -1,11 +1,17 @@
-"""Writing `oauth2_token_logs`, the audit trail (DESIGN.md invariant 6).
+"""Writing `oauth2_token_logs`, the audit trail (DESIGN.md invariants 6 and 10).
 
 - State changes (issue, refresh, revocation, detected attacks) call `record(session, …)`
   with the session of the change, so the row commits or rolls back with it.
 - Read-only events (introspection, failed client authentication) go to an `AuditBuffer`
   that writes them in batches every `OAUTH2_AUDIT_FLUSH_INTERVAL` seconds or
   `OAUTH2_AUDIT_BATCH_SIZE` rows. A crash loses at most the rows of the last interval of
-  that worker process (the buffer is also flushed on shutdown).
+  that worker process (the buffer is also flushed on shutdown); the buffer holds at most
+  `OAUTH2_AUDIT_BUFFER_MAX_ROWS` rows and drops the oldest past that, counting them.
+- Every value is bounded in one place, `AuditEvent.row()` (the rules: `audit_bounds`),
+  before it reaches either path: text is cut to its column's length (read from the table
+  definition) with a marker and a digest, NUL characters and lone surrogates (which
+  PostgreSQL refuses) are replaced, and `details` is bounded in depth, items, string length
+  and total size.
 
 Rows name tokens only by `jti` or a digest prefix, never the token. Risk scores and flags
 come from `oauth2_server.risk`; rows are sealed into a hash chain later, outside the
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,14 +32,19 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from oauth2_server.audit_bounds import COLUMN_LIMITS, bound_details, bound_flags, bound_text
 from oauth2_server.db.models import TokenLog
 from oauth2_server.risk import FIXED_SCORES, row_score
 from oauth2_server.storage import utcnow
+from oauth2_server.storage.errors import describe, is_unavailable
 
 log = logging.getLogger(__name__)
 
 # Risk scores of fixed events (0.00–1.00): the rules live in `oauth2_server.risk`.
 RISK = FIXED_SCORES
+
+# The flag of a row the database refused even after bounding, written in minimal form.
+MALFORMED = "malformed"
 
 
 @dataclass(frozen=True)
@@ -61,24 +73,33 @@ class AuditEvent:
     created_at: datetime = field(default_factory=utcnow)
 
     def row(self) -> dict[str, Any]:
-        """Column values for the insert."""
+        """Column values for the insert, every one bounded (the one place that bounds
+        audit rows, for `record()` and `AuditBuffer` alike): text columns by
+        `bound_text` to their column's length, `details` by `bound_details`, `flags` by
+        `bound_flags`; the risk score is clamped to 0.00–1.00 by `risk.row_score`."""
         return {
             "created_at": self.created_at,
-            "action": self.action,
-            "client_id": self.client_id,
-            "subject": self.subject,
-            "branch_id": self.branch_id,
-            "grant_type": self.grant_type,
-            "token_id": self.token_id,
-            "ip": self.context.ip,
-            "user_agent": (self.context.user_agent or "")[:400] or None,
-            "request_id": self.context.request_id,
+            "action": _column_text("action", self.action),
+            "client_id": _column_text("client_id", self.client_id),
+            "subject": _column_text("subject", self.subject),
+            "branch_id": _column_text("branch_id", self.branch_id),
+            "grant_type": _column_text("grant_type", self.grant_type),
+            "token_id": _column_text("token_id", self.token_id),
+            "ip": _column_text("ip", self.context.ip),
+            "user_agent": _column_text("user_agent", self.context.user_agent or None),
+            "request_id": _column_text("request_id", self.context.request_id),
             "risk_score": row_score(self.action, self.risk_score, self.flags),
-            "flags": self.flags,
-            "details": self.details,
+            "flags": bound_flags(self.flags),
+            "details": bound_details(self.details),
             # the token family (grant), indexed so risk rules and audits can follow it
-            "family_id": _family(self.details),
+            "family_id": _column_text("family_id", _family(self.details)),
         }
+
+
+def _column_text(column: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    return bound_text(value if isinstance(value, str) else str(value), COLUMN_LIMITS[column])
 
 
 def _family(details: dict[str, Any]) -> str | None:
@@ -98,12 +119,64 @@ def record(session: Session, *events: AuditEvent) -> None:
 _INSERT_LOG = TokenLog.__table__.insert()
 
 
+# Beyond an outage (`storage.errors.is_unavailable`), SQLSTATE classes that say "not now"
+# rather than "not these rows": transaction rollback (serialization, deadlock),
+# insufficient resources, operator intervention (e.g. statement timeout), system error;
+# and lock not available.
+_TRANSIENT_SQLSTATE_CLASSES = frozenset({"40", "53", "57", "58"})
+_TRANSIENT_SQLSTATES = frozenset({"55P03"})
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """True when `exc` says the database cannot take the write now — unreachable, timed
+    out, shutting down, out of connections, locked (`storage.errors.is_unavailable`, plus
+    the transient SQLSTATEs above) — so the rows are kept for the next flush. False when
+    the database (or the driver, encoding them) refused these rows: the batch is then
+    split (`AuditBuffer`)."""
+    if is_unavailable(exc):
+        return True
+    current: BaseException | None = exc
+    for _ in range(5):  # the exception, SQLAlchemy's `.orig`, the driver's cause
+        if current is None:
+            break
+        sqlstate = getattr(current, "sqlstate", None)
+        if isinstance(sqlstate, str) and len(sqlstate) == 5:
+            return sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES or sqlstate in _TRANSIENT_SQLSTATES
+        current = getattr(current, "orig", None) or current.__cause__
+    return False
+
+
+def _minimal(row: dict[str, Any]) -> dict[str, Any]:
+    """The row a refused row is written as: its action, time and risk score (values this
+    server made, not input; at least 0.01, as on every flagged row, so `flag=malformed`
+    queries find it) and the flag `malformed`; nothing a caller supplied."""
+    return {
+        "created_at": row["created_at"],
+        "action": row["action"],
+        "risk_score": row_score(row["action"], float(row["risk_score"]), [MALFORMED]),
+        "flags": [MALFORMED],
+        "details": {},
+    }
+
+
 class AuditBuffer:
     """Batches read-only audit rows; `start()` runs the flusher, `stop()` drains it.
 
     `writer(rows)` writes one batch of `oauth2_token_logs` rows in one transaction (the
     server passes `FastStore.copy_rows`: COPY on PostgreSQL). `interval` (seconds) and
-    `batch_size` (rows) bound what a crash can lose (DESIGN.md invariant 6).
+    `batch_size` (rows) bound what a crash can lose (DESIGN.md invariant 6); `max_rows`
+    bounds memory (invariant 10).
+
+    A failed write is one of two things (`database_unavailable`):
+    - the database is unreachable: the rows stay queued, in order, for the next flush; one
+      log line when writes start failing, one when they succeed again;
+    - the database refused some rows: the batch is split in halves until the refused rows
+      are alone, and each is written in minimal form (`_minimal`, flag `malformed`; counted
+      in `malformed`). A row refused even so is dropped, counted and logged. No row is
+      retried forever and none is dropped silently.
+    Past `max_rows` queued rows the oldest are dropped and counted in `dropped`: one log
+    line when a drop episode starts and one, with its count, when a flush has brought the
+    queue down to half the bound.
     """
 
     def __init__(
@@ -111,48 +184,178 @@ class AuditBuffer:
         writer: Callable[[list[dict[str, Any]]], Awaitable[None]],
         interval: float,
         batch_size: int,
+        max_rows: int = 100_000,
     ) -> None:
         self._writer = writer
         self._interval = interval
         self._batch_size = batch_size
-        self._rows: list[dict[str, Any]] = []
+        self._max_rows = max_rows
+        self._rows: deque[dict[str, Any]] = deque()
         self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.dropped = 0  # rows never written: buffer full, or refused even in minimal form
+        self.malformed = 0  # rows written in minimal form
+        self._episode_dropped = 0  # rows dropped in the current drop episode
+        self._outage: str | None = None  # the error type while the database is unreachable
+
+    @property
+    def depth(self) -> int:
+        """Rows queued now."""
+        return len(self._rows)
+
+    def figures(self) -> dict[str, int]:
+        """This worker's buffer figures for /readyz and /metrics: rows queued now
+        (`buffered_rows`), dropped (`dropped_rows`) and written in minimal form
+        (`malformed_rows`) since start."""
+        return {
+            "buffered_rows": len(self._rows),
+            "dropped_rows": self.dropped,
+            "malformed_rows": self.malformed,
+        }
 
     def add(self, event: AuditEvent) -> None:
-        """Queue a row; wakes the flusher early when a batch is full."""
+        """Queue a row (bounded by `AuditEvent.row()`); drops the oldest past `max_rows`;
+        wakes the flusher early when a batch is full."""
         self._rows.append(event.row())
+        self._trim()
         if len(self._rows) >= self._batch_size:
             self._wake.set()
 
-    async def flush(self) -> int:
-        """Write every queued row now. Returns how many were written."""
-        rows, self._rows = self._rows, []
-        if not rows:
-            return 0
-        try:
-            await self._writer(rows)
-        except Exception:
-            log.exception(
-                "writing %d audit rows failed; they are kept for the next flush", len(rows)
+    def _trim(self) -> None:
+        excess = len(self._rows) - self._max_rows
+        if excess <= 0:
+            return
+        for _ in range(excess):
+            self._rows.popleft()
+        self.dropped += excess
+        if not self._episode_dropped:
+            log.error(
+                "audit buffer full (OAUTH2_AUDIT_BUFFER_MAX_ROWS=%d): dropping its oldest "
+                "rows until writes catch up (counted in /readyz and /metrics)",
+                self._max_rows,
             )
-            self._rows[:0] = rows
-            return 0
-        return len(rows)
+        self._episode_dropped += excess
+
+    async def flush(self) -> int:
+        """Write the rows queued now, `batch_size` at a time. Returns how many rows
+        reached the table (minimal forms included); stops early, keeping the rest queued,
+        while the database is unreachable."""
+        async with self._lock:
+            remaining = len(self._rows)
+            written = 0
+            while remaining > 0:
+                size = min(self._batch_size, remaining, len(self._rows))
+                if size == 0:
+                    break
+                batch = [self._rows.popleft() for _ in range(size)]
+                remaining -= size
+                done, kept = await self._write(batch)
+                written += done
+                if kept:
+                    self._rows.extendleft(reversed(kept))  # back in front, in order
+                    self._trim()
+                    return written
+            if self._episode_dropped and len(self._rows) <= self._max_rows // 2:
+                log.error(
+                    "audit buffer: %d oldest rows were dropped while it was full",
+                    self._episode_dropped,
+                )
+                self._episode_dropped = 0
+            return written
+
+    async def _write(self, rows: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
+        """Write `rows`, splitting refused batches. Returns (rows written, rows to keep
+        queued because the database became unreachable)."""
+        written = 0
+        refused: list[str] = []  # error type of each row written in minimal form
+        lost: list[str] = []  # error type of each row refused even in minimal form
+        pending = [rows]  # a stack of chunks; the last one is the next in order
+        kept: list[dict[str, Any]] = []
+        while pending:
+            chunk = pending.pop()
+            try:
+                await self._writer(chunk)
+            except Exception as exc:  # classified here; nothing escapes the flusher
+                if database_unavailable(exc):
+                    self._note_outage(exc)
+                    kept = [row for part in [chunk, *reversed(pending)] for row in part]
+                    break
+                if len(chunk) > 1:
+                    middle = len(chunk) // 2
+                    pending += [chunk[middle:], chunk[:middle]]
+                    continue
+                try:
+                    await self._writer([_minimal(chunk[0])])
+                except Exception as again:  # classified like the first
+                    if database_unavailable(again):
+                        self._note_outage(again)
+                        kept = [row for part in [chunk, *reversed(pending)] for row in part]
+                        break
+                    lost.append(type(again).__name__)
+                else:
+                    refused.append(type(exc).__name__)
+                    written += 1
+            else:
+                written += len(chunk)
+                self._note_success()
+        self._note_refusals(refused, lost)
+        return written, kept
+
+    def _note_refusals(self, refused: list[str], lost: list[str]) -> None:
+        """Count and log (one line each per batch, never the values) refused rows."""
+        if refused:
+            self.malformed += len(refused)
+            log.warning(
+                "%d audit rows were refused by the database (%s); written in minimal form "
+                "with flag %r",
+                len(refused),
+                ", ".join(sorted(set(refused))),
+                MALFORMED,
+            )
+        if lost:
+            self.dropped += len(lost)
+            log.error(
+                "%d audit rows were refused even in minimal form (%s); dropped",
+                len(lost),
+                ", ".join(sorted(set(lost))),
+            )
+
+    def _note_outage(self, exc: BaseException) -> None:
+        if self._outage is None:
+            self._outage = type(exc).__name__
+            log.error(
+                "writing audit rows failed: database unavailable (%s); keeping up to %d rows "
+                "and retrying every flush",
+                describe(exc),
+                self._max_rows,
+            )
+
+    def _note_success(self) -> None:
+        if self._outage is not None:
+            log.warning("writing audit rows works again after %s", self._outage)
+            self._outage = None
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
             self._wake.clear()
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # a bug must not end the flusher silently
+                log.exception("the audit flusher failed; it keeps running")
 
     def start(self) -> None:
+        """Run the flusher on the current event loop."""
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
+        """Let the flusher finish its write (never cancelled mid-batch), then flush the
+        rest once."""
+        self._stopping = True
+        self._wake.set()
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
         await self.flush()

@@ -182,7 +182,8 @@ def parse_limit(raw: str | None) -> int:
     """Page size: 1–MAX_LIMIT, DEFAULT_LIMIT when omitted. Raises AuditQueryError."""
     if raw is None:
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    # ASCII digits only: str.isdigit() also accepts '³', which int() refuses.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not 1 <= int(raw) <= MAX_LIMIT:
         raise AuditQueryError("limit", f"limit must be an integer from 1 to {MAX_LIMIT}")
     return int(raw)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from oauth2_server import cli_branches
+from oauth2_server import cli_branches, http_limits, logs
 from oauth2_server.admin import commands as admin_commands
 from oauth2_server.admin.cli_support import CommandFailed, transaction
 from oauth2_server.audit import AuditEvent, record
@@ -102,11 +102,21 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
         host=args.host or settings.host,
         port=args.port or settings.port,
         workers=args.workers or settings.workers,
-        proxy_headers=True,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
+        # X-Forwarded-* only from the configured proxies; none by default
+        proxy_headers=bool(settings.forwarded_allow_ips.strip()),
+        forwarded_allow_ips=settings.forwarded_allow_ips.strip(),
+        log_config=logs.log_config(settings.log_level),
         log_level=settings.log_level,
-        access_log=False,
+        access_log=settings.access_log,
         server_header=False,
+        # connection hygiene: a bounded number of connections and tasks per worker (503
+        # beyond it), idle keep-alive connections closed, request heads bounded (431
+        # past the size, see `http_limits`). Header-read (slowloris) timeouts are the
+        # reverse proxy's job: README "Behind a reverse proxy".
+        limit_concurrency=settings.limit_concurrency,
+        timeout_keep_alive=settings.keep_alive_timeout,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        http=http_limits.http_protocol(),
     )
 
 
@@ -250,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(
             level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
         )
+        logs.install_on_root()
         args.func(settings, args)
     except (ConfigError, CommandFailed) as exc:
         print(f"oauth2-server: {exc}", file=sys.stderr)

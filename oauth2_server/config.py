@@ -179,8 +179,37 @@ SETTINGS: tuple[Setting, ...] = (
         "OAUTH2_FORWARDED_ALLOW_IPS",
         "forwarded_allow_ips",
         _str,
-        "127.0.0.1",
-        "Proxies whose X-Forwarded-For is trusted for the client IP in audit rows.",
+        "",
+        "Reverse proxies (IPs or CIDR networks, comma separated) whose X-Forwarded-For and "
+        "X-Forwarded-Proto are trusted for the client IP; empty: trust nobody.",
+    ),
+    Setting(
+        "OAUTH2_LIMIT_CONCURRENCY",
+        "limit_concurrency",
+        _positive_int,
+        "1000",
+        "Connections and tasks a worker serves at once; beyond it new requests get 503.",
+    ),
+    Setting(
+        "OAUTH2_KEEP_ALIVE_TIMEOUT",
+        "keep_alive_timeout",
+        _positive_int,
+        "5",
+        "Seconds an idle keep-alive connection stays open.",
+    ),
+    Setting(
+        "OAUTH2_MAX_HEADER_BYTES",
+        "max_header_bytes",
+        _positive_int,
+        "16384",
+        "Largest request line plus headers a worker buffers; larger is refused (400/431).",
+    ),
+    Setting(
+        "OAUTH2_ACCESS_LOG",
+        "access_log",
+        _bool,
+        "true",
+        "One uvicorn access line per request (secret query parameters redacted).",
     ),
     Setting(
         "OAUTH2_DATABASE_URL",
@@ -195,6 +224,14 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_int,
         "10",
         "Connections per worker process (PostgreSQL).",
+    ),
+    Setting(
+        "OAUTH2_DB_TIMEOUT",
+        "db_timeout",
+        _positive_float,
+        "5",
+        "Seconds to connect, to wait for a pooled connection and for each statement "
+        "(PostgreSQL); past it a request answers 503 `temporarily_unavailable`.",
     ),
     Setting(
         "OAUTH2_ENCRYPTION_KEYS",
@@ -271,34 +308,52 @@ SETTINGS: tuple[Setting, ...] = (
         "may see a changed or deactivated client as it was.",
     ),
     Setting(
-        "OAUTH2_SECRET_CACHE_TTL",
-        "secret_cache_ttl",
-        _positive_float,
-        "300",
-        "Seconds a successful client-secret verification is remembered (as a keyed hash, "
-        "never the secret), so repeated authentication skips argon2.",
-    ),
-    Setting(
         "OAUTH2_ARGON2_CONCURRENCY",
         "argon2_concurrency",
         _positive_int,
         "2",
-        "argon2 verifications run at once per worker (off the event loop).",
+        "argon2 verifications (passwords, legacy client secrets) run at once per worker, "
+        "off the event loop.",
+    ),
+    Setting(
+        "OAUTH2_ARGON2_QUEUE",
+        "argon2_queue",
+        _non_negative_int,
+        "32",
+        "argon2 verifications that may wait for a slot per worker; beyond them the request "
+        "is answered 503 with Retry-After at once.",
     ),
     Setting(
         "OAUTH2_CLIENT_AUTH_FAILURE_LIMIT",
         "client_auth_failure_limit",
         _positive_int,
         "10",
-        "Failed client authentications per client id or per IP within the window before "
-        "further uncached attempts are refused with 429.",
+        "Attempts per key and window: failed client authentications per client id and per "
+        "IP (more are 429; a correct secret always passes); login attempts per IP, per "
+        "(username, IP), per username without a trusted-device cookie, per device cookie.",
     ),
     Setting(
         "OAUTH2_CLIENT_AUTH_FAILURE_WINDOW",
         "client_auth_failure_window",
         _positive_float,
         "60",
-        "The failure window, seconds.",
+        "The failure window, seconds (it starts at a key's first counted attempt).",
+    ),
+    Setting(
+        "OAUTH2_LIMITER_MAX_KEYS",
+        "limiter_max_keys",
+        _positive_int,
+        "10000",
+        "Failure-limiter keys a worker holds in memory (SQLite counters, keys known to be "
+        "over the limit, open refusal summaries), each as a 64-character digest.",
+    ),
+    Setting(
+        "OAUTH2_DEVICE_COOKIE_TTL",
+        "device_cookie_ttl",
+        _positive_int,
+        "15552000",
+        "Lifetime, seconds (180 days), of the signed trusted-device cookie a browser gets at "
+        "sign-in; with it, failed logins elsewhere never throttle that user in that browser.",
     ),
     Setting(
         "OAUTH2_MAX_BODY_BYTES",
@@ -321,6 +376,14 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_int,
         "500",
         "Buffered read-only audit rows that force an early flush.",
+    ),
+    Setting(
+        "OAUTH2_AUDIT_BUFFER_MAX_ROWS",
+        "audit_buffer_max_rows",
+        _positive_int,
+        "100000",
+        "Most read-only audit rows a worker holds while writes fail; past it the oldest "
+        "are dropped and counted (/readyz, /metrics).",
     ),
     Setting(
         "OAUTH2_AUDIT_RETENTION_DAYS",
@@ -413,10 +476,15 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
-    forwarded_allow_ips: str = "127.0.0.1"
+    forwarded_allow_ips: str = ""
+    limit_concurrency: int = 1000
+    keep_alive_timeout: int = 5
+    max_header_bytes: int = 16384
+    access_log: bool = True
     database_url: str = "sqlite+aiosqlite:///./oauth2_server.db"
     db_pool_size: int = 10
-    encryption_keys: str = ""
+    db_timeout: float = 5.0
+    encryption_keys: str = field(default="", repr=False)
     encryption_primary_key: str = ""
     dev_key_file: str = "./oauth2_server.dev-keys.json"
     access_token_ttl: int = 3600
@@ -426,13 +494,16 @@ class Settings:
     access_token_audience: str = ""
     session_ttl: int = 3600
     client_cache_ttl: float = 5.0
-    secret_cache_ttl: float = 300.0
     argon2_concurrency: int = 2
+    argon2_queue: int = 32
     client_auth_failure_limit: int = 10
     client_auth_failure_window: float = 60.0
+    limiter_max_keys: int = 10000
+    device_cookie_ttl: int = 15552000
     max_body_bytes: int = 16384
     audit_flush_interval: float = 1.0
     audit_batch_size: int = 500
+    audit_buffer_max_rows: int = 100000
     audit_retention_days: int = 90
     audit_seal_delay: float = 60.0
     janitor_batch_size: int = 1000
@@ -442,14 +513,14 @@ class Settings:
     upstream_timeout: float = 10.0
     upstream_state_ttl: int = 600
     upstream_google_client_id: str = ""
-    upstream_google_client_secret: str = ""
+    upstream_google_client_secret: str = field(default="", repr=False)
     upstream_google_authorization_endpoint: str = "https://accounts.google.com/o/oauth2/v2/auth"
     upstream_google_token_endpoint: str = "https://oauth2.googleapis.com/token"  # noqa: S105
     upstream_google_revocation_endpoint: str = "https://oauth2.googleapis.com/revoke"
     upstream_google_userinfo_endpoint: str = "https://openidconnect.googleapis.com/v1/userinfo"
     upstream_google_scopes: str = "openid email https://www.googleapis.com/auth/business.manage"
     upstream_microsoft_client_id: str = ""
-    upstream_microsoft_client_secret: str = ""
+    upstream_microsoft_client_secret: str = field(default="", repr=False)
     upstream_microsoft_authorization_endpoint: str = (
         "https://login.microsoftonline.com/common/oauth2/v2.0/authorize"
     )

@@ -11,6 +11,7 @@ One run, in this order:
 4. Delete expired authorization codes (kept `CODE_REPLAY_WINDOW` seconds past expiry so
    a replay is still recognised), expired access-token rows, and refresh-token rows of
    families whose every token has expired.
+5. Delete failure-limiter counters (`oauth2_auth_failures`) whose window has ended.
 
 Deletions run `OAUTH2_JANITOR_BATCH_SIZE` rows per transaction, each batch one
 `DELETE … WHERE key IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` (SQLite serialises
@@ -41,6 +42,7 @@ from oauth2_server.db.models import (
     RefreshToken,
     TokenLog,
 )
+from oauth2_server.storage.auth_failures import delete_ended
 from oauth2_server.storage.upstream_states import delete_expired_states
 
 log = logging.getLogger(__name__)
@@ -244,4 +246,9 @@ async def run_janitor(
     report.deleted["oauth2_upstream_states"] = await _write(
         sessionmaker, delete_expired_states, now
     )
+    ended = now - timedelta(seconds=settings.client_auth_failure_window)
+    total = 0
+    while (count := await _write(sessionmaker, delete_ended, ended, batch)) > 0:
+        total += count
+    report.deleted["oauth2_auth_failures"] = total
     return report

@@ -8,6 +8,10 @@ change both together.
   `code_replay`.
 - refresh reuse: a rotated refresh token used again (RFC 9700 §4.14.2): 1.00,
   `refresh_reuse`.
+- race: the same two actions when the second use comes within `RACE_WINDOW` (1 s) of
+  the winning one — a client retrying or firing parallel requests, not a thief: 0.30,
+  flag `race` (instead of `code_replay`/`refresh_reuse`; the action stays the same and
+  the family is still revoked).
 - client authentication failure: with n = failed client authentications and logins from
   the same IP within `OAUTH2_CLIENT_AUTH_FAILURE_WINDOW` seconds (this worker),
   min(0.90, 0.20 + 0.10·(n−1)), `client_auth_failed`, plus `auth_failure_burst` when n ≥ 5.
@@ -31,6 +35,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -53,6 +58,8 @@ FAILURE_STEP = 0.1
 FAILURE_CAP = 0.9
 NEW_IP_SCORE = 0.4
 MIN_FLAGGED_SCORE = 0.01
+RACE_WINDOW = 1.0  # seconds after the winning use within which a second use is a race
+RACE_SCORE = 0.3
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,19 @@ def auth_failure(kind: str, failures_from_ip: int) -> Assessment:
     if n >= BURST_THRESHOLD:
         flags.append("auth_failure_burst")
     return Assessment(clamp(min(FAILURE_CAP, FAILURE_BASE + FAILURE_STEP * (n - 1))), flags)
+
+
+def second_use(action: str, first_used_at: datetime | None, now: datetime) -> Assessment:
+    """Score of a second use of a single-use credential: `action` is `code_replay`
+    (RFC 6749 §4.1.2) or `refresh_reuse` (RFC 9700 §4.14.2); `first_used_at` is when the
+    winning use consumed or rotated it, `now` this attempt (both UTC, aware).
+
+    Within `RACE_WINDOW` seconds it is a concurrent loser (`race`, 0.30); later, or
+    with no recorded time, the action's own flag at 1.00.
+    """
+    if first_used_at is not None and (now - first_used_at).total_seconds() <= RACE_WINDOW:
+        return Assessment(RACE_SCORE, ["race"])
+    return Assessment(fixed_score(action), [action])
 
 
 def refresh_from_ip(ip: str | None, seen_ips: set[str]) -> Assessment:

@@ -169,8 +169,13 @@ def server_env(url: str, keys: str, port: int, **overrides: str) -> dict[str, st
         OAUTH2_ISSUER=f"http://127.0.0.1:{port}",
         OAUTH2_PORT=str(port),
         OAUTH2_BOOTSTRAP_ADMIN="false",
-        OAUTH2_LOG_LEVEL="warning",
+        # DEBUG with the access log on, so "never logged" tests can see a leak
+        OAUTH2_LOG_LEVEL="debug",
+        OAUTH2_ACCESS_LOG="true",
         OAUTH2_AUDIT_FLUSH_INTERVAL="0.2",
+        # The failure limiter is shared through the database: every server on one test
+        # database counts 127.0.0.1 together. Throttling tests set their own limit and IPs.
+        OAUTH2_CLIENT_AUTH_FAILURE_LIMIT="1000",
     )
     env.update(overrides)
     return env
@@ -260,6 +265,33 @@ def start_server(database: Database, tmp_path: Path) -> Iterator[Any]:
         live = start_live_server(database, tmp_path, **overrides)
         started.append(live)
         return live
+
+    yield start
+    for live in started:
+        live.stop()
+
+
+@pytest.fixture
+def start_instances(database: Database, tmp_path: Path) -> Iterator[Any]:
+    """Factory for one deployment of two server instances: separate processes with 2 workers
+    each, on the same PostgreSQL database (DESIGN.md invariant 9). Skips on SQLite, whose
+    embedded default serves a single instance. Stopped after the test.
+
+    `start_instances(**overrides)` → (instance_a, instance_b).
+    """
+    if database.backend != "postgresql":
+        pytest.skip("two instances share one PostgreSQL database; SQLite is single-instance")
+    started: list[LiveServer] = []
+
+    def start(**overrides: str) -> tuple[LiveServer, LiveServer]:
+        overrides.setdefault("OAUTH2_WORKERS", "2")
+        for _ in range(2):
+            live = start_live_server(database, tmp_path, **overrides)
+            started.append(live)
+            # /readyz answered by one worker: wait until a run of answers shows both are up
+            for _ in range(20):
+                requests.get(live.url("/readyz"), timeout=10).raise_for_status()
+        return started[-2], started[-1]
 
     yield start
     for live in started:

@@ -39,10 +39,12 @@ def test_no_secret_or_token_is_stored_in_clear(server, db, unique):
     }
     for name, value in secrets_in_play.items():
         assert value not in blob, f"{name} is stored in clear"
-    # What is stored instead: argon2id hashes and SHA-256 digests.
-    assert db.scalar(
-        "SELECT secret_hash FROM oauth2_clients WHERE client_id = :c", c=client_id
-    ).startswith("$argon2id$")
+    # What is stored instead: SHA-256 of the 256-bit client secret, argon2id of the
+    # password, SHA-256 digests of tokens.
+    assert (
+        db.scalar("SELECT secret_hash FROM oauth2_clients WHERE client_id = :c", c=client_id)
+        == "sha256$" + hashlib.sha256(client_secret.encode()).hexdigest()
+    )
     assert db.scalar(
         "SELECT password_hash FROM oauth2_users WHERE username = :u", u=user.username
     ).startswith("$argon2id$")

@@ -36,8 +36,8 @@ async def query_audit(request: Request, actor: Actor) -> Response:
     `order=desc`), `limit` per page; `next_cursor` fetches the next page."""
     try:
         params = parse_params(request.url.query, allow_repeats=True)
-    except BadRequest as exc:
-        raise bad_request("query", exc.description) from None
+    except BadRequest as exc:  # malformed, or a control character (naming the parameter)
+        raise bad_request(exc.field or "query", exc.description) from None
     try:
         for name in ("limit", "cursor"):
             if len(params.get(name, [])) > 1:

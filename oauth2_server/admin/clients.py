@@ -10,7 +10,6 @@ client from this worker's `ClientCache`; other workers see it within
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 from dataclasses import asdict
@@ -34,7 +33,7 @@ from oauth2_server.admin.http import (
 )
 from oauth2_server.admin.http import admin_endpoint as endpoint
 from oauth2_server.audit import record
-from oauth2_server.crypto.hashing import hash_secret
+from oauth2_server.crypto.hashing import hash_client_secret
 from oauth2_server.storage import branch_registry, utcnow
 from oauth2_server.storage import client_registry as registry
 from oauth2_server.storage.clients import (
@@ -146,10 +145,42 @@ def _method(body: dict[str, Any]) -> str:
     return method
 
 
+def refuse_admin_lockout(
+    session: Session, actor: Actor, client_id: str, removal: str, keeps_admin: bool = False
+) -> None:
+    """The one rule, for the admin API and the CLI alike, that keeps a way in: an admin
+    client may not delete or deactivate itself, and the last active client with scope
+    `admin` may not be deleted, deactivated or lose that scope.
+
+    `removal` is what the change does to `client_id` ("delete", "deactivate" or
+    "narrow" its scope); `keeps_admin` is True for a scope change that keeps `admin`.
+    Call it before making the change, in its transaction: it locks the active admin
+    clients' rows (PostgreSQL), so concurrent removals cannot both pass.
+    Raises AdminError 409 (`conflict`, field `client_id`).
+    """
+    if removal in {"delete", "deactivate"} and actor.client_id == client_id:
+        raise conflict(
+            "client_id",
+            f"an admin client cannot {removal} itself; use another admin client",
+        )
+    if keeps_admin:
+        return
+    admins = registry.lock_active_admin_clients(session)
+    if admins == [client_id]:
+        what = {"delete": "deleted", "deactivate": "deactivated"}.get(
+            removal, f"lose scope {registry.ADMIN_SCOPE!r}"
+        )
+        raise conflict(
+            "client_id",
+            f"client {client_id!r} is the last active admin client and cannot be {what}; "
+            "create another admin client first",
+        )
+
+
 def create_client_op(
     session: Session, actor: Actor, body: dict[str, Any], secret_hash: str | None
 ) -> dict[str, Any]:
-    """Register a client from a validated CREATE body. `secret_hash` is the argon2id hash
+    """Register a client from a validated CREATE body. `secret_hash` is the `sha256$` hash
     of the secret the caller will show once (None for public clients)."""
     method = _method(body)
     merged = {
@@ -184,7 +215,8 @@ def update_client_op(
     session: Session, actor: Actor, client_id: str, body: dict[str, Any]
 ) -> dict[str, Any]:
     """Apply a validated UPDATE body. Deactivating revokes the client's tokens.
-    AdminError 404 (`client_id`), 409 (`name`), 400 naming the field."""
+    AdminError 404 (`client_id`), 409 (`name`; `client_id` when it would lock admins
+    out, `refuse_admin_lockout`), 400 naming the field."""
     current = registry.get_client_view(session, client_id)
     if current is None:
         raise not_found("client_id", f"client {client_id!r} not found")
@@ -193,6 +225,11 @@ def update_client_op(
     if "name" in body and registry.client_name_taken(session, body["name"], client_id):
         raise conflict("name", f"a client named {body['name']!r} exists")
     changes = {key: merged.get(key, body[key]) for key in body}
+    if current.active and body.get("active") is False:
+        refuse_admin_lockout(session, actor, client_id, "deactivate")
+    elif "scope" in body and registry.ADMIN_SCOPE in current.scope.split():
+        keeps = registry.ADMIN_SCOPE in merged["scope"].split()
+        refuse_admin_lockout(session, actor, client_id, "narrow", keeps_admin=keeps)
     view = registry.update_client(session, client_id, changes)
     assert view is not None
     if "branches" in body:
@@ -228,7 +265,9 @@ def rotate_secret_op(
 
 def delete_client_op(session: Session, actor: Actor, client_id: str) -> dict[str, Any]:
     """Revoke every token of the client, then delete it (consents and pending codes go
-    with it). AdminError 404 when unknown."""
+    with it). AdminError 404 when unknown, 409 for the caller itself or the last admin
+    client (`refuse_admin_lockout`)."""
+    refuse_admin_lockout(session, actor, client_id, "delete")
     revoked = revoke_tokens(session, TokenFilter(client_ids=(client_id,)), utcnow())
     if not registry.delete_client(session, client_id):
         raise not_found("client_id", f"client {client_id!r} not found")
@@ -265,9 +304,9 @@ _CLIENT = {"$ref": "#/components/schemas/Client"}
 
 
 async def new_secret_hash() -> tuple[str, str]:
-    """A new client secret (256 bits) and its argon2id hash, hashed off the event loop."""
+    """A new client secret (256 bits) and its `sha256$` hash (microseconds)."""
     secret = secrets.token_urlsafe(32)
-    return secret, await asyncio.to_thread(hash_secret, secret)
+    return secret, hash_client_secret(secret)
 
 
 def _service(request: Request) -> Any:

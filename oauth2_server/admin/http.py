@@ -13,6 +13,10 @@ server, verified with the OAuthService's `AccessTokenCodec` (signature, issuer, 
 Every error body is JSON `{"error", "error_description", "field"?}` where `field` names
 the offending body field, query parameter or path parameter, and carries
 `Cache-Control: no-store`, like every admin response.
+
+Text from outside is refused with a 400 naming its field when it holds a control character
+(U+0000-U+001F, U+007F; PostgreSQL cannot store NUL) or, in JSON, a lone surrogate (not
+encodable as UTF-8); integers must fit a 64-bit column.
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ from oauth2_server.storage.tokens import get_access_token
 from oauth2_server.web.forms import BadRequest, parse_params, read_body, request_context
 
 ADMIN_SCOPE = "admin"
+# Characters no admin string may hold: C0 controls, DEL, and (JSON \ud800 escapes) lone
+# surrogates.
+INVALID_TEXT = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+INT64 = range(-(2**63), 2**63)
 REALM = "oauth2-server"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 DEFAULT_PAGE = 50
@@ -177,6 +185,7 @@ def admin_endpoint(**openapi: Any) -> Callable[[Handler], Callable[[Request], Aw
         async def endpoint(request: Request) -> Response:
             try:
                 actor = await authenticate(request)
+                check_path_params(request)
                 return await handler(request, actor)
             except AdminError as exc:
                 return error_response(exc)
@@ -185,6 +194,13 @@ def admin_endpoint(**openapi: Any) -> Callable[[Handler], Callable[[Request], Aw
         return endpoint
 
     return decorate
+
+
+def check_path_params(request: Request) -> None:
+    """Refuse a path parameter holding a control character (AdminError 400 naming it)."""
+    for name, value in request.path_params.items():
+        if isinstance(value, str) and INVALID_TEXT.search(value):
+            raise bad_request(name, f"{name} must not contain control characters")
 
 
 # -- bodies -------------------------------------------------------------------------------
@@ -235,11 +251,15 @@ def _check(name: str, f: Field, value: Any) -> Any:
     elif f.kind == "integer":
         if not isinstance(value, int) or isinstance(value, bool):
             raise bad_request(name, f"{name} must be an integer")
+        if value not in INT64:
+            raise bad_request(name, f"{name} is out of range")
     elif f.kind == "string":
         if not isinstance(value, str):
             raise bad_request(name, f"{name} must be a string")
         if len(value) > f.max_length:
             raise bad_request(name, f"{name} is longer than {f.max_length} characters")
+        if INVALID_TEXT.search(value):
+            raise bad_request(name, f"{name} must not contain control characters")
     else:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise bad_request(name, f"{name} must be an array of strings")
@@ -247,6 +267,8 @@ def _check(name: str, f: Field, value: Any) -> Any:
             raise bad_request(name, f"{name} has more than {f.max_items} items")
         if any(len(v) > f.max_length for v in value):
             raise bad_request(name, f"an item of {name} is longer than {f.max_length} characters")
+        if any(INVALID_TEXT.search(v) for v in value):
+            raise bad_request(name, f"an item of {name} contains control characters")
     return value
 
 
@@ -257,7 +279,8 @@ def validate(spec: Spec, data: Any) -> dict[str, Any]:
         raise bad_request("body", "the body must be a JSON object")
     for name in data:
         if name not in spec:
-            raise bad_request(name, f"unknown field {name!r}")
+            shown = INVALID_TEXT.sub("?", name[:64])
+            raise bad_request(shown, f"unknown field {shown!r}")
     for name, f in spec.items():
         if f.required and name not in data:
             raise bad_request(name, f"{name} is required")
@@ -291,8 +314,8 @@ def query_params(
     parameter."""
     try:
         params = parse_params(request.url.query, allow_repeats=True)
-    except BadRequest as exc:
-        raise bad_request("query", exc.description) from None
+    except BadRequest as exc:  # malformed, or a control character (naming the parameter)
+        raise bad_request(exc.field or "query", exc.description) from None
     for name, values in params.items():
         if name not in allowed:
             raise bad_request(name, f"unknown query parameter {name!r}")
@@ -306,7 +329,7 @@ def page_size(params: Mapping[str, list[str]]) -> int:
     raw = (params.get("limit") or [None])[0]
     if raw is None:
         return DEFAULT_PAGE
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not 1 <= int(raw) <= MAX_PAGE:
         raise bad_request("limit", f"limit must be an integer from 1 to {MAX_PAGE}")
     return int(raw)
 

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -37,7 +37,7 @@ class DecryptionError(Exception):
 class Keyring:
     """Named 256-bit keys; `primary` encrypts new data, every key decrypts its own."""
 
-    keys: dict[str, bytes]
+    keys: dict[str, bytes] = field(repr=False)
     primary: str
 
     def encrypt(self, plaintext: bytes, associated_data: bytes) -> tuple[str, bytes]:

@@ -25,13 +25,39 @@ def async_database_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
-    """Create the async engine. SQLite gets WAL, a busy timeout and foreign keys on."""
+def create_engine(url: str, pool_size: int = 10, timeout: float | None = None) -> AsyncEngine:
+    """Create the async engine. SQLite gets WAL, a busy timeout and foreign keys on.
+
+    `timeout` (seconds, PostgreSQL only; the server passes `OAUTH2_DB_TIMEOUT`) bounds
+    connecting (asyncpg `timeout`), each statement (asyncpg `command_timeout`) and waiting
+    for a pooled connection (`pool_timeout`), so an unreachable or hung database fails a
+    call within it instead of holding the request (storage.errors maps the failure to
+    DatabaseUnavailable). None: no bound (the CLI's long maintenance statements).
+    """
     url = async_database_url(url)
     kwargs: dict[str, Any] = {}
     if url.startswith("postgresql"):
         kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False)
+        if timeout is not None:
+            kwargs.update(
+                pool_timeout=timeout,
+                connect_args={"timeout": timeout, "command_timeout": timeout},
+            )
     engine = create_async_engine(url, **kwargs)
+    if timeout is not None:
+
+        @event.listens_for(engine.sync_engine, "handle_error")
+        def _timeout_is_disconnect(context: Any) -> None:
+            # A statement that timed out leaves its connection mid-protocol: drop it at
+            # once instead of resetting it (a second timeout) or closing it gracefully
+            # (SQLAlchemy waits 2 s more for that), so the caller hears within `timeout`.
+            if isinstance(context.original_exception, TimeoutError):
+                context.is_disconnect = True
+                driver = getattr(context.connection, "connection", None)
+                driver = getattr(driver, "driver_connection", None)
+                if driver is not None and hasattr(driver, "terminate"):
+                    driver.terminate()
+
     if url.startswith("sqlite"):
 
         @event.listens_for(engine.sync_engine, "connect")

@@ -2,7 +2,8 @@
 
 Times are UTC `datetime`s (`UTCDateTime` returns them timezone-aware on SQLite too).
 No column holds a secret or a token in clear: codes and refresh tokens are SHA-256 hex
-digests, secrets and passwords argon2id hashes, private keys AES-256-GCM ciphertext.
+digests, client secrets `sha256$` digests (older ones argon2id until their next use),
+passwords argon2id hashes, private keys AES-256-GCM ciphertext.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class Base(DeclarativeBase):
 
 
 class Client(Base):
-    """A registered OAuth client (RFC 6749 §2). `secret_hash` is argon2id; null for public."""
+    """A registered OAuth client (RFC 6749 §2). `secret_hash` is `sha256$<hex>`
+    (argon2id for secrets set before migration 0005, until their next use); null for public."""
 
     __tablename__ = "oauth2_clients"
 
@@ -371,3 +373,15 @@ class UpstreamAuthorizationState(Base):
     code_verifier_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class AuthFailure(Base):
+    """One failure-limiter counter, shared by every worker and instance (PostgreSQL):
+    `count` attempts of one key since `window_start` (UTC). The key (client id, IP,
+    username, …) is stored only as `key_hash`, an HMAC-SHA256 hex digest."""
+
+    __tablename__ = "oauth2_auth_failures"
+
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(index=True)
+    count: Mapped[int] = mapped_column(Integer)

@@ -4,27 +4,41 @@ redirect (RFC 6749 §4.1, RFC 7636, RFC 9207).
 `AuthorizationFlow` is what the HTML pages (web/authorize.py) call. It validates the
 authorization request through Authlib inside the bridge (one transaction per request),
 remembers a user's consent per client and scope, and checks passwords with argon2id off the
-event loop, at the same cost for unknown users. Every redirect back to the client carries
-`iss` (RFC 9207 §2). Requests that must not be redirected (unknown client, unregistered
-`redirect_uri`: RFC 6749 §4.1.2.1, RFC 9700 §4.1.3) raise `AuthorizationPageError`.
+event loop (bounded: `Argon2Slots`), at the same cost for unknown users. Every redirect
+back to the client carries `iss` (RFC 9207 §2). Requests that must not be redirected
+(unknown client, unregistered `redirect_uri`: RFC 6749 §4.1.2.1, RFC 9700 §4.1.3) raise
+`AuthorizationPageError`.
+
+Login throttling (OWASP "device cookies"; RFC 6749 §10.10 asks to limit guessing): an attempt
+is counted BEFORE its argon2 work, per IP, per (username, IP) and per username, or, when the
+browser presents a valid trusted-device cookie for that username, per device cookie only;
+a correct password gives the attempt back. So a guesser elsewhere can exhaust the
+username's budget for browsers without the cookie, but never locks the user out of a
+browser they signed in with before. Refusals are audited (`login_throttled`, summarised
+per key and window by `RefusalLog`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749 import AuthorizationServer, OAuth2Error
+from itsdangerous import BadData, URLSafeTimedSerializer
 from starlette.responses import Response
 
 from oauth2_server.audit import AuditBuffer, AuditEvent
 from oauth2_server.crypto.hashing import hash_secret
 from oauth2_server.oauth.bridge import Bridge, OAuthRequest
-from oauth2_server.oauth.clients import FailureLimiter, SecretVerifier
-from oauth2_server.risk import AuthFailureWindow, auth_failure
+from oauth2_server.oauth.clients import Argon2Busy, Argon2Slots
+from oauth2_server.oauth.throttling import FailureLimiter, RefusalLog
+from oauth2_server.risk import AuthFailureWindow, auth_failure, fixed_score
 from oauth2_server.storage.users import (
     UserRecord,
     consented_scopes,
@@ -62,8 +76,13 @@ class AuthorizationPageError(Exception):
         self.status = status
 
 
+__all__ = ["Argon2Busy", "AuthorizationFlow", "AuthorizationPageError", "LoginThrottled"]
+
+MAX_USERNAME_LENGTH = 200  # the oauth2_users.username column
+
+
 class LoginThrottled(Exception):
-    """Too many failed logins for this username or IP; `retry_after` seconds."""
+    """Too many login attempts for this IP, username, pair or device; `retry_after` s."""
 
     def __init__(self, retry_after: int) -> None:
         super().__init__(f"retry after {retry_after} s")
@@ -73,10 +92,12 @@ class LoginThrottled(Exception):
 class AuthorizationFlow:
     """Login, consent and code issuance for `/oauth2/authorize`.
 
-    `server` is the Authlib server holding the authorization-code grant; `verifier` checks
-    argon2id password hashes off the event loop; `failures` and `failures_by_ip` throttle
-    and score failed logins (shared with client authentication's IP window); failed logins
-    go to `audit_buffer` (read-only events, batched).
+    `server` is the Authlib server holding the authorization-code grant; `argon2` checks
+    password hashes off the event loop (bounded queue); `limiter` throttles logins and
+    `refusals` audits its refusals; `failures_by_ip` scores failed logins (shared with
+    client authentication); failed logins go to `audit_buffer` (read-only events,
+    batched). `device_key` (32 bytes) signs trusted-device cookies, valid `device_ttl`
+    seconds.
     """
 
     def __init__(
@@ -84,18 +105,25 @@ class AuthorizationFlow:
         server: AuthorizationServer,
         bridge: Bridge,
         issuer: str,
-        verifier: SecretVerifier,
-        failures: FailureLimiter,
+        argon2: Argon2Slots,
+        limiter: FailureLimiter,
+        refusals: RefusalLog,
         failures_by_ip: AuthFailureWindow,
         audit_buffer: AuditBuffer,
+        device_key: bytes,
+        device_ttl: int,
     ) -> None:
         self.server = server
         self.bridge = bridge
         self.issuer = issuer
-        self.verifier = verifier
-        self.failures = failures
+        self.argon2 = argon2
+        self.limiter = limiter
+        self.refusals = refusals
         self.failures_by_ip = failures_by_ip
         self.audit_buffer = audit_buffer
+        self.device_ttl = device_ttl
+        self._device_key = device_key
+        self._devices = URLSafeTimedSerializer(device_key, salt="oauth2-server device cookie")
 
     def _redirect(self, response: Response) -> Response:
         """Add RFC 9207 `iss` to every redirect back to the client, success or error."""
@@ -175,22 +203,82 @@ class AuthorizationFlow:
 
         return await self.bridge.run(request, call)
 
-    async def login(self, username: str, password: str, context: Any) -> UserRecord | None:
+    # -- trusted-device cookies (OWASP "Slow Down Online Guessing Attacks with Device
+    # Cookies"): signed, naming the user only by a keyed digest ----------------------------
+
+    def _user_digest(self, username: str) -> str:
+        return hmac.new(self._device_key, username.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def device_cookie(self, username: str) -> str:
+        """A new signed trusted-device cookie value for `username` (issued at sign-in)."""
+        return self._devices.dumps([self._user_digest(username), secrets.token_urlsafe(16)])
+
+    def trusted_device(self, cookie: str | None, username: str) -> str | None:
+        """The device id of a valid, unexpired cookie issued for `username`, else None."""
+        if not cookie or len(cookie) > 512:
+            return None
+        try:
+            digest, device = self._devices.loads(cookie, max_age=self.device_ttl)
+        except (BadData, ValueError, TypeError):
+            return None
+        if not isinstance(device, str) or not hmac.compare_digest(
+            str(digest), self._user_digest(username)
+        ):
+            return None
+        return device
+
+    def _login_keys(self, username: str, ip: str | None, device: str | None) -> dict[str, str]:
+        if device is not None:
+            return {"login-device": device}
+        ip = ip or "-"
+        return {"login-ip": ip, "login-user-ip": f"{username}\0{ip}", "login-user": username}
+
+    async def login(
+        self, username: str, password: str, context: Any, device: str | None = None
+    ) -> UserRecord | None:
         """Check a user's password (argon2id off the loop, constant work for unknown users).
 
-        Returns the active user, or None. Failed attempts are audited (`login_failed`) and
-        count toward the same failure limit as clients; raises `LoginThrottled` over it.
+        The attempt is counted first (module docstring: per device when `device`, the id
+        from `trusted_device`, is given; else per IP, (username, IP) and username) and
+        given back on success. Returns the active user, or None (audited `login_failed`).
+        Raises LoginThrottled over a limit (audited `login_throttled`) and Argon2Busy when
+        this worker's argon2 queue is full.
         """
-        keys = (f"user:{username}", f"ip:{context.ip}")
-        wait = self.failures.blocked(*keys)
-        if wait > 0:
-            raise LoginThrottled(int(wait) + 1)
-        user = await self.bridge.read(lambda db: get_user_by_username(db, username))
-        stored = user.password_hash if user is not None else _dummy_password_hash()
-        ok = await self.verifier.check(stored, password)
-        if ok and user is not None and user.active:
-            return user
-        self.failures.fail(*keys)
+        attempt = await self.limiter.count(self._login_keys(username, context.ip, device))
+        if attempt.refused:
+            self.refusals.refused(
+                attempt.blocked_hash or "login",
+                attempt.wait,
+                AuditEvent(
+                    "login_throttled",
+                    context,
+                    risk_score=fixed_score("client_auth_throttled"),
+                    flags=["throttled"],
+                    details={"limited_by": attempt.blocked_by},
+                ),
+            )
+            raise LoginThrottled(attempt.retry_after)
+        user = None
+        if 0 < len(username) <= MAX_USERNAME_LENGTH and username.isprintable():
+            user = await self.bridge.read(lambda db: get_user_by_username(db, username))
+            stored = (
+                user.password_hash
+                if user is not None
+                else await asyncio.to_thread(_dummy_password_hash)
+            )
+            try:
+                ok = await self.argon2.verify(stored, password)
+            except Argon2Busy:
+                await self.limiter.release(attempt)
+                self.refusals.refused(
+                    "argon2-busy",
+                    self.limiter.window,
+                    AuditEvent("argon2_busy", context, flags=["busy"]),
+                )
+                raise
+            if ok and user is not None and user.active:
+                await self.limiter.release(attempt)
+                return user
         risk = auth_failure("login_failed", self.failures_by_ip.add(context.ip))
         self.audit_buffer.add(
             AuditEvent(
@@ -199,6 +287,7 @@ class AuthorizationFlow:
                 subject=user.subject if user else None,
                 risk_score=risk.score,
                 flags=risk.flags,
+                details={"trusted_device": device is not None},
             )
         )
         return None

@@ -14,7 +14,12 @@ on the async driver underneath through SQLAlchemy's greenlet bridge. So:
   nothing.
 
 Everything inside `run_sync` runs on the event loop, so no hook may do CPU-heavy work:
-argon2 verification happens before entering the bridge (`oauth.clients.SecretVerifier`).
+argon2 verification (legacy client secrets, passwords) happens before entering the bridge,
+off the loop (`oauth.clients.Argon2Slots`).
+
+Every method raises `storage.errors.DatabaseUnavailable` in place of a driver or pool
+error that means the database is unreachable or timed out (DESIGN.md invariant 11); the
+HTTP layer answers it with 503 `temporarily_unavailable`.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from oauth2_server.audit import RequestContext
+from oauth2_server.storage.errors import Availability
 from oauth2_server.storage.fastpath import DeferredWrites, FastStore
 
 T = TypeVar("T")
@@ -109,10 +115,14 @@ class Bridge:
     """
 
     def __init__(
-        self, sessionmaker: async_sessionmaker[AsyncSession], fast: FastStore | None = None
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        fast: FastStore | None = None,
+        availability: Availability | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.fast = fast
+        self.availability = availability or (fast.availability if fast else Availability())
 
     async def run_deferred(self, request: OAuthRequest, call: Callable[[], Response]) -> Response:
         """Run `call()` with `request.db` collecting inserts; write them if it succeeded."""
@@ -126,7 +136,7 @@ class Bridge:
             _current.reset(token)
             request.db = None
         if result.status_code < 400 or request.keep_changes_on_error:
-            await self.fast.apply(writes)
+            await self.fast.apply(writes)  # raises DatabaseUnavailable itself
         return result
 
     async def run(self, request: OAuthRequest, call: Callable[[], T]) -> T:
@@ -134,7 +144,18 @@ class Bridge:
 
         A `Response` result commits when its status is below 400 or the request set
         `keep_changes_on_error`; any other result commits; an exception rolls back.
+        Raises DatabaseUnavailable when the database cannot be reached.
         """
+        try:
+            result = await self._run(request, call)
+        except Exception as exc:
+            if (outage := self.availability.translate(exc)) is None:
+                raise
+            raise outage from exc
+        self.availability.available()
+        return result
+
+    async def _run(self, request: OAuthRequest, call: Callable[[], T]) -> T:
         async with self.sessionmaker() as session:
 
             def _in_greenlet(sync_session: Session) -> T:
@@ -159,11 +180,27 @@ class Bridge:
             return result
 
     async def read(self, call: Callable[[Session], T]) -> T:
-        """Run a read-only storage call outside any Authlib request."""
-        async with self.sessionmaker() as session:
-            return await session.run_sync(call)
+        """Run a read-only storage call outside any Authlib request. Raises
+        DatabaseUnavailable when the database cannot be reached."""
+        try:
+            async with self.sessionmaker() as session:
+                result = await session.run_sync(call)
+        except Exception as exc:
+            if (outage := self.availability.translate(exc)) is None:
+                raise
+            raise outage from exc
+        self.availability.available()
+        return result
 
     async def write(self, call: Callable[[Session], T]) -> T:
-        """Run a storage call and commit it."""
-        async with self.sessionmaker() as session, session.begin():
-            return await session.run_sync(call)
+        """Run a storage call and commit it. Raises DatabaseUnavailable when the database
+        cannot be reached."""
+        try:
+            async with self.sessionmaker() as session, session.begin():
+                result = await session.run_sync(call)
+        except Exception as exc:
+            if (outage := self.availability.translate(exc)) is None:
+                raise
+            raise outage from exc
+        self.availability.available()
+        return result

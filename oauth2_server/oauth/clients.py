@@ -1,46 +1,141 @@
 """Client records as Authlib sees them, and cheap, safe client authentication.
 
-RFC 6749 §2.3.1 client secrets are argon2id hashes (~100 ms to verify). So that a
-service asking for tokens all day does not pay that each time, and a flood of wrong
-secrets cannot stall the server:
-
-- `SecretVerifier` verifies off the event loop in a bounded thread pool, and remembers a
-  *successful* verification for `OAUTH2_SECRET_CACHE_TTL` seconds as
-  HMAC-SHA256(process-random key, client_id ‖ stored hash ‖ presented secret). The secret
-  is never kept; a changed secret changes the stored hash, so old entries stop matching.
-- `FailureLimiter` counts failed authentications per client id and per IP; over
-  `OAUTH2_CLIENT_AUTH_FAILURE_LIMIT` in the window, uncached attempts are refused (429)
-  before any argon2 work.
+- `parse_client_credentials` is the one place that reads client credentials from a request
+  (RFC 6749 §2.3.1: HTTP Basic, RFC 7617, or the form body). A client id is 1–64
+  characters of VSCHAR (%x20-7E, RFC 6749 Appendix A.1), a secret at most
+  `MAX_SECRET_LENGTH` VSCHAR; anything else (an empty or garbled Basic header, non-UTF-8,
+  a NUL or other control character, an over-long id) is `BadClientCredentials`, answered
+  `invalid_client` before any database lookup.
+- Client secrets are stored as `sha256$<hex>` (`crypto.hashing`): verification is a
+  constant-time compare on the event loop, so a wrong-secret flood costs microseconds and
+  nothing is cached. Hashes written before that form (argon2id) verify through
+  `Argon2Slots` and are replaced at their next successful use.
+- `Argon2Slots` runs argon2 verifications (legacy client secrets, user passwords) off the
+  loop: `OAUTH2_ARGON2_CONCURRENCY` at once, `OAUTH2_ARGON2_QUEUE` more waiting; beyond
+  that `Argon2Busy` at once (answered 503 with `Retry-After`).
 - `ClientCache` keeps immutable `ClientRecord`s for `OAUTH2_CLIENT_CACHE_TTL` seconds,
   dropped at once in this process when the client changes (`invalidate`).
+
+Failure limits live in `oauth.throttling`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import base64
+import binascii
 import hmac
-import secrets
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from authlib.oauth2.rfc6749 import ClientMixin
 
 from oauth2_server.crypto.hashing import verify_secret
 from oauth2_server.storage.clients import ClientRecord
 
+MAX_CLIENT_ID_LENGTH = 64  # the oauth2_clients.client_id column
+MAX_SECRET_LENGTH = 512  # server-generated secrets are 43 characters
+
+
+class BadClientCredentials(Exception):
+    """Client credentials that cannot be valid (RFC 6749 §5.2 `invalid_client`): `basic`
+    is True when they came in an HTTP Basic header (answered 401 with
+    `WWW-Authenticate`), False for the form body (400)."""
+
+    def __init__(self, description: str, basic: bool) -> None:
+        super().__init__(description)
+        self.description = description
+        self.basic = basic
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    """What a request presented: `client_id`, the `secret` (None when it sent none) and
+    whether they came by HTTP Basic (`client_secret_basic`) or the form."""
+
+    client_id: str
+    secret: str | None
+    basic: bool
+
+
+def _vschar(value: str, limit: int) -> bool:
+    """1..limit characters, each VSCHAR (%x20-7E, RFC 6749 Appendix A)."""
+    return 0 < len(value) <= limit and all(" " <= ch <= "~" for ch in value)
+
+
+def _check(client_id: str, secret: str | None, basic: bool) -> None:
+    if not _vschar(client_id, MAX_CLIENT_ID_LENGTH):
+        raise BadClientCredentials(
+            f"client_id must be 1-{MAX_CLIENT_ID_LENGTH} printable ASCII characters", basic
+        )
+    if secret is not None and not _vschar(secret, MAX_SECRET_LENGTH):
+        raise BadClientCredentials(
+            f"client_secret must be 1-{MAX_SECRET_LENGTH} printable ASCII characters", basic
+        )
+
+
+def _basic(header: str) -> ClientCredentials | None:
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None  # another scheme: not client authentication (Authlib ignores it too)
+    token = token.strip()
+    try:
+        decoded = base64.b64decode(token, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
+        raise BadClientCredentials("malformed HTTP Basic credentials", True) from None
+    if not token or ":" not in decoded:
+        raise BadClientCredentials("malformed HTTP Basic credentials", True)
+    raw_id, raw_secret = decoded.split(":", 1)
+    # RFC 6749 §2.3.1: both are form-urlencoded before Basic encoding (Authlib unquotes).
+    client_id = unquote(raw_id, errors="strict")
+    secret = unquote(raw_secret, errors="strict") or None
+    _check(client_id, secret, True)
+    return ClientCredentials(client_id, secret, True)
+
+
+def parse_client_credentials(
+    headers: Mapping[str, str], form: Mapping[str, str]
+) -> ClientCredentials | None:
+    """The client credentials a request presents (RFC 6749 §2.3.1), or None for none.
+
+    HTTP Basic (RFC 7617) wins over the form's `client_id`/`client_secret`; a form
+    `client_id` is checked even then, as Authlib may read it. Raises BadClientCredentials
+    for anything that cannot be a valid client id or secret (see the module docstring).
+    """
+    form_id = form.get("client_id")
+    form_secret = form.get("client_secret")
+    if form_id is not None:
+        _check(form_id, form_secret, False)
+    header = headers.get("authorization")
+    if header is not None:
+        try:
+            found = _basic(header)
+        except UnicodeDecodeError:  # unquote(errors="strict") of a non-UTF-8 escape
+            raise BadClientCredentials("malformed HTTP Basic credentials", True) from None
+        if found is not None:
+            return found
+    if form_id is None:
+        return None
+    return ClientCredentials(form_id, form_secret, False)
+
 
 @dataclass(frozen=True)
 class OAuthClient(ClientMixin):
     """Authlib's view of one client for one request (RFC 6749 §2; RFC 7591 names).
 
-    `verified_secret` is the secret this request presented if `SecretVerifier` accepted
+    `verified_secret` is the secret this request presented if `_preauthenticate` accepted
     it; `check_client_secret` compares against it in constant time.
     """
 
     record: ClientRecord
     verified_secret: str | None = None
+
+    def __repr__(self) -> str:
+        """Authlib logs clients with %r at DEBUG: the id only, never the secret or hash."""
+        return f"OAuthClient({self.record.client_id!r})"
 
     @property
     def client_id(self) -> str:
@@ -117,80 +212,40 @@ class ClientCache:
             self._entries.pop(client_id, None)
 
 
-class FailureLimiter:
-    """Sliding-window counts of failed client authentications per key (client id, IP)."""
+class Argon2Busy(Exception):
+    """Every argon2 slot and queue place of this worker is taken: answer 503 with
+    `Retry-After: retry_after` (seconds) at once."""
 
-    def __init__(self, limit: int, window: float) -> None:
-        self.limit = limit
-        self.window = window
-        self._failures: dict[str, deque[float]] = {}
-
-    def _recent(self, key: str) -> deque[float] | None:
-        times = self._failures.get(key)
-        if times is None:
-            return None
-        cutoff = time.monotonic() - self.window
-        while times and times[0] < cutoff:
-            times.popleft()
-        if not times:
-            del self._failures[key]
-            return None
-        return times
-
-    def blocked(self, *keys: str) -> float:
-        """Seconds until an attempt is allowed again (0 when allowed)."""
-        wait = 0.0
-        for key in keys:
-            times = self._recent(key)
-            if times is not None and len(times) >= self.limit:
-                wait = max(wait, times[0] + self.window - time.monotonic())
-        return wait
-
-    def fail(self, *keys: str) -> None:
-        now = time.monotonic()
-        for key in keys:
-            self._failures.setdefault(key, deque()).append(now)
-        if len(self._failures) > 100_000:  # bound memory under a spray of keys
-            for key in list(self._failures)[:50_000]:
-                self._recent(key)
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"argon2 queue full; retry after {retry_after} s")
+        self.retry_after = retry_after
 
 
-class SecretVerifier:
-    """argon2id verification off the loop, with a keyed cache of successes."""
+class Argon2Slots:
+    """Bounded argon2 work per worker: `concurrency` verifications run at once in threads,
+    at most `queue` more wait; a caller beyond that gets `Argon2Busy` without waiting.
+    `runs` counts verifications started (exposed in /metrics)."""
 
-    def __init__(self, ttl: float, concurrency: int, max_entries: int = 50_000) -> None:
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._key = secrets.token_bytes(32)  # per process; never persisted
-        self._ok: OrderedDict[bytes, float] = OrderedDict()
+    RETRY_AFTER = 1  # seconds; a queue place frees within ~100 ms per slot
+
+    def __init__(self, concurrency: int, queue: int) -> None:
+        self.capacity = concurrency + queue
+        self.admitted = 0
+        self.runs = 0
+        self.refused = 0
         self._slots = asyncio.Semaphore(concurrency)
 
-    def _cache_key(self, record: ClientRecord, secret: str) -> bytes:
-        message = b"\0".join(
-            (record.client_id.encode(), (record.secret_hash or "").encode(), secret.encode())
-        )
-        return hmac.new(self._key, message, hashlib.sha256).digest()
+    async def verify(self, password_hash: str, secret: str) -> bool:
+        """argon2id verification of `secret` in a worker thread (`crypto.hashing`).
 
-    def cached(self, record: ClientRecord, secret: str) -> bool:
-        """True if this exact secret verified for this stored hash within the TTL."""
-        key = self._cache_key(record, secret)
-        expires = self._ok.get(key)
-        return expires is not None and expires > time.monotonic()
-
-    async def verify(self, record: ClientRecord, secret: str) -> bool:
-        """Verify `secret` against the record's argon2id hash (cache first)."""
-        if record.secret_hash is None:
-            return False
-        if self.cached(record, secret):
-            return True
-        ok = await self.check(record.secret_hash, secret)
-        if ok:
-            self._ok[self._cache_key(record, secret)] = time.monotonic() + self.ttl
-            while len(self._ok) > self.max_entries:
-                self._ok.popitem(last=False)
-        return ok
-
-    async def check(self, secret_hash: str, secret: str) -> bool:
-        """One argon2id verification in a worker thread, at most `concurrency` at once."""
-        async with self._slots:
-            return await asyncio.to_thread(verify_secret, secret_hash, secret)
+        Raises Argon2Busy when `concurrency + queue` callers are already admitted."""
+        if self.admitted >= self.capacity:
+            self.refused += 1
+            raise Argon2Busy(self.RETRY_AFTER)
+        self.admitted += 1
+        try:
+            async with self._slots:
+                self.runs += 1
+                return await asyncio.to_thread(verify_secret, password_hash, secret)
+        finally:
+            self.admitted -= 1

@@ -23,6 +23,7 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 
 from oauth2_server.audit import AuditEvent, record
 from oauth2_server.crypto.hashing import token_digest
+from oauth2_server.risk import second_use
 from oauth2_server.storage import tokens as token_storage
 from oauth2_server.storage import utcnow
 from oauth2_server.storage.tokens import CodeRecord, RefreshTokenRecord
@@ -119,7 +120,9 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     """RFC 6749 §4.1 with PKCE S256 (registered with `S256CodeChallenge`).
 
     Codes are single use (§4.1.2): redemption is a compare-and-set; a second use fails
-    with `invalid_grant` and revokes every token issued from the code.
+    with `invalid_grant` and revokes every token issued from the code. Its `code_replay`
+    audit row scores 1.00, or 0.30 flagged `race` within 1 s of the first use
+    (`risk.second_use`).
     """
 
     TOKEN_ENDPOINT_AUTH_METHODS = ALL_METHODS
@@ -159,6 +162,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
                 if stored.family_id
                 else 0
             )
+            assessment = second_use("code_replay", stored.consumed_at, now)
             record(
                 request.db,
                 AuditEvent(
@@ -167,7 +171,8 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
                     client_id=client.client_id,
                     grant_type=self.GRANT_TYPE,
                     token_id=digest_prefix(digest),
-                    flags=["code_replay"],
+                    risk_score=assessment.score,
+                    flags=assessment.flags,
                     details={
                         "family_id": stored.family_id,
                         "revoked": revoked,
@@ -189,7 +194,9 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
     """RFC 6749 §6 with rotation on every use and reuse detection (RFC 9700 §4.14.2).
 
     Using a rotated refresh token again fails with `invalid_grant` and revokes its whole
-    family. Two concurrent uses: the compare-and-set lets exactly one rotate. A refresh
+    family. Two concurrent uses: the compare-and-set lets exactly one rotate; the loser's
+    `refresh_reuse` row is flagged `race` (0.30) rather than 1.00 when it comes within 1 s
+    of the rotation (`risk.second_use`). A refresh
     never widens scope; the new refresh token keeps the grant's original scope.
     """
 
@@ -207,6 +214,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         stored = token_storage.find_refresh_token(request.db, digest)
         if stored is not None and stored.rotated_at is not None:
             revoked = token_storage.revoke_family(request.db, stored.family_id, now)
+            assessment = second_use("refresh_reuse", stored.rotated_at, now)
             record(
                 request.db,
                 AuditEvent(
@@ -215,7 +223,8 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
                     client_id=client_id,
                     grant_type=self.GRANT_TYPE,
                     token_id=digest_prefix(digest),
-                    flags=["refresh_reuse"],
+                    risk_score=assessment.score,
+                    flags=assessment.flags,
                     details={"family_id": stored.family_id, "revoked": revoked},
                 ),
             )

@@ -1,9 +1,10 @@
 """Authlib's `AuthorizationServer` adapted to Starlette, and the async `OAuthService` the
 HTTP layer calls.
 
-`OAuthService` does, per request: client authentication up front (cached argon2 off the
-event loop, failure limits), then the Authlib call through `Bridge.run` (one session, one
-transaction), then the bookkeeping of failed authentications. The HTTP layer only parses
+`OAuthService` does, per request: client authentication up front (credentials parsed in
+one place, `sha256$` secrets compared in constant time, legacy argon2 hashes off the event
+loop and upgraded, failure limits), then the Authlib call through `Bridge.run` (one session,
+one transaction), then the bookkeeping of failed authentications. The HTTP layer only parses
 HTTP and renders pages. The authorization endpoint's login and consent live in
 `oauth.authorization` (`OAuthService.authorization`).
 """
@@ -15,15 +16,27 @@ from datetime import timedelta
 from typing import Any
 
 from authlib.oauth2.rfc6749 import AuthorizationServer, InvalidClientError, OAuth2Error
-from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from starlette.responses import JSONResponse, Response
 
 from oauth2_server.audit import AuditBuffer, AuditEvent, record
 from oauth2_server.config import Settings
-from oauth2_server.crypto.hashing import token_digest
+from oauth2_server.crypto.hashing import (
+    hash_client_secret,
+    is_legacy_secret_hash,
+    token_digest,
+    verify_client_secret,
+)
 from oauth2_server.oauth.authorization import AuthorizationFlow
 from oauth2_server.oauth.bridge import Bridge, OAuthRequest, current_request
-from oauth2_server.oauth.clients import ClientCache, FailureLimiter, OAuthClient, SecretVerifier
+from oauth2_server.oauth.clients import (
+    Argon2Busy,
+    Argon2Slots,
+    BadClientCredentials,
+    ClientCache,
+    ClientCredentials,
+    OAuthClient,
+    parse_client_credentials,
+)
 from oauth2_server.oauth.endpoints import (
     IntrospectionEndpoint,
     PresentedToken,
@@ -36,6 +49,12 @@ from oauth2_server.oauth.grants import (
     S256CodeChallenge,
 )
 from oauth2_server.oauth.keys import KeyStore
+from oauth2_server.oauth.throttling import (
+    Attempt,
+    FailureLimiter,
+    RefusalLog,
+    memory_counter_cap,
+)
 from oauth2_server.oauth.token_exchange import (
     TOKEN_EXCHANGE,
     TokenExchange,
@@ -43,8 +62,16 @@ from oauth2_server.oauth.token_exchange import (
     TokenExchangeGrant,
 )
 from oauth2_server.oauth.tokens import AccessTokenCodec, IssuedToken, TokenGenerator
-from oauth2_server.risk import AuthFailureWindow, auth_failure, ips_seen_for_family, refresh_from_ip
+from oauth2_server.risk import (
+    AuthFailureWindow,
+    auth_failure,
+    fixed_score,
+    ips_seen_for_family,
+    refresh_from_ip,
+)
 from oauth2_server.storage import tokens as token_storage
+from oauth2_server.storage.auth_failures import MemoryCounts, PostgresCounts
+from oauth2_server.storage.client_registry import upgrade_secret_hash
 from oauth2_server.storage.clients import ClientRecord, get_client
 from oauth2_server.upstream.service import UpstreamService
 
@@ -225,13 +252,18 @@ class OAuthService:
         self.issuer = settings.issuer_url
         self.codec = AccessTokenCodec(keys, self.issuer, settings.audience)
         self.clients = ClientCache(settings.client_cache_ttl)
-        self.verifier = SecretVerifier(settings.secret_cache_ttl, settings.argon2_concurrency)
-        self.client_failures = FailureLimiter(
-            settings.client_auth_failure_limit, settings.client_auth_failure_window
+        self.argon2 = Argon2Slots(settings.argon2_concurrency, settings.argon2_queue)
+        pool = bridge.fast.pool if bridge.fast is not None else None
+        self.limiter = FailureLimiter(
+            PostgresCounts(pool, bridge.fast.availability if bridge.fast is not None else None)
+            if pool is not None
+            else MemoryCounts(memory_counter_cap(settings.limiter_max_keys)),
+            settings.client_auth_failure_limit,
+            settings.client_auth_failure_window,
+            keys.keyring.derive(b"oauth2-server failure limiter"),
+            settings.limiter_max_keys,
         )
-        self.login_failures = FailureLimiter(
-            settings.client_auth_failure_limit, settings.client_auth_failure_window
-        )
+        self.refusals = RefusalLog(audit_buffer, settings.limiter_max_keys)
         self.failures_by_ip = AuthFailureWindow(settings.client_auth_failure_window)
         generator = TokenGenerator(
             self.codec, settings.access_token_ttl, settings.refresh_token_ttl
@@ -254,10 +286,13 @@ class OAuthService:
             server,
             bridge,
             self.issuer,
-            self.verifier,
-            self.login_failures,
+            self.argon2,
+            self.limiter,
+            self.refusals,
             self.failures_by_ip,
             audit_buffer,
+            keys.keyring.derive(b"oauth2-server device cookie"),
+            settings.device_cookie_ttl,
         )
 
     # -- client authentication (RFC 6749 §2.3.1), before entering the bridge ------------
@@ -270,60 +305,98 @@ class OAuthService:
                 self.clients.put(record_)
         return record_
 
-    async def _preauthenticate(self, request: OAuthRequest) -> Response | None:
-        """Verify a presented client secret off the event loop; 429 while throttled."""
-        try:
-            client_id, secret = extract_basic_authorization(request.headers)
-        except UnicodeDecodeError:
-            return oauth_error_response(
-                "invalid_client",
-                "malformed HTTP Basic credentials",
-                401,
-                {"WWW-Authenticate": 'Basic error="invalid_client"'},
-            )
-        if not client_id:
-            client_id = request.form.get("client_id")
-            secret = request.form.get("client_secret")
-        if not client_id or not secret:
+    def _failure_keys(self, request: OAuthRequest, client_id: str) -> dict[str, str]:
+        return {"client": client_id, "client-ip": request.context.ip or "-"}
+
+    def _refuse(self, request: OAuthRequest, client_id: str, attempt: Attempt) -> Response:
+        """429 for an attempt over a failure limit, audited once per key and window."""
+        self.refusals.refused(
+            attempt.blocked_hash or "client",
+            attempt.wait,
+            AuditEvent(
+                "client_auth_throttled",
+                request.context,
+                client_id=client_id,
+                grant_type=request.form.get("grant_type"),
+                risk_score=fixed_score("client_auth_throttled"),
+                flags=["throttled"],
+                details={"limited_by": attempt.blocked_by},
+            ),
+        )
+        return oauth_error_response(
+            "invalid_client",
+            "too many failed client authentications; retry later",
+            429,
+            {"Retry-After": str(attempt.retry_after)},
+        )
+
+    async def _preauthenticate(
+        self, request: OAuthRequest, credentials: ClientCredentials | None
+    ) -> Response | None:
+        """Verify a presented client secret before entering Authlib (RFC 6749 §2.3.1).
+
+        A `sha256$` hash is compared on the loop: the correct secret always passes, however
+        many failures others caused. A wrong secret (or unknown client) is counted per
+        client id and per IP first; over `OAUTH2_CLIENT_AUTH_FAILURE_LIMIT` it is answered
+        429 here, else Authlib answers `invalid_client`. A legacy argon2id hash reserves an
+        attempt BEFORE the argon2 work (released on success, when the hash is replaced by
+        its `sha256$` form), so concurrent guesses cannot run more than the limit; a full
+        argon2 queue is 503 `temporarily_unavailable` with Retry-After. Returns a response
+        to send instead of calling Authlib, or None.
+        """
+        if credentials is None or credentials.secret is None:
             return None
+        client_id, secret = credentials.client_id, credentials.secret
         record_ = await self._client_record(client_id)
-        if record_ is None or not record_.active or record_.secret_hash is None:
-            return None
-        if not self.verifier.cached(record_, secret):
-            keys = (f"client:{client_id}", f"ip:{request.context.ip}")
-            wait = self.client_failures.blocked(*keys)
-            if wait > 0:
-                self.audit_buffer.add(
-                    AuditEvent(
-                        "client_auth_throttled",
-                        request.context,
-                        client_id=client_id,
-                        flags=["throttled"],
-                    )
-                )
-                return oauth_error_response(
-                    "invalid_client",
-                    "too many failed client authentications; retry later",
-                    429,
-                    {"Retry-After": str(max(1, int(wait) + 1))},
-                )
-            if not await self.verifier.verify(record_, secret):
+        stored = record_.secret_hash if record_ is not None and record_.active else None
+        if stored is not None and not is_legacy_secret_hash(stored):
+            if verify_client_secret(stored, secret):
+                request.preauth_client = OAuthClient(record_, verified_secret=secret)
                 return None
+            stored = None
+        attempt = await self.limiter.count(self._failure_keys(request, client_id))
+        if attempt.refused:
+            return self._refuse(request, client_id, attempt)
+        if stored is None:
+            return None  # unknown, inactive, public or wrong: Authlib answers invalid_client
+        try:
+            ok = await self.argon2.verify(stored, secret)
+        except Argon2Busy as busy:
+            await self.limiter.release(attempt)
+            self.refusals.refused(
+                "argon2-busy",
+                self.settings.client_auth_failure_window,
+                AuditEvent("argon2_busy", request.context, client_id=client_id, flags=["busy"]),
+            )
+            return oauth_error_response(
+                "temporarily_unavailable",
+                "the server is busy verifying secrets; retry later",
+                503,
+                {"Retry-After": str(busy.retry_after)},
+            )
+        if not ok:
+            return None
+        await self.limiter.release(attempt)
+        new_hash = hash_client_secret(secret)
+        await self.bridge.write(lambda db: upgrade_secret_hash(db, client_id, stored, new_hash))
+        self.clients.invalidate(client_id)
         request.preauth_client = OAuthClient(record_, verified_secret=secret)
         return None
 
-    def _note_client_failure(self, request: OAuthRequest) -> None:
+    def _note_client_failure(
+        self, request: OAuthRequest, credentials: ClientCredentials | None
+    ) -> None:
+        """Audit an `invalid_client` answer (counted already by `_preauthenticate` when a
+        secret was presented)."""
         if not isinstance(request.oauth_error, InvalidClientError):
             return
-        client_id, _ = extract_basic_authorization(request.headers)
-        client_id = client_id or request.form.get("client_id")
-        self.client_failures.fail(f"client:{client_id}", f"ip:{request.context.ip}")
+        client_id = credentials.client_id if credentials is not None else None
         risk = auth_failure("client_auth_failed", self.failures_by_ip.add(request.context.ip))
         self.audit_buffer.add(
             AuditEvent(
                 "client_auth_failed",
                 request.context,
-                client_id=(client_id or "")[:64] or None,
+                client_id=client_id,
                 grant_type=request.form.get("grant_type"),
                 risk_score=risk.score,
                 flags=risk.flags,
@@ -334,14 +407,34 @@ class OAuthService:
     async def _authenticated_call(
         self, request: OAuthRequest, call: Any, deferred: bool = False
     ) -> Response:
-        throttled = await self._preauthenticate(request)
-        if throttled is not None:
-            return throttled
+        try:
+            credentials = parse_client_credentials(request.headers, request.form)
+        except BadClientCredentials as bad:
+            self.refusals.refused(
+                self.limiter.key_hash(f"malformed-credentials:{request.context.ip}"),
+                self.settings.client_auth_failure_window,
+                AuditEvent(
+                    "client_auth_failed",
+                    request.context,
+                    grant_type=request.form.get("grant_type"),
+                    flags=["client_auth_failed", "malformed"],
+                    details={"reason": bad.description},
+                ),
+            )
+            return oauth_error_response(
+                "invalid_client",
+                bad.description,
+                401 if bad.basic else 400,
+                {"WWW-Authenticate": 'Basic error="invalid_client"'} if bad.basic else None,
+            )
+        refused = await self._preauthenticate(request, credentials)
+        if refused is not None:
+            return refused
         if deferred and request.preauth_client is not None and self.bridge.fast is not None:
             response = await self.bridge.run_deferred(request, call)
         else:
             response = await self.bridge.run(request, call)
-        self._note_client_failure(request)
+        self._note_client_failure(request, credentials)
         return response
 
     # -- endpoints ----------------------------------------------------------------------

@@ -11,7 +11,7 @@ import hashlib
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,7 +34,7 @@ class IssuedToken:
     grant_type: str
     issued_at: datetime
     expires_at: datetime
-    refresh_token: str | None
+    refresh_token: str | None = field(repr=False)
     refresh_expires_at: datetime | None
 
 
@@ -91,10 +91,14 @@ class AccessTokenCodec:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             return None
-        if header.get("typ", "").lower() not in {AT_JWT_TYP, "application/at+jwt"}:
+        # The header is attacker-controlled JSON: any member may be any JSON type.
+        typ, kid = header.get("typ"), header.get("kid")
+        if not isinstance(typ, str) or typ.lower() not in {AT_JWT_TYP, "application/at+jwt"}:
             return None
-        key = self.keys.public_keys.get(header.get("kid", ""))
-        if key is None or header.get("alg") != ALG:
+        if not isinstance(kid, str) or header.get("alg") != ALG:
+            return None
+        key = self.keys.public_keys.get(kid)
+        if key is None:
             return None
         try:
             claims = jwt.decode(

@@ -1,6 +1,6 @@
 """Changing registered clients (the admin API): list, register, update, rotate, delete.
 
-Secrets arrive here already hashed (argon2id runs off the event loop in the caller).
+Secrets arrive here already hashed (`sha256$…`, `crypto.hashing.hash_client_secret`).
 No function returns `secret_hash`: `ClientView` is what admins see.
 """
 
@@ -133,6 +133,43 @@ def set_client_secret_hash(session: Session, client_id: str, secret_hash: str) -
         .values(secret_hash=secret_hash, updated_at=utcnow())
     )
     return result.rowcount > 0
+
+
+def upgrade_secret_hash(session: Session, client_id: str, old_hash: str, new_hash: str) -> bool:
+    """Replace a legacy argon2id secret hash by its `sha256$` form after a successful
+    verification: one UPDATE guarded by the old value, so a rotation that happened
+    meanwhile is never overwritten. `updated_at` is kept (the secret did not change).
+    True if the row was updated."""
+    result = session.execute(
+        update(Client)
+        .where(Client.client_id == client_id, Client.secret_hash == old_hash)
+        .values(secret_hash=new_hash)
+    )
+    return result.rowcount > 0
+
+
+ADMIN_SCOPE = "admin"
+
+
+def lock_active_admin_clients(session: Session) -> list[str]:
+    """Ids of the active clients whose scope includes `admin`, in registration order.
+
+    The rows are locked until the transaction ends, so two transactions each removing
+    one of the last two admin clients run one after the other and the second sees the
+    first's change: `SELECT … FOR UPDATE` on PostgreSQL; on SQLite, whose driver reads
+    outside a write transaction, a no-op UPDATE of those rows first takes the database's
+    write lock (a concurrent caller waits for the commit, up to the busy timeout).
+    """
+    admin_rows = (Client.active.is_(True), Client.scope.contains(ADMIN_SCOPE))
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(update(Client).where(*admin_rows).values(active=Client.active))
+    rows = session.execute(
+        select(Client.client_id, Client.scope)
+        .where(*admin_rows)
+        .order_by(Client.id)
+        .with_for_update()
+    )
+    return [client_id for client_id, scope in rows if ADMIN_SCOPE in scope.split()]
 
 
 def delete_client(session: Session, client_id: str) -> bool:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from oauth2_server.crypto.hashing import hash_secret
+from oauth2_server.crypto.hashing import hash_client_secret
 from oauth2_server.db.models import Client
 from oauth2_server.storage import utcnow
 
@@ -32,7 +32,7 @@ class ClientRecord:
 
     client_id: str
     name: str
-    secret_hash: str | None
+    secret_hash: str | None = field(repr=False)
     token_endpoint_auth_method: str
     grant_types: tuple[str, ...]
     redirect_uris: tuple[str, ...]
@@ -144,7 +144,7 @@ def create_client(
     row = Client(
         client_id=client_id or new_client_id(),
         name=name,
-        secret_hash=hash_secret(secret) if secret else None,
+        secret_hash=hash_client_secret(secret) if secret else None,
         token_endpoint_auth_method=method,
         grant_types=list(grant_types),
         redirect_uris=list(redirect_uris),

@@ -11,6 +11,10 @@ On SQLite it runs the same inserts in one transaction through SQLAlchemy.
 database session (its reads were done up front): the storage functions' inserts on
 `session.connection().execute(table.insert(), params)` are collected, then `FastStore.apply`
 writes them in one transaction.
+
+Every public method raises `storage.errors.DatabaseUnavailable` in place of a driver or pool
+error that means the database is unreachable or did not answer within `OAUTH2_DB_TIMEOUT`
+(the asyncpg pool's connect, acquire and command timeout).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from oauth2_server.db.models import AccessToken
+from oauth2_server.storage.errors import Availability
 from oauth2_server.storage.exchange import (
     ExchangePrefetch,
     PrefetchKey,
@@ -105,9 +110,17 @@ async def _no_session_state(connection: Any) -> None:
 class FastStore:
     """One-round-trip writes and reads for the hot path (PostgreSQL via asyncpg)."""
 
-    def __init__(self, engine: AsyncEngine, pool: Any | None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        pool: Any | None,
+        timeout: float | None = None,
+        availability: Availability | None = None,
+    ) -> None:
         self.engine = engine
         self.pool = pool  # asyncpg.Pool on PostgreSQL, None on SQLite
+        self.timeout = timeout  # seconds to wait for a pooled connection; None: forever
+        self.availability = availability or Availability()
         self._sql: dict[tuple[Any, ...], str] = {}
         self._pending: list[tuple[list[tuple[Table, dict[str, Any]]], asyncio.Future[None]]] = []
         self._flushers = 0
@@ -117,16 +130,28 @@ class FastStore:
         )
 
     @classmethod
-    async def create(cls, engine: AsyncEngine, pool_size: int) -> FastStore:
-        """Open an asyncpg pool beside the engine on PostgreSQL (none on SQLite)."""
+    async def create(
+        cls,
+        engine: AsyncEngine,
+        pool_size: int,
+        timeout: float | None = None,
+        availability: Availability | None = None,
+    ) -> FastStore:
+        """Open an asyncpg pool beside the engine on PostgreSQL (none on SQLite).
+
+        `timeout` (seconds) bounds connecting, waiting for a pooled connection and each
+        statement; past it the call raises DatabaseUnavailable.
+        """
         if engine.dialect.name != "postgresql":
-            return cls(engine, None)
+            return cls(engine, None, timeout, availability)
         import asyncpg
 
         url = make_url(engine.url).set(drivername="postgresql")
         pool = await asyncpg.create_pool(
             url.render_as_string(hide_password=False),
-            min_size=1,
+            # No floor: asyncpg restores a floor in the background during an outage and
+            # logs a traceback per attempt; connections open on demand instead.
+            min_size=0,
             max_size=pool_size,
             reset=_no_session_state,
             # These connections run only the hot path's fixed statements (primary-key
@@ -135,8 +160,10 @@ class FastStore:
             # connection and may keep doing so (bench/load.py: PostgreSQL CPU per
             # introspection fell from about 0.10 ms to 0.03-0.07 ms).
             server_settings={"plan_cache_mode": "force_generic_plan"},
+            timeout=timeout,  # connect
+            command_timeout=timeout,  # every statement
         )
-        return cls(engine, pool)
+        return cls(engine, pool, timeout, availability)
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -179,6 +206,15 @@ class FastStore:
         """
         if not writes.rows:
             return
+        try:
+            await self._apply(writes)
+        except Exception as exc:
+            if (outage := self.availability.translate(exc)) is None:
+                raise
+            raise outage from exc
+        self.availability.available()
+
+    async def _apply(self, writes: DeferredWrites) -> None:
         if self.pool is None:
             async with self.engine.begin() as connection:
                 for table, row in writes.rows:
@@ -208,7 +244,7 @@ class FastStore:
                 [(tables[name], row) for (name, _), rows in groups.items() for row in rows]
             )
             try:
-                async with self.pool.acquire() as connection:
+                async with self.pool.acquire(timeout=self.timeout) as connection:
                     await connection.execute(self._insert_sql(shape), *args)
             except Exception as exc:  # every request of the batch fails with it
                 for _, done in batch:
@@ -225,13 +261,22 @@ class FastStore:
         client CPU), a multi-row insert through SQLAlchemy elsewhere."""
         if not rows:
             return
+        try:
+            await self._copy_rows(table, rows)
+        except Exception as exc:
+            if (outage := self.availability.translate(exc)) is None:
+                raise
+            raise outage from exc
+        self.availability.available()
+
+    async def _copy_rows(self, table: Table, rows: list[dict[str, Any]]) -> None:
         if self.pool is None:
             async with self.engine.begin() as connection:
                 await connection.execute(table.insert(), rows)
             return
         columns = list(rows[0])
         records = [tuple(_pg_values(table, row, columns)) for row in rows]
-        async with self.pool.acquire() as connection:
+        async with self.pool.acquire(timeout=self.timeout) as connection:
             await connection.copy_records_to_table(table.name, records=records, columns=columns)
 
     async def access_token(self, jti: str) -> AccessTokenRecord | None:
@@ -240,14 +285,22 @@ class FastStore:
         On PostgreSQL, lookups that arrive while `MAX_READERS` are in flight are coalesced
         (`Coalescer`): the next statement reads all of them with `WHERE jti = ANY($1)`.
         """
-        if self.pool is None:
-            async with self.engine.connect() as connection:
-                row = (await connection.execute(_SELECT_ACCESS, {"jti": jti})).first()
-            return AccessTokenRecord(*row) if row is not None else None
-        return await self._access_tokens.get(jti)
+        try:
+            if self.pool is None:
+                async with self.engine.connect() as connection:
+                    row = (await connection.execute(_SELECT_ACCESS, {"jti": jti})).first()
+                found = AccessTokenRecord(*row) if row is not None else None
+            else:
+                found = await self._access_tokens.get(jti)
+        except Exception as exc:
+            if (outage := self.availability.translate(exc)) is None:
+                raise
+            raise outage from exc
+        self.availability.available()
+        return found
 
     async def _read_access_tokens(self, jtis: list[str]) -> dict[str, AccessTokenRecord]:
-        async with self.pool.acquire() as connection:
+        async with self.pool.acquire(timeout=self.timeout) as connection:
             rows = await connection.fetch(_SELECT_ACCESS_MANY_PG, jtis)
         return {row[0]: AccessTokenRecord(*row) for row in rows}
 
@@ -256,15 +309,22 @@ class FastStore:
     ) -> ExchangePrefetch:
         """Token exchange's read (storage.exchange): the subject token's row and the
         exchange target; coalesced across concurrent requests on PostgreSQL."""
-        if self.pool is None:
-            return await prefetch_exchange(
-                self.engine,
-                jti=jti,
-                client_id=client_id,
-                branch_id=branch_id,
-                provider=provider,
-            )
-        found = await self._exchanges.get((jti, client_id, branch_id, provider))
+        try:
+            if self.pool is None:
+                found = await prefetch_exchange(
+                    self.engine,
+                    jti=jti,
+                    client_id=client_id,
+                    branch_id=branch_id,
+                    provider=provider,
+                )
+            else:
+                found = await self._exchanges.get((jti, client_id, branch_id, provider))
+        except Exception as exc:
+            if (outage := self.availability.translate(exc)) is None:
+                raise
+            raise outage from exc
+        self.availability.available()
         assert found is not None  # one row per key: the statement outer-joins everything
         return found
 

@@ -10,7 +10,7 @@ lock) until its transaction ends. Token exchange's reads are `storage.exchange`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import delete, func, insert, select, update
@@ -25,8 +25,8 @@ class SealedTokens:
     `upstream.sealing.seal_tokens`)."""
 
     key_id: str
-    access: bytes
-    refresh: bytes
+    access: bytes = field(repr=False)
+    refresh: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,8 @@ class CredentialRow:
     account_email: str | None
     scope: str
     encryption_key_id: str
-    access_token_ciphertext: bytes
-    refresh_token_ciphertext: bytes
+    access_token_ciphertext: bytes = field(repr=False)
+    refresh_token_ciphertext: bytes = field(repr=False)
     access_expires_at: datetime
     needs_consent: bool
     consent_error: str | None

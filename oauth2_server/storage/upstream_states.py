@@ -6,7 +6,7 @@ one `DELETE … RETURNING`, so of two concurrent callbacks one gets it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import delete, insert
@@ -20,13 +20,13 @@ class StateRow:
     """A consumed connection attempt: the branch, provider, redirect URI and requested
     scope, the encrypted PKCE verifier, and when it expired (UTC)."""
 
-    state_hash: str
+    state_hash: str = field(repr=False)
     provider: str
     branch_id: str
     redirect_uri: str
     scope: str
     encryption_key_id: str
-    code_verifier_ciphertext: bytes
+    code_verifier_ciphertext: bytes = field(repr=False)
     expires_at: datetime
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from oauth2_server.db.models import AuthorizationCode, User
@@ -48,8 +48,12 @@ def list_users(session: Session, after_id: int | None, limit: int) -> list[UserV
 
 
 def username_taken(session: Session, username: str, except_subject: str | None = None) -> bool:
-    """True if another user has this username (case-insensitive)."""
-    stmt = select(User.id).where(func.lower(User.username) == username.lower())
+    """True if another user has this username (case-insensitive). The exact comparison
+    is needed too: SQLite's lower() folds ASCII only, so `lower('Ò') != 'Ò'.lower()` there,
+    and an exact duplicate would otherwise reach the unique index."""
+    stmt = select(User.id).where(
+        or_(User.username == username, func.lower(User.username) == username.lower())
+    )
     if except_subject is not None:
         stmt = stmt.where(User.subject != except_subject)
     return session.scalars(stmt.limit(1)).first() is not None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -24,7 +24,7 @@ class UserRecord:
     id: int
     subject: str
     username: str
-    password_hash: str
+    password_hash: str = field(repr=False)
     active: bool
 
 

@@ -10,7 +10,7 @@ at a fake.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from oauth2_server.config import Settings
 
@@ -83,7 +83,7 @@ class Provider:
 
     spec: ProviderSpec
     client_id: str
-    client_secret: str
+    client_secret: str = field(repr=False)
     authorization_endpoint: str
     token_endpoint: str
     revocation_endpoint: str | None

@@ -9,6 +9,7 @@ from the query string, so a form field cannot change it. Pages forbid framing.
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from urllib.parse import urlencode
 
@@ -19,6 +20,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from oauth2_server.oauth.authorization import (
+    Argon2Busy,
     AuthorizationPageError,
     ConsentPrompt,
     LoginThrottled,
@@ -42,8 +44,22 @@ class LoginSessionMiddleware:
         await self._wrapped(scope, receive, send)
 
 
+# RFC 6749 §4.1.2.1: error_description is %x20-21 / %x23-5B / %x5D-7E. Authlib echoes
+# `redirect_uri` and `response_type` into its descriptions and cannot build an error holding
+# other characters, so such values are answered before it sees them, on the error page:
+# neither a redirect URI (an absolute URI, RFC 3986 §4.3: ASCII, no `"` or `\`) nor a
+# response type can hold them, so the request is one that must not be redirected.
+NOT_ERROR_TEXT = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+UNECHOABLE = {
+    "redirect_uri": ("invalid_request", "redirect_uri is not a valid URI (RFC 3986)"),
+    "response_type": ("unsupported_response_type", "response_type must be 'code'"),
+}
+
 SESSION_USER = "uid"
 SESSION_CSRF = "csrf"
+# The trusted-device cookie (oauth.authorization): signed, HttpOnly, SameSite=Lax, Secure
+# outside development, sent to the authorization endpoint only.
+DEVICE_COOKIE = "oauth2_device"
 
 
 def _csrf_token(request: Request) -> str:
@@ -80,6 +96,9 @@ async def authorize(request: Request) -> Response:
         )
     except BadRequest as exc:
         return _error_page(request, exc.error, exc.description, exc.status)
+    for name, (error, description) in UNECHOABLE.items():
+        if NOT_ERROR_TEXT.search(query.get(name, [""])[0]):
+            return _error_page(request, error, description, 400)
     action = form.get("action", [""])[0]
     if request.method == "POST":
         presented = form.get("csrf_token", [""])[0]
@@ -124,27 +143,51 @@ def _consent_page(request: Request, prompt: ConsentPrompt, username: str) -> Res
 
 
 async def _login(request: Request, service: OAuthService, form: dict[str, list[str]]) -> Response:
+    """The login form: 401 on a wrong password, 429 with Retry-After over a login limit,
+    503 with Retry-After when the argon2 queue is full; on success a fresh session and a
+    new trusted-device cookie for this username."""
     username = form.get("username", [""])[0]
     password = form.get("password", [""])[0]
     context = oauth_request(request, service.issuer, {}).context
     flow = service.authorization
+    device = flow.trusted_device(request.cookies.get(DEVICE_COOKIE), username)
     try:
-        user = await flow.login(username, password, context) if username and password else None
+        user = (
+            await flow.login(username, password, context, device) if username and password else None
+        )
     except LoginThrottled as exc:
-        return _page(
+        response = _page(
             request,
             "login.html",
             429,
             error="Too many attempts; try again later.",
             retry_after=exc.retry_after,
         )
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+    except Argon2Busy as exc:
+        response = _page(
+            request, "login.html", 503, error="The server is busy; try again in a moment."
+        )
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     if user is None:
         return _page(request, "login.html", 401, error="Wrong username or password.")
     # A fresh session on sign-in: new CSRF token, nothing carried over.
     request.session.clear()
     request.session[SESSION_USER] = user.id
     _csrf_token(request)
-    return RedirectResponse(
+    response = RedirectResponse(
         request.url.path + "?" + urlencode(parse_params(request.url.query), doseq=True),
         status_code=303,
     )
+    response.set_cookie(
+        DEVICE_COOKIE,
+        flow.device_cookie(user.username),
+        max_age=flow.device_ttl,
+        path=request.url.path,
+        secure=service.settings.production,
+        httponly=True,
+        samesite="lax",
+    )
+    return response

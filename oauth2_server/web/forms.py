@@ -2,11 +2,15 @@
 
 Bodies are `application/x-www-form-urlencoded`, parsed by the standard library
 (`urllib.parse.parse_qsl`, strict UTF-8), at most `OAUTH2_MAX_BODY_BYTES`. Parameters
-sent without a value are treated as omitted; a parameter sent twice is `invalid_request`.
+sent without a value are treated as omitted; a parameter sent twice is `invalid_request`,
+and so is a name or value holding a control character (U+0000-U+001F, U+007F): no OAuth
+parameter has one (RFC 6749 Appendix A: VSCHAR, NQCHAR, NQSCHAR are all printable), and
+NUL cannot even be stored by PostgreSQL.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from urllib.parse import parse_qsl
 
@@ -16,16 +20,25 @@ from oauth2_server.audit import RequestContext
 from oauth2_server.oauth.bridge import OAuthRequest
 
 FORM_TYPE = "application/x-www-form-urlencoded"
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class BadRequest(Exception):
-    """The HTTP request cannot be an OAuth request: `error`, `description`, HTTP `status`."""
+    """The HTTP request cannot be an OAuth request: `error`, `description`, HTTP `status`,
+    and the parameter at fault (`field`) when there is one."""
 
-    def __init__(self, description: str, status: int = 400, error: str = "invalid_request"):
+    def __init__(
+        self,
+        description: str,
+        status: int = 400,
+        error: str = "invalid_request",
+        field: str | None = None,
+    ):
         super().__init__(description)
         self.error = error
         self.description = description
         self.status = status
+        self.field = field
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -50,7 +63,8 @@ async def read_body(request: Request, limit: int) -> bytes:
 def parse_params(text: str, allow_repeats: bool = False) -> dict[str, list[str]]:
     """Parse urlencoded text into name → values, dropping empty values (RFC 6749 §3.1).
 
-    Raises BadRequest on a repeated parameter unless `allow_repeats`.
+    Raises BadRequest on malformed text, on a name or value with a control character
+    (`field`: the parameter), and on a repeated parameter unless `allow_repeats`.
     """
     params: dict[str, list[str]] = {}
     try:
@@ -60,10 +74,13 @@ def parse_params(text: str, allow_repeats: bool = False) -> dict[str, list[str]]
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadRequest(f"malformed form body: {exc}") from None
     for name, value in pairs:
+        if CONTROL_CHARACTERS.search(name) or CONTROL_CHARACTERS.search(value):
+            shown = CONTROL_CHARACTERS.sub("?", name[:40])
+            raise BadRequest(f"parameter '{shown}' contains a control character", field=shown)
         values = params.setdefault(name, [])
         values.append(value)
         if len(values) > 1 and not allow_repeats:
-            raise BadRequest(f"parameter '{name}' is included more than once")
+            raise BadRequest(f"parameter '{name[:40]}' is included more than once", field=name[:40])
     return params
 
 

@@ -1,0 +1,151 @@
+"""Logging setup for `serve`, with a redacting filter as the second line of defence.
+
+The first line of defence is at the source: records holding secrets or their hashes
+(`OAuthClient`, `ClientRecord`, `UserRecord`, token rows, upstream token responses) leave
+them out of their `repr`. `RedactingFilter`, installed on every handler `serve`
+configures, then rewrites any log record that still carries a secret parameter by name:
+
+- `name=value` pairs in query strings and forms (the uvicorn access line's
+  `/upstream/google/callback?code=…&state=…`), `name='value'` in dataclass reprs and
+  `'name': 'value'` / `"name": "value"` in dict and JSON text, for the names in
+  `SECRET_NAMES` (RFC 6749 §4.1.2 `code`, §6 `refresh_token`, §2.3.1 `client_secret`,
+  RFC 7636 `code_verifier`, RFC 8693 `subject_token`/`actor_token`, RFC 7009/7662 `token`,
+  RFC 7521 `assertion`, `password`, `state`, …) and any `*_hash`/`*_secret`/`*_token`
+  name;
+- `Authorization:` credentials (RFC 7617 Basic, RFC 6750 Bearer);
+- anything shaped like a JWT (three base64url segments starting `eyJ`), an argon2 hash
+  (`$argon2id$…`) or a SHA-256 hex digest (64 hex digits).
+
+Library loggers that print SQL parameters at DEBUG (SQLAlchemy, aiosqlite) stay at
+WARNING whatever `OAUTH2_LOG_LEVEL` says: their parameters are token and secret digests.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from typing import Any
+
+REDACTED = "[redacted]"
+
+SECRET_NAMES = (
+    "client_secret",
+    "password",
+    "code",
+    "code_verifier",
+    "refresh_token",
+    "access_token",
+    "id_token",
+    "subject_token",
+    "actor_token",
+    "token",
+    "assertion",
+    "state",
+    "verified_secret",
+    "secret",
+)
+
+# A name (exact, or ending in _hash, _secret, _token, _verifier, _ciphertext), optionally
+# quoted, then `=` or `:`, then a value: quoted, or up to a delimiter.
+_NAME = (
+    r"(?:" + "|".join(SECRET_NAMES) + r"|[A-Za-z0-9_]*_(?:hash|secret|token|verifier|ciphertext))"
+)
+_PAIR = re.compile(
+    r"(?P<key>(?<![A-Za-z0-9_])['\"]?" + _NAME + r"['\"]?\s*(?P<sep>=|:\s*))"
+    r"(?P<value>b?'[^']*'|b?\"[^\"]*\"|[^\s&,;)}\]'\"]+)",
+    re.IGNORECASE,
+)
+_AUTHORIZATION = re.compile(
+    r"(?P<key>authorization['\"]?\s*[:=,]\s*['\"]?(?:basic|bearer|dpop)?\s*)"
+    r"(?P<value>[^\s'\",)]+)",
+    re.IGNORECASE,
+)
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+_ARGON2 = re.compile(r"\$argon2(?:id|i|d)\$[^\s'\"]+")
+_SHA256_HEX = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{64}(?![0-9A-Fa-f])")
+
+# Loggers whose DEBUG output is SQL parameters (digests of tokens and secrets).
+QUIET_LOGGERS = ("sqlalchemy", "aiosqlite", "asyncpg", "httpcore", "hpack", "multipart")
+
+
+def _pair(match: re.Match[str]) -> str:
+    value = match.group("value")
+    if value in {"None", "null", "''", '""'}:
+        return match.group(0)
+    return match.group("key") + REDACTED
+
+
+def redact(text: str) -> str:
+    """`text` with every secret value replaced by `[redacted]` (rules in the module doc)."""
+    if not text:
+        return text
+    text = _AUTHORIZATION.sub(lambda m: m.group("key") + REDACTED, text)
+    text = _PAIR.sub(_pair, text)
+    text = _ARGON2.sub(REDACTED, text)
+    text = _SHA256_HEX.sub(REDACTED, text)
+    return _JWT.sub(REDACTED, text)
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites a record's arguments, message and traceback through `redact`; never drops
+    a record. Install it on handlers (a logger's filters miss propagated records)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in args)
+        elif isinstance(args, dict):
+            record.args = {k: redact(v) if isinstance(v, str) else v for k, v in args.items()}
+        if record.name != "uvicorn.access":  # its formatter needs the argument tuple
+            try:
+                message = record.getMessage()
+            except Exception:  # a malformed call: keep the record as it is, logging reports it
+                return True
+            cleaned = redact(message)
+            if cleaned != message:
+                record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's default `log_config` plus the root logger (this package, Authlib, httpx)
+    at `level` ("debug" … "error"), every handler filtered by `RedactingFilter`.
+
+    uvicorn applies it in the main process and again in every worker process.
+    """
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"redact": {"()": "oauth2_server.logs.RedactingFilter"}}
+    config["formatters"]["plain"] = {"format": "%(levelname)s %(name)s: %(message)s"}
+    config["handlers"]["plain"] = {
+        "formatter": "plain",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stderr",
+    }
+    for handler in config["handlers"].values():
+        handler["filters"] = ["redact"]
+    config["root"] = {"handlers": ["plain"], "level": level.upper()}
+    quiet = "WARNING" if level.upper() in {"DEBUG", "INFO"} else level.upper()
+    for name in QUIET_LOGGERS:
+        config["loggers"][name] = {"level": quiet}
+    return config
+
+
+def install_on_root() -> None:
+    """For commands other than `serve` (after `logging.basicConfig`): the same filter on
+    the root logger's handlers, and the SQL-parameter loggers held at WARNING."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+    for name in QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logging.WARNING, root.level))
