@@ -7,11 +7,20 @@ raises `ConfigError` naming the variable on any unknown or invalid value.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+
+# Settings that earlier versions read and this one ignores: accepted with a warning, so an
+# upgrade does not refuse to start over a variable that has lost its meaning.
+RETIRED = {
+    "OAUTH2_SECRET_CACHE_TTL": "client secrets are stored as SHA-256 and need no cache",
+}
 
 
 class ConfigError(ValueError):
@@ -52,6 +61,13 @@ def _non_negative_float(raw: str) -> float:
     value = float(raw)
     if not value >= 0:
         raise ValueError("expected a number ≥ 0")
+    return value
+
+
+def _refresh_grace(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value <= 300:
+        raise ValueError("expected seconds from 0 to 300")
     return value
 
 
@@ -279,6 +295,15 @@ SETTINGS: tuple[Setting, ...] = (
         "the user signs in again (RFC 9700 §4.14.2). 0: no absolute limit.",
     ),
     Setting(
+        "OAUTH2_REFRESH_REUSE_GRACE",
+        "refresh_reuse_grace",
+        _refresh_grace,
+        "0",
+        "Seconds (0–300) after a refresh token's rotation during which the same client may "
+        "use it again and get a fresh pair that supersedes the current one, instead of "
+        "revoking the family (a retry after a lost answer). 0: every reuse revokes.",
+    ),
+    Setting(
         "OAUTH2_AUTHORIZATION_CODE_TTL",
         "authorization_code_ttl",
         _positive_int,
@@ -490,6 +515,7 @@ class Settings:
     access_token_ttl: int = 3600
     refresh_token_ttl: int = 2592000
     refresh_family_max_age: int = 7776000
+    refresh_reuse_grace: float = 0.0
     authorization_code_ttl: int = 60
     access_token_audience: str = ""
     session_ttl: int = 3600
@@ -539,7 +565,11 @@ class Settings:
         """Read every `OAUTH2_*` variable; raise ConfigError naming an unknown or bad one."""
         environ = os.environ if environ is None else environ
         known = {s.env for s in SETTINGS}
-        unknown = sorted(k for k in environ if k.startswith("OAUTH2_") and k not in known)
+        for name in sorted(RETIRED.keys() & environ.keys()):
+            log.warning("%s is no longer used and is ignored: %s", name, RETIRED[name])
+        unknown = sorted(
+            k for k in environ if k.startswith("OAUTH2_") and k not in known and k not in RETIRED
+        )
         if unknown:
             raise ConfigError(f"unknown setting {unknown[0]} (see README's configuration table)")
         values: dict[str, Any] = {}

@@ -14,6 +14,7 @@ import pytest
 import requests
 from sqlalchemy import create_engine, text
 
+from oauth2_server.config import Settings
 from oauth2_server.crypto.keyring import generate_key_spec
 from tests.conftest import free_port, server_env, start_live_server, sync_url
 
@@ -87,6 +88,14 @@ def test_unknown_setting_is_refused_naming_it(tmp_path):
     result = run_cli("serve", env=env, cwd=tmp_path)
     assert result.returncode == 2
     assert "OAUTH2_ACESS_TOKEN_TTL" in result.stderr
+
+
+def test_retired_setting_is_ignored_with_a_warning(caplog):
+    """OAUTH2_SECRET_CACHE_TTL lost its meaning when client secrets became SHA-256: an
+    upgraded deployment that still sets it starts, and is told once."""
+    with caplog.at_level("WARNING", logger="oauth2_server.config"):
+        Settings.from_env({"OAUTH2_SECRET_CACHE_TTL": "300"})
+    assert "OAUTH2_SECRET_CACHE_TTL is no longer used" in caplog.text
 
 
 @pytest.mark.parametrize(
