@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -30,6 +31,7 @@ from oauth2_server.db.models import TokenLog
 from oauth2_server.oauth.bridge import Bridge
 from oauth2_server.oauth.keys import KeyStore
 from oauth2_server.oauth.server import OAuthService
+from oauth2_server.storage.client_notify import ClientChangeListener
 from oauth2_server.storage.errors import Availability, DatabaseUnavailable
 from oauth2_server.storage.fastpath import FastStore
 from oauth2_server.web import authorize, discovery, errors, health, oauth_endpoints, upstream
@@ -123,10 +125,22 @@ def create_app(settings: Settings) -> Starlette:
             reload_task = asyncio.create_task(_reload_keys(bridge, keys))
             app.state.engine = engine
             app.state.oauth = OAuthService(settings, bridge, keys, audit_buffer)
+            listener = None
+            if not settings.is_sqlite:
+                # Client changes pushed to this worker's cache (storage.client_notify).
+                dsn = make_url(engine.url).set(drivername="postgresql")
+                listener = ClientChangeListener(
+                    dsn.render_as_string(hide_password=False),
+                    app.state.oauth.clients.invalidate,
+                    settings.db_timeout,
+                )
+                await listener.start()
             app.state.templates = Jinja2Templates(directory=str(TEMPLATES))
             app.state.request_counter = counter
             yield
             reload_task.cancel()
+            if listener is not None:
+                await listener.close()
             app.state.oauth.refusals.close_all()  # open refusal windows' summary rows
             await audit_buffer.stop()
             await app.state.oauth.upstream.aclose()

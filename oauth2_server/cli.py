@@ -137,6 +137,7 @@ def cmd_clients_create(settings: Settings, args: argparse.Namespace) -> None:
             scope=" ".join(_split(args.scope)),
             public=args.public,
             token_endpoint_auth_method=args.auth_method,
+            client_id=args.client_id,
         )
         record(session, _client_created(client))
         return client, secret
@@ -171,7 +172,7 @@ def cmd_users_create(settings: Settings, args: argparse.Namespace) -> None:
         password = getpass.getpass("password: ")
 
     def call(session: Session) -> Any:
-        user = create_user(session, args.username, password)
+        user = create_user(session, args.username, password, args.subject)
         event = admin_commands.cli_actor().event(
             "admin_user_created", subject=user.subject, details={"username": user.username}
         )
@@ -228,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["client_secret_basic", "client_secret_post"],
         help="confidential client authentication (default client_secret_basic)",
     )
+    create.add_argument(
+        "--client-id", help="id to use (A-Z a-z 0-9 . _ ~ -), never a user's subject"
+    )
     create.add_argument("--json", action="store_true", help="print JSON for scripts")
     create.set_defaults(func=cmd_clients_create)
 
@@ -237,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     ucreate = users.add_parser("create", help="create a user")
     ucreate.add_argument("--username", required=True)
     ucreate.add_argument("--password", help="default: read from stdin or prompt")
+    ucreate.add_argument(
+        "--subject", help="token sub to keep (A-Z a-z 0-9 . _ ~ -), never a client_id"
+    )
     ucreate.add_argument("--json", action="store_true")
     ucreate.set_defaults(func=cmd_users_create)
 

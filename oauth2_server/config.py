@@ -239,7 +239,10 @@ SETTINGS: tuple[Setting, ...] = (
         "db_pool_size",
         _positive_int,
         "10",
-        "Connections per worker process (PostgreSQL).",
+        "N, the size of each of a worker's two PostgreSQL pools: a worker opens at most "
+        "3N + 1 connections (SQLAlchemy engine N plus N overflow, asyncpg hot path N, one "
+        "LISTEN connection for client changes); size `max_connections` for "
+        "workers × instances × (3N + 1).",
     ),
     Setting(
         "OAUTH2_DB_TIMEOUT",
@@ -329,8 +332,9 @@ SETTINGS: tuple[Setting, ...] = (
         "client_cache_ttl",
         _positive_float,
         "5",
-        "Seconds a worker caches a client record; the bound on how long another worker "
-        "may see a changed or deactivated client as it was.",
+        "Seconds a worker reuses a cached client record before reading it again. Not a "
+        "staleness bound: a client change reaches every worker at once (README, "
+        '"Client changes take effect at once").',
     ),
     Setting(
         "OAUTH2_ARGON2_CONCURRENCY",

@@ -18,6 +18,9 @@ change both together.
 - login failure: the same rule and count, `login_failed` (+ `auth_failure_burst`).
 - throttled: an attempt refused over the failure limit (HTTP 429): 0.80, `throttled`.
 - new IP on refresh: a refresh from an IP never seen for its token family: 0.40, `new_ip`.
+- refresh grace: a refresh that repeats the use of the most recently rotated refresh token
+  within `OAUTH2_REFRESH_REUSE_GRACE` (it superseded the current token, revoked nothing):
+  0.10, `refresh_grace` (with `new_ip` the higher score, both flags).
 - upstream refresh failed: the provider refused a refresh: 0.30.
 - anything else (issue, refresh, exchange, introspection, revocation, `admin_*`): 0.00.
 
@@ -57,6 +60,7 @@ FAILURE_BASE = 0.2
 FAILURE_STEP = 0.1
 FAILURE_CAP = 0.9
 NEW_IP_SCORE = 0.4
+REFRESH_GRACE_SCORE = 0.1
 MIN_FLAGGED_SCORE = 0.01
 RACE_WINDOW = 1.0  # seconds after the winning use within which a second use is a race
 RACE_SCORE = 0.3
@@ -111,13 +115,20 @@ def second_use(action: str, first_used_at: datetime | None, now: datetime) -> As
     return Assessment(fixed_score(action), [action])
 
 
-def refresh_from_ip(ip: str | None, seen_ips: set[str]) -> Assessment:
+def refresh_from_ip(ip: str | None, seen_ips: set[str], grace: bool = False) -> Assessment:
     """Score of a successful refresh: flagged `new_ip` when the family (grant) was never
-    used from this IP before. An unknown IP, or a family with no recorded IP, is not
-    flagged."""
-    if ip is None or not seen_ips or ip in seen_ips:
-        return Assessment(0.0)
-    return Assessment(NEW_IP_SCORE, ["new_ip"])
+    used from this IP before (an unknown IP, or a family with no recorded IP, is not
+    flagged), and `refresh_grace` when it was a grace use of the most recently rotated
+    token (`storage.tokens.redeem_refresh_token`). The score is the highest rule's."""
+    scores: list[float] = [0.0]
+    flags: list[str] = []
+    if grace:
+        scores.append(REFRESH_GRACE_SCORE)
+        flags.append("refresh_grace")
+    if ip is not None and seen_ips and ip not in seen_ips:
+        scores.append(NEW_IP_SCORE)
+        flags.append("new_ip")
+    return Assessment(clamp(max(scores)), flags)
 
 
 def ips_seen_for_family(session: Session, family_id: str, limit: int = 50) -> set[str]:

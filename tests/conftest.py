@@ -285,6 +285,9 @@ def start_instances(database: Database, tmp_path: Path) -> Iterator[Any]:
 
     def start(**overrides: str) -> tuple[LiveServer, LiveServer]:
         overrides.setdefault("OAUTH2_WORKERS", "2")
+        # One deployment, one issuer (`iss` of every token): without it each instance
+        # names itself by its port and refuses the other's tokens at introspection.
+        overrides.setdefault("OAUTH2_ISSUER", f"http://127.0.0.1:{free_port()}")
         for _ in range(2):
             live = start_live_server(database, tmp_path, **overrides)
             started.append(live)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from oauth2_server.audit_chain import ROW_COLUMNS, link_hash
 from oauth2_server.db.models import TokenLog
@@ -65,6 +65,46 @@ def test_an_altered_row_is_reported(db, chain):
         assert problem["kind"] == "altered" and problem["log_id"] == target
     finally:
         execute(db, "UPDATE oauth2_token_logs SET action = 'issued' WHERE id = :i", i=target)
+    assert verify(db).ok
+
+
+# Every content column the hash covers, with a forged value; `canonical` must cover each.
+FORGERIES = {
+    "action": "revoked",
+    "client_id": "forged-client",
+    "subject": "forged-subject",
+    "branch_id": "forged-branch",
+    "grant_type": "forged",
+    "token_id": "forged",
+    "family_id": "forged-family",
+    "ip": "203.0.113.66",
+    "user_agent": "forged agent",
+    "request_id": "forged-request",
+    "risk_score": 0.5,
+    "flags": ["forged"],
+    "details": {"n": 99},
+}
+
+
+@pytest.mark.parametrize("column", sorted(FORGERIES))
+def test_altering_any_content_column_is_reported(db, chain, column):
+    """The chain covers every column of a row (SECURITY.md "Audit trail integrity"):
+    changing any one of them, `ip` and `details` included, breaks verification."""
+    target = chain[3]
+    original = saved(db, target)[column]
+    with db.session() as session:
+        session.execute(
+            update(TokenLog).where(TokenLog.id == target).values({column: FORGERIES[column]})
+        )
+    try:
+        report = verify(db)
+        assert not report.ok, f"altering {column} was not noticed"
+        assert report.problem.kind == "altered" and report.problem.log_id == target
+    finally:
+        with db.session() as session:
+            session.execute(
+                update(TokenLog).where(TokenLog.id == target).values({column: original})
+            )
     assert verify(db).ok
 
 

@@ -92,6 +92,23 @@ def test_wrong_secret_flood_from_many_ips_never_refuses_the_correct_secret(start
     assert answers[:3] == [401, 401, 401]
 
 
+def test_wrong_secrets_spread_over_many_clients_are_limited_per_ip(start_server, db):
+    """RFC 6749 §10.10: a guesser trying one wrong secret for each of many clients stays
+    under every per-client limit; the per-IP count stops it (429 with Retry-After). Other
+    IPs are not affected, and the correct secret still passes from the guessing IP."""
+    live = start_server(OAUTH2_CLIENT_AUTH_FAILURE_LIMIT="3", **TRUST_PROXY)
+    clients = [db.create_client() for _ in range(5)]
+    answers = [
+        token_request(live, (client_id, "wrong"), ip="10.15.0.1").status_code
+        for client_id, _ in clients
+    ]
+    assert answers == [401, 401, 401, 429, 429]
+    refused = token_request(live, (clients[4][0], "wrong"), ip="10.15.0.1")
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    assert token_request(live, (clients[4][0], "wrong"), ip="10.15.0.2").status_code == 401
+    assert token_request(live, clients[0], ip="10.15.0.1").status_code == 200
+
+
 def test_new_secrets_are_stored_as_sha256(server, db):
     client_id, secret = db.create_client()
     stored = db.scalar("SELECT secret_hash FROM oauth2_clients WHERE client_id = :c", c=client_id)

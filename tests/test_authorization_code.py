@@ -117,6 +117,25 @@ def test_consent_is_remembered_per_client_and_scope(server, app_client):
     assert page.status_code == 200 and 'name="decision"' in page.text
 
 
+def test_prompt_consent_asks_again_despite_a_remembered_consent(server, db, app_client):
+    """OpenID Connect Core §3.1.2.1 `prompt=consent` (which this server honours): the
+    consent page is shown even when the user already consented to these scopes, and no
+    code is issued until the user decides again."""
+    user = app_client["user"]
+    client_id = app_client["public"]
+    first = authorize_with_pkce(server.base_url, client_id, user.username, PASSWORD)
+    assert "code" in first.params
+    codes = db.count("oauth2_authorization_codes", "client_id = :c", c=client_id)
+    url = first.oauth.authorization_url(server.url("/oauth2/authorize"), prompt="consent")[0]
+    page = first.browser.get(url, allow_redirects=False, timeout=10)
+    assert page.status_code == 200 and 'name="decision"' in page.text, page.status_code
+    assert db.count("oauth2_authorization_codes", "client_id = :c", c=client_id) == codes
+    again = authorize_with_pkce(
+        server.base_url, client_id, user.username, PASSWORD, browser=first.browser
+    )
+    assert "code" in again.params  # without prompt=consent: remembered, straight back
+
+
 def test_denied_consent_redirects_with_access_denied(server, db, app_client):
     before = db.count("oauth2_authorization_codes")
     result = authorize_with_pkce(

@@ -50,6 +50,30 @@ def test_introspection_requires_client_authentication(server, db, service):
     assert wrong.status_code == 401 and "WWW-Authenticate" in wrong.headers
 
 
+def test_public_client_cannot_introspect_even_its_own_tokens(server, db, unique):
+    """RFC 7662 §2.1 asks for client authentication; a public client (`none`, RFC 6749
+    §2.1) has none, so presenting only its `client_id` is `invalid_client`, and it learns
+    nothing about its own tokens."""
+    public_id, _ = db.create_client(
+        name="public app",
+        public=True,
+        grant_types=["authorization_code", "refresh_token"],
+        redirect_uris=[REDIRECT_URI],
+        scope="read",
+    )
+    user = db.create_user(unique("paula"), PASSWORD)
+    tokens = exchange_code(
+        server.base_url, authorize_with_pkce(server.base_url, public_id, user.username, PASSWORD)
+    )
+    for kind in ("access_token", "refresh_token"):
+        response = server.post(
+            "/oauth2/introspect", data={"token": tokens[kind], "client_id": public_id}
+        )
+        assert response.status_code in (400, 401), (kind, response.text)
+        assert response.json()["error"] == "invalid_client"
+        assert "active" not in response.json()
+
+
 def test_client_without_introspect_scope_sees_only_its_own_tokens(server, db, service):
     client_id, secret, _, _ = service
     other_id, other_secret = db.create_client(scope="read")
@@ -130,6 +154,31 @@ def test_client_cannot_revoke_another_clients_token(server, db, service):
         ]
         is True
     )
+
+
+def test_revocation_answers_are_the_ones_readme_states(server, db, service):
+    """README "Introspection and revocation": 200 for a revoked, already revoked or
+    unknown token (RFC 7009 §2.2); another client's token is refused with 400
+    `invalid_grant` (§2.1); a missing `token` is 400 `invalid_request` and a wrong secret
+    401 `invalid_client` (§2.2.1, RFC 6749 §5.2)."""
+    client_id, secret, _, _ = service
+    other_id, other_secret = db.create_client()
+    token = server.client_credentials_token(client_id, secret)
+
+    def revoke(auth, **data):
+        return server.post("/oauth2/revoke", auth=auth, data=data)
+
+    foreign = revoke((other_id, other_secret), token=token)
+    assert (foreign.status_code, foreign.json()["error"]) == (400, "invalid_grant")
+    missing = revoke((client_id, secret))
+    assert (missing.status_code, missing.json()["error"]) == (400, "invalid_request")
+    wrong = revoke((client_id, "wrong"), token=token)
+    assert (wrong.status_code, wrong.json()["error"]) == (401, "invalid_client")
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    assert db.count("oauth2_access_tokens", "jti = :j AND revoked_at IS NULL", j=jti) == 1
+    assert revoke((client_id, secret), token=token).status_code == 200
+    assert revoke((client_id, secret), token=token).status_code == 200  # already revoked
+    assert revoke((client_id, secret), token="nope").status_code == 200  # unknown
 
 
 def test_revoking_unknown_token_is_200_and_changes_nothing(server, db, service):

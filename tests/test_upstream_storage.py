@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from oauth2_server.crypto.keyring import DecryptionError, generate_key_spec, parse_keyring
 from oauth2_server.upstream.sealing import open_token
+from tests.admin_helpers import execute
 from tests.conftest import start_live_server
 from tests.fake_google import (
     Account,
@@ -180,3 +181,25 @@ def test_pkce_verifier_is_stored_encrypted_and_bound_to_its_state(upstream, db, 
     assert len(bytes(rows[0][0])) > 86  # nonce + sealed verifier + tag
     assert callback(location).status_code == 200
     assert db.count("oauth2_upstream_states", "branch_id = :b", b=branch_id) == 0
+
+
+def test_a_verifier_copied_to_another_state_row_is_never_sent(upstream, db, google, unique):
+    """The verifier's associated data names its own state row: a ciphertext copied from
+    another pending connection does not decrypt, so the callback fails before any code
+    exchange and nothing is stored (RFC 7636 §4.5 verifier; SECURITY.md secrets table)."""
+    victim, donor = unique("bound"), unique("donor")
+    location = follow_consent(connection_url(upstream, db, victim))
+    connection_url(upstream, db, donor)  # another pending state with its own verifier
+    copied = execute(
+        db,
+        "UPDATE oauth2_upstream_states SET code_verifier_ciphertext = (SELECT"
+        " code_verifier_ciphertext FROM oauth2_upstream_states WHERE branch_id = :d)"
+        " WHERE branch_id = :v",
+        d=donor,
+        v=victim,
+    )
+    assert copied == 1
+    response = callback(location)
+    assert response.status_code != 200, response.text
+    assert google.code_exchanges == 0  # the foreign verifier never left the server
+    assert credential_of(db, victim) is None

@@ -4,8 +4,9 @@ The operations (`*_op`) take a sync Session and an `Actor`, make the change and 
 its `admin_*` audit row in the same transaction; the HTTP handlers and the CLI both call
 them. A client's secret is generated here, hashed off the event loop, and returned once
 (creation, rotation); nothing else ever returns it or its hash. Every change drops the
-client from this worker's `ClientCache`; other workers see it within
-`OAUTH2_CLIENT_CACHE_TTL` seconds, while revocations are immediate everywhere.
+client from this worker's `ClientCache`; every other worker and instance acts on it from
+the moment the change commits (`storage.client_registry` bumps the row's version and
+notifies them), as revocations do.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from oauth2_server.storage.clients import (
     validate_redirect_uri,
 )
 from oauth2_server.storage.revocation import TokenFilter, revoke_tokens
+from oauth2_server.storage.subjects import SubjectTaken
 
 PUBLIC_METHOD = "none"  # noqa: S105 (an auth method name, RFC 7591 §2)
 CLIENT_ID = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
@@ -53,7 +55,8 @@ _NAME = Field("string", "display name, unique (case-insensitive)")
 _GRANTS = Field("string[]", f"grant types: {', '.join(GRANT_TYPES)}", max_length=100)
 _URIS = Field(
     "string[]",
-    "exact redirect URIs: absolute, no fragment, https unless loopback (RFC 9700 §2.1)",
+    "exact redirect URIs, no fragment: https; http://127.0.0.1 or http://[::1] (any port "
+    "at request time); or a private-use scheme like com.example.app:/cb (RFC 8252 §7)",
     max_length=2000,
     max_items=20,
 )
@@ -64,7 +67,9 @@ _BRANCHES = Field(
 CREATE = {
     "name": Field("string", _NAME.doc, required=True),
     "client_id": Field(
-        "string", "id to use (A-Z a-z 0-9 . _ ~ -); random if omitted", max_length=64
+        "string",
+        "id to use (A-Z a-z 0-9 . _ ~ -), never a user's subject; random if omitted",
+        max_length=64,
     ),
     "grant_types": _GRANTS,
     "redirect_uris": _URIS,
@@ -197,13 +202,16 @@ def create_client_op(
         raise conflict("client_id", f"client_id {client_id!r} is taken")
     if registry.client_name_taken(session, merged["name"]):
         raise conflict("name", f"a client named {merged['name']!r} exists")
-    view = registry.register_client(
-        session,
-        client_id=client_id,
-        token_endpoint_auth_method=method,
-        secret_hash=None if method == PUBLIC_METHOD else secret_hash,
-        **merged,
-    )
+    try:
+        view = registry.register_client(
+            session,
+            client_id=client_id,
+            token_endpoint_auth_method=method,
+            secret_hash=None if method == PUBLIC_METHOD else secret_hash,
+            **merged,
+        )
+    except SubjectTaken as taken:  # a user's subject (RFC 9700 §4.15)
+        raise conflict("client_id", str(taken)) from None
     if body.get("branches"):
         _set_branches(session, client_id, body["branches"])
     details = {"target_client_id": client_id, **merged, "branches": body.get("branches", [])}

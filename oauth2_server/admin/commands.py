@@ -3,8 +3,8 @@
 `janitor` (`admin.audit_commands`). Every command prints JSON. Changes are audited like
 API changes (`admin_*` rows, `via: cli`, the OS user as `operator`).
 
-A client changed here is seen by running servers within `OAUTH2_CLIENT_CACHE_TTL`
-seconds; revocations are immediate.
+A client changed here is acted on by every running server from the moment the change
+commits (`storage.client_registry`); revocations are immediate too.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from oauth2_server.crypto.hashing import hash_secret
 from oauth2_server.storage import user_registry as registry
 from oauth2_server.storage import utcnow
 from oauth2_server.storage.revocation import TokenFilter, revoke_tokens
+from oauth2_server.storage.subjects import IDENTIFIER, SubjectTaken
 
 MIN_PASSWORD = 8
 _PASSWORD = Field("string", f"at least {MIN_PASSWORD} characters", max_length=1000)
@@ -41,6 +42,11 @@ CREATE = {
     "username": Field("string", "login name, unique (case-insensitive)", required=True),
     "password": Field("string", _PASSWORD.doc, required=True, max_length=1000),
     "active": Field("boolean", "default true"),
+    "subject": Field(
+        "string",
+        "token `sub` to keep (A-Z a-z 0-9 . _ ~ -), never a client_id; a new UUID if omitted",
+        max_length=64,
+    ),
 }
 UPDATE = {
     "username": Field("string", "login name, unique (case-insensitive)"),
@@ -87,11 +93,19 @@ def _cut_off(session: Session, user: registry.UserView) -> int:
 def create_user_op(
     session: Session, actor: Actor, body: dict[str, Any], password_hash: str
 ) -> dict[str, Any]:
-    """Create a user from a validated CREATE body; AdminError 409 `username` if taken."""
+    """Create a user from a validated CREATE body. AdminError 409 `username` if taken,
+    409 `subject` if the chosen subject is a user's subject or a client's client_id (one
+    `sub` namespace, RFC 9700 §4.15), 400 `subject` if malformed."""
     check_username(session, body["username"])
-    view = registry.register_user(
-        session, body["username"], password_hash, body.get("active", True)
-    )
+    subject = body.get("subject")
+    if subject is not None and not IDENTIFIER.fullmatch(subject):
+        raise bad_request("subject", "subject may use only A-Z a-z 0-9 . _ ~ - (1-64)")
+    try:
+        view = registry.register_user(
+            session, body["username"], password_hash, body.get("active", True), subject
+        )
+    except SubjectTaken as taken:
+        raise conflict("subject", str(taken)) from None
     record(
         session,
         actor.event(

@@ -60,7 +60,10 @@ class Base(DeclarativeBase):
 
 class Client(Base):
     """A registered OAuth client (RFC 6749 §2). `secret_hash` is `sha256$<hex>`
-    (argon2id for secrets set before migration 0005, until their next use); null for public."""
+    (argon2id for secrets set before migration 0005, until their next use); null for public.
+
+    `version` goes up by one with every change of the row (`storage.client_registry`), so a
+    worker's cached copy can be checked against it in the statement that uses it."""
 
     __tablename__ = "oauth2_clients"
 
@@ -75,6 +78,7 @@ class Client(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
 
 
 class User(Base):

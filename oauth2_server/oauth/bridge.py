@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from oauth2_server.audit import RequestContext
+from oauth2_server.storage.client_state import ClientGuard, ClientState
 from oauth2_server.storage.errors import Availability
 from oauth2_server.storage.fastpath import DeferredWrites, FastStore
 
@@ -85,6 +86,9 @@ class OAuthRequest(OAuth2Request):
         self.family_id: str | None = None
         self.introspected: Any = None
         self.prefetched: Any = _NOT_PREFETCHED
+        # The current state of the client the request names, when a read made for the
+        # request returned it (introspection's); checked against `preauth_client`.
+        self.client_state: ClientState | None = None
 
     @property
     def form(self) -> dict[str, str]:
@@ -112,6 +116,13 @@ class Bridge:
     client; introspection of a JWT whose row was read up front): Authlib runs without a
     session, its inserts are collected by `DeferredWrites` and written by `FastStore`
     in one transaction, one statement on PostgreSQL. The commit rule is the same.
+
+    A deferred call acts on the pre-authenticated client's record, usually a worker's
+    cached copy, so before its answer goes out the record is checked against the client
+    row (`ClientGuard`: still active, same `version`): in the statement that writes, or
+    in the read made up front (`request.client_state`), or else by one primary-key read.
+    If the record is no longer current the call runs again through `run`, whose
+    `query_client` reads the client in the transaction (DESIGN.md invariant 9).
     """
 
     def __init__(
@@ -125,8 +136,16 @@ class Bridge:
         self.availability = availability or (fast.availability if fast else Availability())
 
     async def run_deferred(self, request: OAuthRequest, call: Callable[[], Response]) -> Response:
-        """Run `call()` with `request.db` collecting inserts; write them if it succeeded."""
+        """Run `call()` with `request.db` collecting inserts; write them if it succeeded,
+        guarded by the pre-authenticated client's version. Answers through `run` instead
+        when that client record turns out not to be current. Raises DatabaseUnavailable."""
         assert self.fast is not None
+        pre = request.preauth_client
+        guard = ClientGuard(pre.client_id, pre.record.version) if pre is not None else None
+        state = request.client_state
+        if guard is not None and state is not None and not state.holds(guard):
+            return await self.run(request, call)  # read up front: the record is stale
+        confirmed = guard is None or state is not None
         writes = DeferredWrites()
         request.db = writes  # type: ignore[assignment]
         token = _current.set(request)
@@ -135,9 +154,13 @@ class Bridge:
         finally:
             _current.reset(token)
             request.db = None
-        if result.status_code < 400 or request.keep_changes_on_error:
-            await self.fast.apply(writes)  # raises DatabaseUnavailable itself
-        return result
+        if writes.rows and (result.status_code < 400 or request.keep_changes_on_error):
+            if await self.fast.apply(writes, guard):  # raises DatabaseUnavailable itself
+                return result
+            return await self.run(request, call)  # guard failed: nothing was written
+        if confirmed or await self.fast.client_current(guard):  # type: ignore[arg-type]
+            return result
+        return await self.run(request, call)
 
     async def run(self, request: OAuthRequest, call: Callable[[], T]) -> T:
         """Run `call()` with `request.db` bound; commit or roll back as described above.

@@ -13,8 +13,9 @@
 - `Argon2Slots` runs argon2 verifications (legacy client secrets, user passwords) off the
   loop: `OAUTH2_ARGON2_CONCURRENCY` at once, `OAUTH2_ARGON2_QUEUE` more waiting; beyond
   that `Argon2Busy` at once (answered 503 with `Retry-After`).
-- `ClientCache` keeps immutable `ClientRecord`s for `OAUTH2_CLIENT_CACHE_TTL` seconds,
-  dropped at once in this process when the client changes (`invalidate`).
+- `ClientCache` keeps immutable `ClientRecord`s (at most `OAUTH2_CLIENT_CACHE_TTL` seconds
+  each), dropped in every worker when the client changes, and checked against the row's
+  `version` at every use (see its docstring).
 
 Failure limits live in `oauth.throttling`.
 """
@@ -25,6 +26,8 @@ import asyncio
 import base64
 import binascii
 import hmac
+import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -36,6 +39,8 @@ from authlib.oauth2.rfc6749 import ClientMixin
 from oauth2_server.crypto.hashing import verify_secret
 from oauth2_server.storage.clients import ClientRecord
 
+log = logging.getLogger(__name__)
+
 MAX_CLIENT_ID_LENGTH = 64  # the oauth2_clients.client_id column
 MAX_SECRET_LENGTH = 512  # server-generated secrets are 43 characters
 
@@ -45,10 +50,25 @@ class BadClientCredentials(Exception):
     is True when they came in an HTTP Basic header (answered 401 with
     `WWW-Authenticate`), False for the form body (400)."""
 
+    error = "invalid_client"
+
     def __init__(self, description: str, basic: bool) -> None:
         super().__init__(description)
         self.description = description
         self.basic = basic
+
+
+class MultipleAuthMethods(BadClientCredentials):
+    """A request that uses more than one client authentication method (RFC 6749 §2.3:
+    "The client MUST NOT use more than one authentication method in each request"):
+    RFC 6749 §5.2 `invalid_request`, HTTP 400, refused before any secret is compared.
+    `client_ids` are the (already validated) ids the request named, for the audit row."""
+
+    error = "invalid_request"
+
+    def __init__(self, description: str, client_ids: tuple[str, ...]) -> None:
+        super().__init__(description, basic=False)
+        self.client_ids = client_ids
 
 
 @dataclass(frozen=True)
@@ -101,25 +121,85 @@ def parse_client_credentials(
 ) -> ClientCredentials | None:
     """The client credentials a request presents (RFC 6749 §2.3.1), or None for none.
 
-    HTTP Basic (RFC 7617) wins over the form's `client_id`/`client_secret`; a form
-    `client_id` is checked even then, as Authlib may read it. Raises BadClientCredentials
-    for anything that cannot be a valid client id or secret (see the module docstring).
+    One method per request (RFC 6749 §2.3): HTTP Basic (`client_secret_basic`, RFC 7617),
+    the form's `client_id` + `client_secret` (`client_secret_post`), or the form's
+    `client_id` alone (`none`, a public client, §2.1, §3.2.1). With HTTP Basic, the form
+    may still carry `client_id` naming the same client (§3.2.1: a client "MAY use the
+    client_id request parameter to identify itself"; libraries such as requests-oauthlib
+    send it), but never a `client_secret` and never another client's id: those are two
+    methods, `MultipleAuthMethods` (`invalid_request`). A parameter without a value was
+    dropped by the form parser (§3.1: treated as omitted).
+
+    Raises BadClientCredentials (`invalid_client`) for anything that cannot be a valid
+    client id or secret (see the module docstring), including a form `client_secret`
+    without a `client_id`; every id and secret is checked before any comparison.
     """
     form_id = form.get("client_id")
     form_secret = form.get("client_secret")
     if form_id is not None:
         _check(form_id, form_secret, False)
     header = headers.get("authorization")
+    found = None
     if header is not None:
         try:
             found = _basic(header)
         except UnicodeDecodeError:  # unquote(errors="strict") of a non-UTF-8 escape
             raise BadClientCredentials("malformed HTTP Basic credentials", True) from None
-        if found is not None:
-            return found
+    if found is not None:
+        if form_secret is not None:
+            raise MultipleAuthMethods(
+                "the request uses two client authentication methods, HTTP Basic and a "
+                "client_secret in the body; use exactly one (RFC 6749 section 2.3)",
+                (found.client_id,) + ((form_id,) if form_id and form_id != found.client_id else ()),
+            )
+        if form_id is not None and form_id != found.client_id:
+            raise MultipleAuthMethods(
+                "the client_id in the body names another client than the HTTP Basic "
+                "credentials; authenticate one client with one method (RFC 6749 section 2.3)",
+                (found.client_id, form_id),
+            )
+        return found
     if form_id is None:
+        if form_secret is not None:
+            raise BadClientCredentials("client_secret was sent without client_id", False)
         return None
     return ClientCredentials(form_id, form_secret, False)
+
+
+def presented_method(credentials: ClientCredentials | None) -> str | None:
+    """The RFC 7591 §2 `token_endpoint_auth_method` a request used: `client_secret_basic`,
+    `client_secret_post`, `none`, or None when it presented no client credentials. HTTP
+    Basic with an empty password is a secret-less presentation (`none`)."""
+    if credentials is None:
+        return None
+    if credentials.secret is None:
+        return "none"
+    return "client_secret_basic" if credentials.basic else "client_secret_post"
+
+
+# RFC 7591 §2 method names in plain words, for error descriptions.
+METHOD_WORDS = {
+    "client_secret_basic": "client_secret_basic (HTTP Basic with its client_secret)",
+    "client_secret_post": "client_secret_post (client_id and client_secret in the form body)",
+    "none": "none (a public client: client_id in the form body, no secret)",
+}
+
+
+# RFC 8252 §7.3: `http`, a loopback IP literal, an optional port (1-5 digits), then the
+# path and query, compared exactly. `localhost` is not a loopback IP literal (§8.3).
+_LOOPBACK = re.compile(r"http://(127\.0\.0\.1|\[::1\])(?::([0-9]{1,5}))?([/?][^#]*)?")
+
+
+def loopback_without_port(uri: str) -> str | None:
+    """`uri` without its port if it is an RFC 8252 §7.3 loopback redirect URI
+    (`http://127.0.0.1[:port]/…` or `http://[::1][:port]/…`, port 1-65535), else None."""
+    match = _LOOPBACK.fullmatch(uri)
+    if match is None:
+        return None
+    host, port, rest = match.groups()
+    if port is not None and not 0 < int(port) <= 65535:
+        return None
+    return f"http://{host}{rest or ''}"
 
 
 @dataclass(frozen=True)
@@ -164,8 +244,17 @@ class OAuthClient(ClientMixin):
         return " ".join(dict.fromkeys(requested))
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
-        """Exact string match against a registered URI (RFC 9700 §4.1.3)."""
-        return redirect_uri in self.record.redirect_uris
+        """Exact string match against a registered URI (RFC 9700 §4.1.3), with one
+        exception: for a loopback IP literal redirect (`http://127.0.0.1…`,
+        `http://[::1]…`) any port is allowed at request time (RFC 8252 §7.3), whether the
+        registered URI has a port or not; everything but the port still matches exactly.
+        """
+        if redirect_uri in self.record.redirect_uris:
+            return True
+        portless = loopback_without_port(redirect_uri)
+        return portless is not None and any(
+            loopback_without_port(uri) == portless for uri in self.record.redirect_uris
+        )
 
     def check_client_secret(self, client_secret: str) -> bool:
         if self.verified_secret is None:
@@ -185,11 +274,25 @@ class OAuthClient(ClientMixin):
 
 
 class ClientCache:
-    """client_id → ClientRecord for `ttl` seconds (the cross-process staleness bound)."""
+    """client_id → the `ClientRecord` this worker last read: at most `max_entries` (the
+    oldest dropped first), each reused for at most `ttl` seconds before it is read again.
+
+    `ttl` is not a staleness bound. A change reaches every worker at once: `invalidate` is
+    called by the PostgreSQL NOTIFY listener (`storage.client_notify`) and by the worker
+    that made the change, and every use of a record is checked against the row's
+    `version` before an answer goes out (`Bridge.run_deferred`, `query_client`), which
+    calls `stale` for a record found behind. So a cached record never acts on an old state.
+
+    `generation` goes up at every invalidation: a record read before one and offered to
+    `put` after it (`put(record, generation)`) is not cached, as it may predate the change.
+    `stale_records` counts records found behind at use.
+    """
 
     def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
+        self.generation = 0
+        self.stale_records = 0
         self._entries: OrderedDict[str, tuple[float, ClientRecord]] = OrderedDict()
 
     def get(self, client_id: str) -> ClientRecord | None:
@@ -198,18 +301,34 @@ class ClientCache:
             return None
         return entry[1]
 
-    def put(self, record: ClientRecord) -> None:
+    def put(self, record: ClientRecord, generation: int | None = None) -> None:
+        """Cache `record`, unless an invalidation happened since `generation` (the value of
+        `self.generation` when the read began)."""
+        if generation is not None and generation != self.generation:
+            return
         self._entries[record.client_id] = (time.monotonic() + self.ttl, record)
         self._entries.move_to_end(record.client_id)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
     def invalidate(self, client_id: str | None = None) -> None:
-        """Drop one client (or all) after a change made by this process."""
+        """Drop one client (or all, `None`): it changed, or may have."""
+        self.generation += 1
         if client_id is None:
             self._entries.clear()
         else:
             self._entries.pop(client_id, None)
+
+    def stale(self, record: ClientRecord) -> None:
+        """A use found `record` behind the client row (changed or deleted): count it, log
+        it at DEBUG and drop it, so the next request reads the row."""
+        self.stale_records += 1
+        log.debug(
+            "client %s: cached record (version %d) was behind the database; reading it again",
+            record.client_id,
+            record.version,
+        )
+        self.invalidate(record.client_id)
 
 
 class Argon2Busy(Exception):

@@ -4,11 +4,15 @@ A presented token is looked up by what it is: a JWT is verified (signature, issu
 expiry, `typ`) and its `jti` row read; anything else is treated as a refresh token and
 looked up by SHA-256. `token_type_hint` only orders nothing here: both lookups are cheap
 and unambiguous (a refresh token never parses as a JWT).
+
+A token whose client has been deactivated or deleted is inactive at introspection, read
+in the same statement as the token row on the hot path (`FastStore.introspection`): this
+covers tokens written in a race with the change, which its revocation may have missed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from authlib.oauth2.rfc6749 import TokenMixin
@@ -22,6 +26,7 @@ from oauth2_server.oauth.grants import ALL_METHODS, CONFIDENTIAL_METHODS, digest
 from oauth2_server.oauth.tokens import AccessTokenCodec
 from oauth2_server.storage import tokens as token_storage
 from oauth2_server.storage import utcnow
+from oauth2_server.storage.clients import get_client
 from oauth2_server.storage.tokens import AccessTokenRecord, RefreshTokenRecord
 
 INTROSPECT_SCOPE = "introspect"
@@ -30,13 +35,15 @@ INTROSPECT_SCOPE = "introspect"
 @dataclass(frozen=True)
 class PresentedToken(TokenMixin):
     """A token found in storage: an access token (with its verified JWT claims) or a
-    refresh token."""
+    refresh token. `client_active` is False when the token's client is deactivated or
+    deleted (set where introspection reads it; True elsewhere)."""
 
     token_type: str  # "access_token" | "refresh_token"
     token_id: str  # jti, or digest prefix for refresh tokens
     access: AccessTokenRecord | None = None
     refresh: RefreshTokenRecord | None = None
     claims: dict[str, Any] | None = None
+    client_active: bool = True
 
     @property
     def client_id(self) -> str:
@@ -94,16 +101,27 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
         self.issuer = issuer
 
     def query_token(self, token_string: str, token_type_hint: str | None) -> PresentedToken | None:
+        """The presented token with its client's `active` flag: read with the token row up
+        front on the hot path (`request.prefetched`), else here in the transaction."""
         request = current_request()
         if is_prefetched(request.prefetched):
             return request.prefetched
-        return find_presented_token(request.db, self.codec, token_string)
+        token = find_presented_token(request.db, self.codec, token_string)
+        if token is None:
+            return None
+        client = get_client(request.db, token.client_id)
+        return replace(token, client_active=client is not None and client.active)
 
     def check_permission(self, token: PresentedToken, client: Any, request: Any) -> bool:
         return token.client_id == client.client_id or INTROSPECT_SCOPE in client.record.scopes
 
     def create_introspection_payload(self, token: PresentedToken | None) -> dict[str, Any]:
-        payload = super().create_introspection_payload(token)
+        """RFC 7662 §2.2; `{"active": false}` also when the token's client is deactivated
+        or deleted (DESIGN.md invariant 9)."""
+        if token is not None and not token.client_active:
+            payload: dict[str, Any] = {"active": False}
+        else:
+            payload = super().create_introspection_payload(token)
         request = current_request()
         request.introspected = (token, payload["active"])
         return payload

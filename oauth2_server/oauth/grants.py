@@ -80,9 +80,12 @@ class CodeView(AuthorizationCodeMixin):
 
 @dataclass(frozen=True)
 class RefreshView(TokenMixin):
-    """Authlib's view of a refresh token that this request has just rotated."""
+    """Authlib's view of a refresh token that this request has just used: rotated it, or
+    (`grace` True) used again within `OAUTH2_REFRESH_REUSE_GRACE`, superseding the
+    family's current token. Either way the new refresh token is its child."""
 
     record: RefreshTokenRecord
+    grace: bool = False
 
     def check_client(self, client: Any) -> bool:
         return self.record.client_id == client.client_id
@@ -193,26 +196,42 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
 class RefreshTokenGrant(grants.RefreshTokenGrant):
     """RFC 6749 §6 with rotation on every use and reuse detection (RFC 9700 §4.14.2).
 
-    Using a rotated refresh token again fails with `invalid_grant` and revokes its whole
-    family. Two concurrent uses: the compare-and-set lets exactly one rotate; the loser's
-    `refresh_reuse` row is flagged `race` (0.30) rather than 1.00 when it comes within 1 s
-    of the rotation (`risk.second_use`). A refresh
-    never widens scope; the new refresh token keeps the grant's original scope.
+    The rule lives in `storage.tokens.redeem_refresh_token`; this grant acts on its outcome:
+
+    - a current token is rotated by compare-and-set: of concurrent uses exactly one wins,
+      across processes;
+    - within `reuse_grace` seconds (`OAUTH2_REFRESH_REUSE_GRACE`, default 0) of its
+      rotation, a repeat use of the most recently rotated token by the same client gets a
+      fresh pair in the same family and supersedes the current refresh token (the family
+      keeps exactly one); nothing is revoked and its `refreshed` row is flagged
+      `refresh_grace` (`risk.refresh_from_ip`);
+    - any other use of a rotated token fails with `invalid_grant` and revokes its whole
+      family; its `refresh_reuse` row scores 1.00, or 0.30 flagged `race` within 1 s of
+      the rotation (`risk.second_use`);
+    - another client's, an expired or a revoked token is `invalid_grant` and changes
+      nothing.
+
+    A refresh never widens scope; the new refresh token keeps the grant's original scope.
     """
 
     TOKEN_ENDPOINT_AUTH_METHODS = ALL_METHODS
     INCLUDE_NEW_REFRESH_TOKEN = True
+    reuse_grace = 0.0  # seconds; set from settings when registered
 
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshView | None:
         request = self.request
         now = utcnow()
         digest = token_digest(refresh_token)
         client_id = request.client.client_id
-        rotated = token_storage.rotate_refresh_token(request.db, digest, client_id, now)
-        if rotated is not None:
-            return RefreshView(rotated)
-        stored = token_storage.find_refresh_token(request.db, digest)
-        if stored is not None and stored.rotated_at is not None:
+        use = token_storage.redeem_refresh_token(
+            request.db, digest, client_id, now, self.reuse_grace
+        )
+        if use.outcome in ("rotated", "grace"):
+            assert use.token is not None
+            return RefreshView(use.token, grace=use.outcome == "grace")
+        if use.outcome == "reuse":
+            stored = use.token
+            assert stored is not None
             revoked = token_storage.revoke_family(request.db, stored.family_id, now)
             assessment = second_use("refresh_reuse", stored.rotated_at, now)
             record(
@@ -235,4 +254,5 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         return _active_user(self.request.db, refresh_token.record.user_id)
 
     def revoke_old_credential(self, refresh_token: RefreshView) -> None:
-        """Nothing to do: `rotate_refresh_token` already marked it rotated."""
+        """Nothing to do: `redeem_refresh_token` already marked it (or, for a grace use,
+        the superseded current token) rotated."""

@@ -12,10 +12,18 @@ HTTP and renders pages. The authorization endpoint's login and consent live in
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from typing import Any
 
-from authlib.oauth2.rfc6749 import AuthorizationServer, InvalidClientError, OAuth2Error
+from authlib.oauth2.rfc6749 import (
+    AuthorizationServer,
+    InvalidClientError,
+    InvalidRequestError,
+    OAuth2Error,
+    UnsupportedGrantTypeError,
+)
+from sqlalchemy.orm import Session
 from starlette.responses import JSONResponse, Response
 
 from oauth2_server.audit import AuditBuffer, AuditEvent, record
@@ -29,13 +37,16 @@ from oauth2_server.crypto.hashing import (
 from oauth2_server.oauth.authorization import AuthorizationFlow
 from oauth2_server.oauth.bridge import Bridge, OAuthRequest, current_request
 from oauth2_server.oauth.clients import (
+    METHOD_WORDS,
     Argon2Busy,
     Argon2Slots,
     BadClientCredentials,
     ClientCache,
     ClientCredentials,
+    MultipleAuthMethods,
     OAuthClient,
     parse_client_credentials,
+    presented_method,
 )
 from oauth2_server.oauth.endpoints import (
     IntrospectionEndpoint,
@@ -60,6 +71,7 @@ from oauth2_server.oauth.token_exchange import (
     TokenExchange,
     TokenExchangeConfig,
     TokenExchangeGrant,
+    claimed_client_id,
 )
 from oauth2_server.oauth.tokens import AccessTokenCodec, IssuedToken, TokenGenerator
 from oauth2_server.risk import (
@@ -84,6 +96,16 @@ DEFAULT_DESCRIPTIONS = {
     "unsupported_token_type": "token_type_hint must be access_token or refresh_token",
 }
 
+_NOT_ERROR_TEXT = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+
+
+def plain(value: str, limit: int = 64) -> str:
+    """A caller's value quoted for an error description: at most `limit` characters, each
+    one RFC 6749 §5.2 allows in `error_description` (others become `?`), in single
+    quotes; never a Python repr."""
+    cut = value[:limit] + ("..." if len(value) > limit else "")
+    return "'" + _NOT_ERROR_TEXT.sub("?", cut) + "'"
+
 
 class OAuth2AuthorizationServer(AuthorizationServer):
     """Authlib's server with our client lookup, token storage and Starlette responses."""
@@ -97,19 +119,54 @@ class OAuth2AuthorizationServer(AuthorizationServer):
         self.register_token_generator("default", generator)
 
     def query_client(self, client_id: str) -> OAuthClient | None:
-        """The request's pre-authenticated client, else an active client by id (cached)."""
+        """Client `client_id` as this request may use it (RFC 6749 §2.3.1), or None when it
+        is unknown or inactive.
+
+        Inside a transaction (`Bridge.run`) the client row is read there, never taken from
+        the cache, so the answer is about the current row (DESIGN.md invariant 9): the
+        pre-authenticated client is kept when it was verified against this very version;
+        otherwise the presented secret is compared with the row's `sha256$` hash (constant
+        time), and a cached record found behind the row is dropped (`ClientCache.stale`).
+        On the deferred path (no session) only the pre-authenticated client is known; its
+        record is checked against the row by `Bridge.run_deferred`.
+        """
         request = current_request()
         pre = request.preauth_client
-        if pre is not None and pre.client_id == client_id:
+        if pre is not None and pre.client_id != client_id:
+            pre = None
+        if not isinstance(request.db, Session):
             return pre
-        record_ = self.clients.get(client_id)
-        if record_ is None:
-            record_ = get_client(request.db, client_id)
-            if record_ is not None:
-                self.clients.put(record_)
-        if record_ is None or not record_.active:
+        row = get_client(request.db, client_id)
+        cached = pre.record if pre is not None else self.clients.get(client_id)
+        if cached is not None and (row is None or cached.version != row.version):
+            self.clients.stale(cached)
+        client = self._current_client(request, pre, row)
+        if pre is not None:  # Authlib may ask again in this request: answer from the row
+            request.preauth_client = client
+        return client
+
+    def _current_client(
+        self, request: OAuthRequest, pre: OAuthClient | None, row: ClientRecord | None
+    ) -> OAuthClient | None:
+        """`row` as the request may use it: None if gone or inactive; with the presented
+        secret marked verified only if it matches this row's secret hash."""
+        if row is None or not row.active:
             return None
-        return OAuthClient(record_)
+        if pre is not None and pre.record.secret_hash == row.secret_hash:
+            return OAuthClient(row, verified_secret=pre.verified_secret)
+        if pre is not None:
+            secret = pre.verified_secret
+        else:
+            secret = _presented_secret(request, row.client_id)
+        stored = row.secret_hash
+        if (
+            secret is not None
+            and stored is not None
+            and not is_legacy_secret_hash(stored)
+            and verify_client_secret(stored, secret)
+        ):
+            return OAuthClient(row, verified_secret=secret)
+        return OAuthClient(row)
 
     def save_token(self, token: dict[str, Any], request: OAuthRequest) -> None:
         """Store the access-token row, the refresh token's digest and the audit row, in the
@@ -162,7 +219,11 @@ class OAuth2AuthorizationServer(AuthorizationServer):
                 family_expires_at=family_expires_at,
             )
         risk = (
-            refresh_from_ip(request.context.ip, ips_seen_for_family(db, family_id))
+            refresh_from_ip(
+                request.context.ip,
+                ips_seen_for_family(db, family_id),
+                grace=request.refresh_token.grace,
+            )
             if parent is not None and family_id
             else None
         )
@@ -202,17 +263,63 @@ class OAuth2AuthorizationServer(AuthorizationServer):
         return Response(body or b"", status_code=status, headers=header_map)
 
     def handle_error_response(self, request: OAuthRequest, error: OAuth2Error) -> Response:
-        request.oauth_error = error
-        if not error.description:
-            error.description = DEFAULT_DESCRIPTIONS.get(error.error, error.error)
-            if error.error == "unsupported_grant_type":
-                grant_type = request.form.get("grant_type")
-                error.description = (
-                    f"grant_type {grant_type!r} is not supported"
-                    if grant_type
-                    else "missing 'grant_type' in request body"
+        """An RFC 6749 §5.2 error in plain words: a missing `grant_type` is
+        `invalid_request` (Authlib says `unsupported_grant_type`); `invalid_client` names
+        what the client presented and the method it is registered with (Authlib's text
+        names a Python list); no description carries a Python repr or a character §5.2
+        forbids."""
+        if isinstance(error, UnsupportedGrantTypeError):
+            grant_type = request.form.get("grant_type")
+            if grant_type:
+                error.description = f"grant_type {plain(grant_type)} is not supported"
+            else:
+                error = InvalidRequestError(
+                    description="the request has no grant_type parameter (RFC 6749 section 4)"
                 )
+        elif isinstance(error, InvalidClientError):
+            error.description = self._invalid_client_description(request)
+        elif not error.description:
+            error.description = DEFAULT_DESCRIPTIONS.get(error.error, error.error)
+        request.oauth_error = error
         return super().handle_error_response(request, error)
+
+    def _invalid_client_description(self, request: OAuthRequest) -> str:
+        """Why client authentication failed (RFC 6749 §2.3, §5.2), naming the client's
+        registered `token_endpoint_auth_method` when the request used another one."""
+        try:
+            credentials = parse_client_credentials(request.headers, request.form)
+        except BadClientCredentials as bad:  # answered before Authlib; kept for safety
+            return bad.description
+        if credentials is None:
+            return (
+                "no client authentication: send client_id and client_secret with HTTP "
+                "Basic (RFC 6749 section 2.3.1), or client_id alone for a public client"
+            )
+        client = self.query_client(credentials.client_id)
+        if client is None:
+            return "unknown or inactive client"
+        registered = client.record.token_endpoint_auth_method
+        presented = presented_method(credentials)
+        method = METHOD_WORDS.get(registered, registered)
+        if presented != registered:
+            return f"this client authenticates with {method}, not {presented}"
+        if presented == "none":  # noqa: S105 (a method name)
+            return (
+                f"this client authenticates with {method}, which this endpoint or grant "
+                "type does not accept"
+            )
+        return "client authentication failed: wrong client_secret"
+
+
+def _presented_secret(request: OAuthRequest, client_id: str) -> str | None:
+    """The client secret the request presents for `client_id` (RFC 6749 §2.3.1), if any."""
+    try:
+        credentials = parse_client_credentials(request.headers, request.form)
+    except BadClientCredentials:
+        return None
+    if credentials is None or credentials.client_id != client_id:
+        return None
+    return credentials.secret
 
 
 def oauth_error_response(
@@ -270,6 +377,7 @@ class OAuthService:
         )
         server = OAuth2AuthorizationServer(self.clients, generator, settings.refresh_family_max_age)
         AuthorizationCodeGrant.code_ttl = settings.authorization_code_ttl
+        RefreshTokenGrant.reuse_grace = settings.refresh_reuse_grace
         server.register_grant(AuthorizationCodeGrant, [S256CodeChallenge(required=True)])
         server.register_grant(ClientCredentialsGrant)
         server.register_grant(RefreshTokenGrant)
@@ -298,11 +406,16 @@ class OAuthService:
     # -- client authentication (RFC 6749 §2.3.1), before entering the bridge ------------
 
     async def _client_record(self, client_id: str) -> ClientRecord | None:
+        """The client's record for authenticating a request before the Authlib call: this
+        worker's cached copy, else read (and cached). The copy may be one change behind;
+        every use is checked against the row before an answer goes out (`query_client`,
+        `Bridge.run_deferred`)."""
         record_ = self.clients.get(client_id)
         if record_ is None:
+            generation = self.clients.generation
             record_ = await self.bridge.read(lambda db: get_client(db, client_id))
             if record_ is not None:
-                self.clients.put(record_)
+                self.clients.put(record_, generation)
         return record_
 
     def _failure_keys(self, request: OAuthRequest, client_id: str) -> dict[str, str]:
@@ -404,11 +517,39 @@ class OAuthService:
             )
         )
 
+    def _refuse_multiple_methods(
+        self, request: OAuthRequest, twice: MultipleAuthMethods
+    ) -> Response:
+        """400 `invalid_request` for two client authentication methods in one request
+        (RFC 6749 §2.3, §5.2), before any secret is compared: no token, no limiter count.
+        Audited as `client_auth_failed` with flag `multiple_auth_methods`, one row at once
+        per (IP, client ids) and window plus a summary (`RefusalLog`), so a flood cannot
+        grow the audit trail."""
+        client_id = twice.client_ids[0]
+        self.refusals.refused(
+            self.limiter.key_hash(
+                f"multiple-methods:{request.context.ip}:{' '.join(twice.client_ids)}"
+            ),
+            self.settings.client_auth_failure_window,
+            AuditEvent(
+                "client_auth_failed",
+                request.context,
+                client_id=client_id,
+                grant_type=request.form.get("grant_type"),
+                risk_score=fixed_score("client_auth_failed"),
+                flags=["client_auth_failed", "multiple_auth_methods"],
+                details={"reason": twice.description, "client_ids": list(twice.client_ids)},
+            ),
+        )
+        return oauth_error_response("invalid_request", twice.description, 400)
+
     async def _authenticated_call(
         self, request: OAuthRequest, call: Any, deferred: bool = False
     ) -> Response:
         try:
             credentials = parse_client_credentials(request.headers, request.form)
+        except MultipleAuthMethods as twice:
+            return self._refuse_multiple_methods(request, twice)
         except BadClientCredentials as bad:
             self.refusals.refused(
                 self.limiter.key_hash(f"malformed-credentials:{request.context.ip}"),
@@ -460,12 +601,24 @@ class OAuthService:
         presented = request.form.get("token", "")
         deferred = False
         if presented.count(".") == 2 and self.bridge.fast is not None:
-            # Hot path: verify the JWT and read its row up front (one round trip).
+            # Hot path: verify the JWT and read, in one round trip, its row, whether its
+            # client is still active, and the current state of the client asking.
             claims = self.codec.decode(presented)
-            row = await self.bridge.fast.access_token(claims["jti"]) if claims else None
+            found = (
+                await self.bridge.fast.introspection(claims["jti"], claimed_client_id(request))
+                if claims
+                else None
+            )
+            request.client_state = found.caller if found is not None else None
             request.prefetched = (
-                PresentedToken("access_token", row.jti, access=row, claims=claims)
-                if row is not None
+                PresentedToken(
+                    "access_token",
+                    found.access.jti,
+                    access=found.access,
+                    claims=claims,
+                    client_active=found.client_active,
+                )
+                if found is not None and found.access is not None
                 else None
             )
             deferred = True

@@ -2,6 +2,11 @@
 
 Secrets arrive here already hashed (`sha256$…`, `crypto.hashing.hash_client_secret`).
 No function returns `secret_hash`: `ClientView` is what admins see.
+
+Every change of a client row goes through this module: it adds one to the row's `version`
+in the same UPDATE and queues a `NOTIFY` in the same transaction
+(`storage.client_notify`), so no worker acts on the old row once the change has committed
+(DESIGN.md invariant 9; README "Client changes take effect at once").
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from sqlalchemy.orm import Session
 
 from oauth2_server.db.models import AuthorizationCode, Client
 from oauth2_server.storage import utcnow
+from oauth2_server.storage.client_notify import note_client_changed
+from oauth2_server.storage.subjects import claim_subject
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,11 @@ def register_client(
     scope: str,
     secret_hash: str | None,
 ) -> ClientView:
-    """Insert a client whose metadata the caller validated. Returns its view."""
+    """Insert a client whose metadata the caller validated. Returns its view.
+
+    Raises SubjectTaken when `client_id` is a user's subject or another client's id
+    (ASCII case ignored; RFC 9700 §4.15, `storage.subjects`)."""
+    claim_subject(session, client_id)
     now = utcnow()
     session.execute(
         insert(Client).values(
@@ -117,35 +128,49 @@ UPDATABLE = ("name", "grant_types", "redirect_uris", "scope", "active")
 
 
 def update_client(session: Session, client_id: str, changes: dict[str, Any]) -> ClientView | None:
-    """Apply validated `changes` (keys from UPDATABLE). None if the client is unknown."""
+    """Apply validated `changes` (keys from UPDATABLE), bump `version` and notify. None if
+    the client is unknown."""
     values = {key: changes[key] for key in UPDATABLE if key in changes}
-    result = session.execute(
-        update(Client).where(Client.client_id == client_id).values(**values, updated_at=utcnow())
-    )
-    return get_client_view(session, client_id) if result.rowcount else None
-
-
-def set_client_secret_hash(session: Session, client_id: str, secret_hash: str) -> bool:
-    """Replace a confidential client's secret hash; True if the client exists."""
     result = session.execute(
         update(Client)
         .where(Client.client_id == client_id)
-        .values(secret_hash=secret_hash, updated_at=utcnow())
+        .values(**values, updated_at=utcnow(), version=Client.version + 1)
     )
-    return result.rowcount > 0
+    if not result.rowcount:
+        return None
+    note_client_changed(session, client_id)
+    return get_client_view(session, client_id)
+
+
+def set_client_secret_hash(session: Session, client_id: str, secret_hash: str) -> bool:
+    """Replace a confidential client's secret hash (bumping `version`, notifying); True if
+    the client exists."""
+    result = session.execute(
+        update(Client)
+        .where(Client.client_id == client_id)
+        .values(secret_hash=secret_hash, updated_at=utcnow(), version=Client.version + 1)
+    )
+    if not result.rowcount:
+        return False
+    note_client_changed(session, client_id)
+    return True
 
 
 def upgrade_secret_hash(session: Session, client_id: str, old_hash: str, new_hash: str) -> bool:
     """Replace a legacy argon2id secret hash by its `sha256$` form after a successful
     verification: one UPDATE guarded by the old value, so a rotation that happened
-    meanwhile is never overwritten. `updated_at` is kept (the secret did not change).
+    meanwhile is never overwritten. `updated_at` is kept (the secret did not change);
+    `version` is bumped and other workers notified, so they drop the argon2 hash too.
     True if the row was updated."""
     result = session.execute(
         update(Client)
         .where(Client.client_id == client_id, Client.secret_hash == old_hash)
-        .values(secret_hash=new_hash)
+        .values(secret_hash=new_hash, version=Client.version + 1)
     )
-    return result.rowcount > 0
+    if not result.rowcount:
+        return False
+    note_client_changed(session, client_id)
+    return True
 
 
 ADMIN_SCOPE = "admin"
@@ -174,6 +199,11 @@ def lock_active_admin_clients(session: Session) -> list[str]:
 
 def delete_client(session: Session, client_id: str) -> bool:
     """Delete a client, its consents (cascade) and its pending authorization codes.
-    True if it existed. Revoke its tokens first (`storage.revocation`)."""
+    True if it existed (then every worker is notified). Revoke its tokens first
+    (`storage.revocation`); a token written concurrently by a request that read the client
+    before this commits reads as inactive at introspection (no client row)."""
     session.execute(delete(AuthorizationCode).where(AuthorizationCode.client_id == client_id))
-    return session.execute(delete(Client).where(Client.client_id == client_id)).rowcount > 0
+    if not session.execute(delete(Client).where(Client.client_id == client_id)).rowcount:
+        return False
+    note_client_changed(session, client_id)
+    return True

@@ -12,6 +12,14 @@ database session (its reads were done up front): the storage functions' inserts 
 `session.connection().execute(table.insert(), params)` are collected, then `FastStore.apply`
 writes them in one transaction.
 
+Such a request authenticated its client from a worker's cached `ClientRecord`, so its
+writes carry a `ClientGuard` (client id, the cached record's `version`): they are written
+only if, in the same statement, the client row is still active at that version
+(`WHERE EXISTS …`); otherwise nothing is written and `apply` answers False, and the caller
+re-reads the client (DESIGN.md invariant 9). Introspection's read returns, in the same
+statement as the token row, whether the token's client is still active and the current
+state (`ClientState`) of the client that asks.
+
 Every public method raises `storage.errors.DatabaseUnavailable` in place of a driver or pool
 error that means the database is unreachable or did not answer within `OAUTH2_DB_TIMEOUT`
 (the asyncpg pool's connect, acquire and command timeout).
@@ -22,13 +30,27 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import JSON, Insert, Table, bindparam, select
+from sqlalchemy import JSON, Insert, Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from oauth2_server.db.models import AccessToken
+from oauth2_server.storage.client_state import (
+    ACCESS_COLUMNS,
+    SELECT_ACCESS,
+    SELECT_CURRENT,
+    SELECT_CURRENT_PG,
+    SELECT_INTROSPECTION_PG,
+    SELECT_STATE,
+    ClientGuard,
+    ClientState,
+    IntrospectionRead,
+    guarded_insert,
+    guarded_params,
+    guarded_write_sql,
+)
 from oauth2_server.storage.errors import Availability
 from oauth2_server.storage.exchange import (
     ExchangePrefetch,
@@ -85,10 +107,6 @@ def _pg_values(table: Table, row: dict[str, Any], columns: Sequence[str]) -> lis
     ]
 
 
-def _pg_args(rows: Sequence[tuple[Table, dict[str, Any]]]) -> list[Any]:
-    return [value for table, row in rows for value in _pg_values(table, row, list(row))]
-
-
 # At most this many coalesced INSERT statements in flight per worker, and requests per
 # statement (well under PostgreSQL's 32767 bind parameters). Two in flight measured best
 # in bench/load.py: with four, most statements carried one request (one round trip each);
@@ -122,12 +140,35 @@ class FastStore:
         self.timeout = timeout  # seconds to wait for a pooled connection; None: forever
         self.availability = availability or Availability()
         self._sql: dict[tuple[Any, ...], str] = {}
-        self._pending: list[tuple[list[tuple[Table, dict[str, Any]]], asyncio.Future[None]]] = []
+        self._pending: list[_Pending] = []
         self._flushers = 0
-        self._access_tokens = Coalescer(self._read_access_tokens, MAX_READERS)
+        self._introspections: Coalescer[tuple[str, str | None], IntrospectionRead] = Coalescer(
+            self._read_introspections, MAX_READERS
+        )
         self._exchanges: Coalescer[PrefetchKey, ExchangePrefetch] = Coalescer(
             lambda keys: prefetch_exchanges(self.pool, keys), MAX_READERS
         )
+        self._guarded_inserts: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+    def _insert_sql(
+        self, requests: int, groups: Sequence[tuple[Table, tuple[str, ...], int]]
+    ) -> str:
+        """`client_state.guarded_write_sql`, cached per shape."""
+        key = (requests, tuple((table.name, columns, count) for table, columns, count in groups))
+        sql = self._sql.get(key)
+        if sql is None:
+            sql = guarded_write_sql(requests, groups)
+            if len(self._sql) < 4096:
+                self._sql[key] = sql
+        return sql
+
+    def _guarded_insert(self, table: Table, columns: tuple[str, ...]) -> Any:
+        """`client_state.guarded_insert`, cached per (table, columns)."""
+        statement = self._guarded_inserts.get((table.name, columns))
+        if statement is None:
+            statement = guarded_insert(table, columns)
+            self._guarded_inserts[(table.name, columns)] = statement
+        return statement
 
     @classmethod
     async def create(
@@ -169,91 +210,115 @@ class FastStore:
         if self.pool is not None:
             await self.pool.close()
 
-    def _insert_sql(self, groups: Sequence[tuple[Table, tuple[str, ...], int]]) -> str:
-        """`WITH w0 AS (INSERT … VALUES (…),(…)) INSERT …` for (table, columns, row count)
-        groups; cached per shape."""
-        key = tuple((table.name, columns, count) for table, columns, count in groups)
-        sql = self._sql.get(key)
-        if sql is None:
-            parts: list[str] = []
-            number = 0
-            for table, columns, count in groups:
-                tuples = []
-                for _ in range(count):
-                    placeholders = [f"${number + i + 1}" for i in range(len(columns))]
-                    number += len(columns)
-                    tuples.append(f"({', '.join(placeholders)})")
-                # Identifiers come from table metadata (a KeyError for anything else);
-                # values are always bound parameters.
-                names = ", ".join(f'"{table.c[name].name}"' for name in columns)
-                parts.append(
-                    f'INSERT INTO "{table.name}" ({names}) VALUES {", ".join(tuples)}'  # noqa: S608
-                )
-            ctes = ", ".join(f"w{i} AS ({part})" for i, part in enumerate(parts[:-1]))
-            sql = f"WITH {ctes} {parts[-1]}" if ctes else parts[-1]
-            if len(self._sql) < 4096:
-                self._sql[key] = sql
-        return sql
+    async def apply(self, writes: DeferredWrites, guard: ClientGuard | None = None) -> bool:
+        """Write every collected row in one transaction if `guard` holds (client active at
+        the guarded version, checked in the same statement); return once committed.
 
-    async def apply(self, writes: DeferredWrites) -> None:
-        """Write every collected row in one transaction; return once it is committed.
+        True if written (or nothing to write); False if the guard failed: then nothing
+        was written, and the caller must re-read the client rather than answer from the
+        record it guarded (DESIGN.md invariant 9).
 
         On PostgreSQL, requests that arrive while `MAX_FLUSHERS` statements are already in
         flight are coalesced: their rows go out together in the next single statement (no
-        waiting when the store is idle). Each request still returns only after the
-        statement holding its rows has committed, and a failed statement fails every
-        request in it, so no token is handed out that is not durably stored.
+        waiting when the store is idle), each request's rows under its own guard. Each
+        request still returns only after the statement holding its rows has committed,
+        and a failed statement fails every request in it, so no token is handed out that
+        is not durably stored. Raises DatabaseUnavailable when the database is unreachable.
         """
         if not writes.rows:
-            return
+            return True
         try:
-            await self._apply(writes)
+            written = await self._apply(writes, guard)
         except Exception as exc:
             if (outage := self.availability.translate(exc)) is None:
                 raise
             raise outage from exc
         self.availability.available()
+        return written
 
-    async def _apply(self, writes: DeferredWrites) -> None:
+    async def _apply(self, writes: DeferredWrites, guard: ClientGuard | None) -> bool:
         if self.pool is None:
+            rows = writes.rows
             async with self.engine.begin() as connection:
-                for table, row in writes.rows:
+                if guard is not None:
+                    # The first row goes in only if the client is current: one statement,
+                    # which also takes SQLite's write lock until this transaction commits.
+                    table, first = rows[0]
+                    result = await connection.execute(
+                        self._guarded_insert(table, tuple(first)), guarded_params(first, guard)
+                    )
+                    if result.rowcount != 1:
+                        return False  # nothing written
+                    rows = rows[1:]
+                for table, row in rows:
                     await connection.execute(table.insert(), row)
-            return
-        done = asyncio.get_running_loop().create_future()
-        self._pending.append((writes.rows, done))
+            return True
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(writes.rows, guard, done))
         if self._flushers < MAX_FLUSHERS:
             self._flushers += 1
             try:
                 await self._flush()
             finally:
                 self._flushers -= 1
-        await done
+        return await done
 
     async def _flush(self) -> None:
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            groups: dict[tuple[str, tuple[str, ...]], list[dict[str, Any]]] = {}
+            args: list[Any] = []
+            groups: dict[tuple[str, tuple[str, ...]], list[tuple[int, dict[str, Any]]]] = {}
             tables: dict[str, Table] = {}
-            for rows, _ in batch:
-                for table, row in rows:
+            for n, pending in enumerate(batch):
+                guard = pending.guard
+                args += [n, guard.client_id, guard.version] if guard else [n, None, None]
+                for table, row in pending.rows:
                     tables[table.name] = table
-                    groups.setdefault((table.name, tuple(row)), []).append(row)
+                    groups.setdefault((table.name, tuple(row)), []).append((n, row))
             shape = [(tables[name], columns, len(rows)) for (name, columns), rows in groups.items()]
-            args = _pg_args(
-                [(tables[name], row) for (name, _), rows in groups.items() for row in rows]
-            )
+            for (name, columns), rows in groups.items():
+                for n, row in rows:
+                    args.append(n)
+                    args += _pg_values(tables[name], row, columns)
             try:
                 async with self.pool.acquire(timeout=self.timeout) as connection:
-                    await connection.execute(self._insert_sql(shape), *args)
+                    passed = {
+                        record[0]
+                        for record in await connection.fetch(
+                            self._insert_sql(len(batch), shape), *args
+                        )
+                    }
             except Exception as exc:  # every request of the batch fails with it
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
+                for pending in batch:
+                    if not pending.done.done():
+                        pending.done.set_exception(exc)
             else:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_result(None)
+                for n, pending in enumerate(batch):
+                    if not pending.done.done():
+                        pending.done.set_result(n in passed)
+
+    async def client_current(self, guard: ClientGuard) -> bool:
+        """True if the client is still active at the guarded version (one primary-key
+        read; for answers that write nothing). Raises DatabaseUnavailable."""
+        try:
+            if self.pool is None:
+                async with self.engine.connect() as connection:
+                    found = (
+                        await connection.execute(
+                            SELECT_CURRENT, {"client_id": guard.client_id, "version": guard.version}
+                        )
+                    ).first()
+            else:
+                async with self.pool.acquire(timeout=self.timeout) as connection:
+                    found = await connection.fetchrow(
+                        SELECT_CURRENT_PG, guard.client_id, guard.version
+                    )
+        except Exception as exc:
+            if (outage := self.availability.translate(exc)) is None:
+                raise
+            raise outage from exc
+        self.availability.available()
+        return found is not None
 
     async def copy_rows(self, table: Table, rows: list[dict[str, Any]]) -> None:
         """Insert many rows of one shape in one transaction, outside the coalesced token
@@ -279,30 +344,63 @@ class FastStore:
         async with self.pool.acquire(timeout=self.timeout) as connection:
             await connection.copy_records_to_table(table.name, records=records, columns=columns)
 
-    async def access_token(self, jti: str) -> AccessTokenRecord | None:
-        """The access-token row by `jti`, or None (introspection's read).
+    async def introspection(self, jti: str, caller_id: str | None) -> IntrospectionRead:
+        """Introspection's read (RFC 7662 §2.2) in one statement: the access-token row by
+        `jti`, whether its client is still active (a deactivated or deleted client's
+        tokens are inactive, including any written in a race with the change), and the
+        current `ClientState` of `caller_id`, the client the request names.
 
-        On PostgreSQL, lookups that arrive while `MAX_READERS` are in flight are coalesced
-        (`Coalescer`): the next statement reads all of them with `WHERE jti = ANY($1)`.
+        On PostgreSQL, reads that arrive while `MAX_READERS` are in flight are coalesced
+        (`Coalescer`): the next statement reads all of them. Raises DatabaseUnavailable.
         """
         try:
             if self.pool is None:
-                async with self.engine.connect() as connection:
-                    row = (await connection.execute(_SELECT_ACCESS, {"jti": jti})).first()
-                found = AccessTokenRecord(*row) if row is not None else None
+                found = await self._read_introspection_sqlite(jti, caller_id)
             else:
-                found = await self._access_tokens.get(jti)
+                found = await self._introspections.get((jti, caller_id))
         except Exception as exc:
             if (outage := self.availability.translate(exc)) is None:
                 raise
             raise outage from exc
         self.availability.available()
+        assert found is not None  # one row per key: the statement outer-joins everything
         return found
 
-    async def _read_access_tokens(self, jtis: list[str]) -> dict[str, AccessTokenRecord]:
+    async def _read_introspection_sqlite(
+        self, jti: str, caller_id: str | None
+    ) -> IntrospectionRead:
+        async with self.engine.connect() as connection:
+            row = (await connection.execute(SELECT_ACCESS, {"jti": jti})).first()
+            caller = None
+            if caller_id is not None:
+                caller = (await connection.execute(SELECT_STATE, {"client_id": caller_id})).first()
+        access = AccessTokenRecord(*row[:-1]) if row is not None else None
+        return IntrospectionRead(
+            access,
+            bool(row is not None and row[-1]),
+            ClientState(caller_id, bool(caller[0]), caller[1]) if caller is not None else None,
+        )
+
+    async def _read_introspections(
+        self, keys: list[tuple[str, str | None]]
+    ) -> dict[tuple[str, str | None], IntrospectionRead]:
         async with self.pool.acquire(timeout=self.timeout) as connection:
-            rows = await connection.fetch(_SELECT_ACCESS_MANY_PG, jtis)
-        return {row[0]: AccessTokenRecord(*row) for row in rows}
+            rows = await connection.fetch(
+                SELECT_INTROSPECTION_PG, [jti for jti, _ in keys], [c for _, c in keys]
+            )
+        found: dict[tuple[str, str | None], IntrospectionRead] = {}
+        width = len(ACCESS_COLUMNS)
+        for row in rows:
+            access = row[2 : 2 + width]
+            client_active, caller_active, caller_version = row[2 + width :]
+            found[(row[0], row[1])] = IntrospectionRead(
+                AccessTokenRecord(*access) if access[0] is not None else None,
+                bool(client_active),
+                ClientState(row[1], caller_active, caller_version)
+                if caller_active is not None
+                else None,
+            )
+        return found
 
     async def prefetch_exchange(
         self, jti: str, client_id: str, branch_id: str, provider: str
@@ -370,11 +468,10 @@ class Coalescer(Generic[K, V]):
                     found.set_result(values.get(key))
 
 
-_ACCESS_COLUMNS = list(AccessTokenRecord.__dataclass_fields__)
-_SELECT_ACCESS = select(*(AccessToken.__table__.c[c] for c in _ACCESS_COLUMNS)).where(
-    AccessToken.__table__.c.jti == bindparam("jti")
-)
-_SELECT_ACCESS_MANY_PG = (
-    f"SELECT {', '.join(_ACCESS_COLUMNS)} FROM oauth2_access_tokens"  # noqa: S608
-    " WHERE jti = ANY($1::varchar[])"
-)
+@dataclass(frozen=True)
+class _Pending:
+    """One request's rows waiting for a coalesced statement, and what it waits on."""
+
+    rows: list[tuple[Table, dict[str, Any]]]
+    guard: ClientGuard | None
+    done: asyncio.Future[bool]

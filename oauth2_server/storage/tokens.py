@@ -1,14 +1,20 @@
 """Authorization codes, access-token rows and refresh-token families.
 
-Flows call these by what they do (`consume_authorization_code`, `rotate_refresh_token`,
+Flows call these by what they do (`consume_authorization_code`, `redeem_refresh_token`,
 `revoke_family`); each security-relevant change is one compare-and-set statement, so
 two concurrent callers cannot both win, across processes.
+
+A refresh token family (one grant, RFC 9700 §4.14.2) is a chain of rows linked by
+`parent_id`; it has at most one *current* token (not rotated, not revoked, unexpired).
+Every row that stops being current gets `rotated_at`: by its own use (rotation), or
+superseded by a grace use of its parent (`redeem_refresh_token`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Literal
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
@@ -261,6 +267,108 @@ def rotate_refresh_token(
     )
     row = session.execute(stmt).first()
     return RefreshTokenRecord(*row) if row else None
+
+
+RedemptionOutcome = Literal["rotated", "grace", "reuse", "invalid"]
+
+# A grace use that loses its compare-and-set to another grace use tries again; every
+# loss means another use succeeded, so this only bounds a pathological pile-up.
+GRACE_ATTEMPTS = 64
+
+
+@dataclass(frozen=True)
+class RefreshRedemption:
+    """What presenting a refresh token did (RFC 6749 §6; RFC 9700 §4.14.2).
+
+    - `rotated`: `token` was current and is now rotated by this call; issue its child.
+    - `grace`: `token` was rotated at most `grace` seconds ago and is the parent of the
+      family's current token; that current token (`superseded`) is now rotated by this
+      call; issue a new child of `token`. The family keeps exactly one current token.
+    - `reuse`: `token` was rotated and no grace applies: the caller revokes the family.
+    - `invalid`: unknown, another client's, expired or revoked; nothing changed.
+    """
+
+    outcome: RedemptionOutcome
+    token: RefreshTokenRecord | None = None
+    superseded: RefreshTokenRecord | None = None
+
+
+def redeem_refresh_token(
+    session: Session, token_hash: str, client_id: str, now: datetime, grace: float = 0
+) -> RefreshRedemption:
+    """Use a presented refresh token of `client_id`: the whole rotation rule in one place.
+
+    `grace` (seconds, `OAUTH2_REFRESH_REUSE_GRACE`) lets a repeat use of the most recently
+    rotated token (the parent of the current one, never an older ancestor) by the same
+    client succeed: it supersedes the current token instead of revoking the family, so a
+    retry after a lost answer, or a duplicate request, does not sign the user out. No
+    grace for another client's token, or for a revoked, expired or ended family.
+
+    Race-free across processes: each change is one compare-and-set `UPDATE … RETURNING`
+    holding one row lock at a time (the presented row, then the current row), so two
+    concurrent uses never both rotate the same row and no lock cycle can form. A grace
+    use that loses to another grace use retries on the new current token (bounded by
+    `GRACE_ATTEMPTS`; after that it is `invalid`, nothing changed). `now` is UTC.
+    """
+    rotated = rotate_refresh_token(session, token_hash, client_id, now)
+    if rotated is not None:
+        return RefreshRedemption("rotated", rotated)
+    stored = find_refresh_token(session, token_hash)
+    if stored is None or stored.client_id != client_id or stored.rotated_at is None:
+        return RefreshRedemption("invalid", stored)
+    if not _in_grace(stored, now, grace):
+        return RefreshRedemption("reuse", stored)
+    for _ in range(GRACE_ATTEMPTS):
+        superseded = _supersede_current_child(session, stored, now)
+        if superseded is not None:
+            return RefreshRedemption("grace", stored, superseded)
+        if not _has_current_child(session, stored, now):
+            return RefreshRedemption("reuse", stored)  # an older ancestor, or none is live
+    return RefreshRedemption("invalid", stored)
+
+
+def _in_grace(token: RefreshTokenRecord, now: datetime, grace: float) -> bool:
+    """True if a repeat use of this rotated token may get grace: within `grace` seconds
+    of its rotation, the token itself unrevoked and unexpired, its family not ended."""
+    return (
+        grace > 0
+        and token.rotated_at is not None
+        and token.revoked_at is None
+        and token.expires_at > now
+        and (token.family_expires_at is None or token.family_expires_at > now)
+        and (now - token.rotated_at).total_seconds() <= grace
+    )
+
+
+def _current_child(parent: RefreshTokenRecord, now: datetime) -> tuple[Any, ...]:
+    """The conditions of `parent`'s current child (the family's current token)."""
+    return (
+        RefreshToken.family_id == parent.family_id,
+        RefreshToken.parent_id == parent.id,
+        RefreshToken.rotated_at.is_(None),
+        RefreshToken.revoked_at.is_(None),
+        RefreshToken.expires_at > now,
+    )
+
+
+def _supersede_current_child(
+    session: Session, parent: RefreshTokenRecord, now: datetime
+) -> RefreshTokenRecord | None:
+    """Compare-and-set: mark the family's current token rotated if it is `parent`'s child."""
+    stmt = (
+        update(RefreshToken)
+        .where(*_current_child(parent, now))
+        .values(rotated_at=now)
+        .returning(*_REFRESH_COLUMNS)
+    )
+    row = session.execute(stmt).first()
+    return RefreshTokenRecord(*row) if row else None
+
+
+def _has_current_child(session: Session, parent: RefreshTokenRecord, now: datetime) -> bool:
+    """True if `parent` has a current child (committed by a concurrent grace use)."""
+    found = session.execute(select(RefreshToken.id).where(*_current_child(parent, now)).limit(1))
+    return found.first() is not None
 
 
 def find_refresh_token(session: Session, token_hash: str) -> RefreshTokenRecord | None:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from oauth2_server.db.models import AuthorizationCode, User
 from oauth2_server.storage import utcnow
+from oauth2_server.storage.subjects import claim_subject
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,20 @@ def username_taken(session: Session, username: str, except_subject: str | None =
     return session.scalars(stmt.limit(1)).first() is not None
 
 
-def register_user(session: Session, username: str, password_hash: str, active: bool) -> UserView:
-    """Insert a user with a new random subject (UUID)."""
-    subject = str(uuid.uuid4())
+def register_user(
+    session: Session,
+    username: str,
+    password_hash: str,
+    active: bool,
+    subject: str | None = None,
+) -> UserView:
+    """Insert a user with `subject` (validated by the caller against
+    `subjects.IDENTIFIER`), or a new random one (UUID) when None.
+
+    Raises SubjectTaken when the subject is a client's client_id or another user's
+    subject (ASCII case ignored; RFC 9700 §4.15, `storage.subjects`)."""
+    subject = subject or str(uuid.uuid4())
+    claim_subject(session, subject)
     session.execute(
         insert(User).values(
             subject=subject,

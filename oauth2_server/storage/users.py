@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from oauth2_server.crypto.hashing import hash_secret
 from oauth2_server.db.models import Consent, User
 from oauth2_server.storage import utcnow
+from oauth2_server.storage.subjects import IDENTIFIER, SubjectTaken, claim_subject
 
 
 class UserRegistrationError(ValueError):
@@ -32,16 +33,27 @@ def _record(row: User) -> UserRecord:
     return UserRecord(row.id, row.subject, row.username, row.password_hash, row.active)
 
 
-def create_user(session: Session, username: str, password: str) -> UserRecord:
-    """Create a user with an argon2id password hash. Raises UserRegistrationError."""
+def create_user(
+    session: Session, username: str, password: str, subject: str | None = None
+) -> UserRecord:
+    """Create a user with an argon2id password hash and `subject` (a new UUID when None).
+    Raises UserRegistrationError, also when the subject is malformed or taken by a user
+    or a client's client_id (RFC 9700 §4.15, `storage.subjects`)."""
+    if subject is not None and not IDENTIFIER.fullmatch(subject):
+        raise UserRegistrationError("subject may use only A-Z a-z 0-9 . _ ~ - (1-64)")
     if not username.strip():
         raise UserRegistrationError("username must not be empty")
     if len(password) < 8:
         raise UserRegistrationError("password must be at least 8 characters")
     if session.scalars(select(User.id).where(User.username == username)).first():
         raise UserRegistrationError(f"username {username!r} is taken")
+    subject = subject or str(uuid.uuid4())
+    try:
+        claim_subject(session, subject)
+    except SubjectTaken as taken:
+        raise UserRegistrationError(str(taken)) from None
     row = User(
-        subject=str(uuid.uuid4()),
+        subject=subject,
         username=username,
         password_hash=hash_secret(password),
         active=True,
