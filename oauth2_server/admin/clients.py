@@ -45,10 +45,9 @@ from oauth2_server.storage.clients import (
     validate_redirect_uri,
 )
 from oauth2_server.storage.revocation import TokenFilter, revoke_tokens
-from oauth2_server.storage.subjects import SubjectTaken
+from oauth2_server.storage.subjects import IDENTIFIER, SubjectTaken
 
 PUBLIC_METHOD = "none"  # noqa: S105 (an auth method name, RFC 7591 §2)
-CLIENT_ID = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
 SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]+$")  # RFC 6749 §3.3
 
 _NAME = Field("string", "display name, unique (case-insensitive)")
@@ -196,7 +195,7 @@ def create_client_op(
     }
     check_metadata(merged, method == "none")
     client_id = body.get("client_id") or new_client_id()
-    if not CLIENT_ID.match(client_id):
+    if not IDENTIFIER.fullmatch(client_id):
         raise bad_request("client_id", "client_id may use only A-Z a-z 0-9 . _ ~ -")
     if registry.client_id_taken(session, client_id):
         raise conflict("client_id", f"client_id {client_id!r} is taken")

@@ -169,13 +169,8 @@ class Bridge:
         `keep_changes_on_error`; any other result commits; an exception rolls back.
         Raises DatabaseUnavailable when the database cannot be reached.
         """
-        try:
+        with self.availability.guard():
             result = await self._run(request, call)
-        except Exception as exc:
-            if (outage := self.availability.translate(exc)) is None:
-                raise
-            raise outage from exc
-        self.availability.available()
         return result
 
     async def _run(self, request: OAuthRequest, call: Callable[[], T]) -> T:
@@ -205,25 +200,15 @@ class Bridge:
     async def read(self, call: Callable[[Session], T]) -> T:
         """Run a read-only storage call outside any Authlib request. Raises
         DatabaseUnavailable when the database cannot be reached."""
-        try:
+        with self.availability.guard():
             async with self.sessionmaker() as session:
                 result = await session.run_sync(call)
-        except Exception as exc:
-            if (outage := self.availability.translate(exc)) is None:
-                raise
-            raise outage from exc
-        self.availability.available()
         return result
 
     async def write(self, call: Callable[[Session], T]) -> T:
         """Run a storage call and commit it. Raises DatabaseUnavailable when the database
         cannot be reached."""
-        try:
+        with self.availability.guard():
             async with self.sessionmaker() as session, session.begin():
                 result = await session.run_sync(call)
-        except Exception as exc:
-            if (outage := self.availability.translate(exc)) is None:
-                raise
-            raise outage from exc
-        self.availability.available()
         return result

@@ -27,7 +27,6 @@ import base64
 import binascii
 import hmac
 import logging
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -37,7 +36,7 @@ from urllib.parse import unquote
 from authlib.oauth2.rfc6749 import ClientMixin
 
 from oauth2_server.crypto.hashing import verify_secret
-from oauth2_server.storage.clients import ClientRecord
+from oauth2_server.storage.clients import ClientRecord, loopback_host
 
 log = logging.getLogger(__name__)
 
@@ -185,21 +184,16 @@ METHOD_WORDS = {
 }
 
 
-# RFC 8252 §7.3: `http`, a loopback IP literal, an optional port (1-5 digits), then the
-# path and query, compared exactly. `localhost` is not a loopback IP literal (§8.3).
-_LOOPBACK = re.compile(r"http://(127\.0\.0\.1|\[::1\])(?::([0-9]{1,5}))?([/?][^#]*)?")
-
-
 def loopback_without_port(uri: str) -> str | None:
     """`uri` without its port if it is an RFC 8252 §7.3 loopback redirect URI
-    (`http://127.0.0.1[:port]/…` or `http://[::1][:port]/…`, port 1-65535), else None."""
-    match = _LOOPBACK.fullmatch(uri)
-    if match is None:
+    (`http://127.0.0.1[:port]/…` or `http://[::1][:port]/…`, port 1-65535), else None.
+    `localhost` is not a loopback IP literal (§8.3); path and query are kept exactly."""
+    prefix = "http://"
+    if not uri.startswith(prefix) or "#" in uri:
         return None
-    host, port, rest = match.groups()
-    if port is not None and not 0 < int(port) <= 65535:
-        return None
-    return f"http://{host}{rest or ''}"
+    end = min((i for i in (uri.find("/", 7), uri.find("?", 7)) if i != -1), default=len(uri))
+    host = loopback_host(uri[len(prefix) : end])
+    return None if host is None else f"{prefix}{host}{uri[end:]}"
 
 
 @dataclass(frozen=True)

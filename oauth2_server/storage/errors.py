@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import asyncpg
 from sqlalchemy import exc as sa_exc
@@ -97,19 +99,30 @@ class Availability:
     """One process's view of database availability: logs the start and the end of an outage
     once each (WARNING), whatever the number of failing requests in between.
 
-    Storage entry points call `translate(exc)` on a failure:
+    Storage entry points wrap each database call in `guard()`:
 
-        except Exception as exc:
-            if (outage := availability.translate(exc)) is None:
-                raise
-            raise outage from exc
+        with availability.guard():
+            await connection.fetchrow(...)
 
-    and `available()` after a database call succeeded (noting the end of an outage).
-    Both are O(1) and never raise.
+    which raises `DatabaseUnavailable` in place of an outage error (`translate`) and notes
+    the end of an outage after a call succeeded (`available`). Both are O(1).
     """
 
     def __init__(self) -> None:
         self.down_since: float | None = None  # time.monotonic() of the first failure
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """Wrap one database call: an error that means the database is unreachable or timed
+        out leaves as `DatabaseUnavailable` (chained to the driver's error); any other error
+        leaves unchanged; a call that succeeded ends a noted outage."""
+        try:
+            yield
+        except Exception as exc:
+            if (outage := self.translate(exc)) is None:
+                raise
+            raise outage from exc
+        self.available()
 
     def translate(self, exc: BaseException) -> DatabaseUnavailable | None:
         """The `DatabaseUnavailable` to raise in place of `exc`, or None to re-raise `exc`

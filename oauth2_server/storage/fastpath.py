@@ -227,13 +227,8 @@ class FastStore:
         """
         if not writes.rows:
             return True
-        try:
+        with self.availability.guard():
             written = await self._apply(writes, guard)
-        except Exception as exc:
-            if (outage := self.availability.translate(exc)) is None:
-                raise
-            raise outage from exc
-        self.availability.available()
         return written
 
     async def _apply(self, writes: DeferredWrites, guard: ClientGuard | None) -> bool:
@@ -300,7 +295,7 @@ class FastStore:
     async def client_current(self, guard: ClientGuard) -> bool:
         """True if the client is still active at the guarded version (one primary-key
         read; for answers that write nothing). Raises DatabaseUnavailable."""
-        try:
+        with self.availability.guard():
             if self.pool is None:
                 async with self.engine.connect() as connection:
                     found = (
@@ -313,11 +308,6 @@ class FastStore:
                     found = await connection.fetchrow(
                         SELECT_CURRENT_PG, guard.client_id, guard.version
                     )
-        except Exception as exc:
-            if (outage := self.availability.translate(exc)) is None:
-                raise
-            raise outage from exc
-        self.availability.available()
         return found is not None
 
     async def copy_rows(self, table: Table, rows: list[dict[str, Any]]) -> None:
@@ -326,13 +316,8 @@ class FastStore:
         client CPU), a multi-row insert through SQLAlchemy elsewhere."""
         if not rows:
             return
-        try:
+        with self.availability.guard():
             await self._copy_rows(table, rows)
-        except Exception as exc:
-            if (outage := self.availability.translate(exc)) is None:
-                raise
-            raise outage from exc
-        self.availability.available()
 
     async def _copy_rows(self, table: Table, rows: list[dict[str, Any]]) -> None:
         if self.pool is None:
@@ -353,16 +338,11 @@ class FastStore:
         On PostgreSQL, reads that arrive while `MAX_READERS` are in flight are coalesced
         (`Coalescer`): the next statement reads all of them. Raises DatabaseUnavailable.
         """
-        try:
+        with self.availability.guard():
             if self.pool is None:
                 found = await self._read_introspection_sqlite(jti, caller_id)
             else:
                 found = await self._introspections.get((jti, caller_id))
-        except Exception as exc:
-            if (outage := self.availability.translate(exc)) is None:
-                raise
-            raise outage from exc
-        self.availability.available()
         assert found is not None  # one row per key: the statement outer-joins everything
         return found
 
@@ -407,7 +387,7 @@ class FastStore:
     ) -> ExchangePrefetch:
         """Token exchange's read (storage.exchange): the subject token's row and the
         exchange target; coalesced across concurrent requests on PostgreSQL."""
-        try:
+        with self.availability.guard():
             if self.pool is None:
                 found = await prefetch_exchange(
                     self.engine,
@@ -418,11 +398,6 @@ class FastStore:
                 )
             else:
                 found = await self._exchanges.get((jti, client_id, branch_id, provider))
-        except Exception as exc:
-            if (outage := self.availability.translate(exc)) is None:
-                raise
-            raise outage from exc
-        self.availability.available()
         assert found is not None  # one row per key: the statement outer-joins everything
         return found
 
