@@ -91,7 +91,6 @@ def create_app(settings: Settings) -> Starlette:
         # Development over plain http on a non-loopback name: let Authlib accept it
         # (production requires an https issuer; Authlib already allows loopback).
         os.environ.setdefault("AUTHLIB_INSECURE_TRANSPORT", "1")
-    counter = health.RequestCounter()
     availability = Availability()
     session_settings = {
         "secret_key": keyring.derive(b"oauth2-server session cookie").hex(),
@@ -136,7 +135,6 @@ def create_app(settings: Settings) -> Starlette:
                 )
                 await listener.start()
             app.state.templates = Jinja2Templates(directory=str(TEMPLATES))
-            app.state.request_counter = counter
             yield
             reload_task.cancel()
             if listener is not None:
@@ -149,7 +147,7 @@ def create_app(settings: Settings) -> Starlette:
             await engine.dispose()
 
     middleware = [
-        Middleware(HttpMiddleware, counter=counter),
+        Middleware(HttpMiddleware, access_log=settings.access_log),
         # Anything no handler below took: 500 server_error JSON, one log line.
         Middleware(errors.LastResort, handler=errors.unhandled),
     ]

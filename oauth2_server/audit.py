@@ -32,6 +32,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from oauth2_server import metrics
 from oauth2_server.audit_bounds import COLUMN_LIMITS, bound_details, bound_flags, bound_text
 from oauth2_server.db.models import TokenLog
 from oauth2_server.risk import FIXED_SCORES, row_score
@@ -49,11 +50,15 @@ MALFORMED = "malformed"
 
 @dataclass(frozen=True)
 class RequestContext:
-    """Who asked: the client IP, user agent and request id of one HTTP request."""
+    """Who asked: the client IP, user agent and request id of one HTTP request, and when it
+    arrived (`received_at`, UTC; None outside HTTP). Arrival, not processing, decides
+    whether a second use of a single-use credential was concurrent (`risk.second_use`):
+    a request that waited for a busy database is still the loser of a race."""
 
     ip: str | None = None
     user_agent: str | None = None
     request_id: str | None = None
+    received_at: datetime | None = None
 
 
 @dataclass
@@ -230,6 +235,7 @@ class AuditBuffer:
         for _ in range(excess):
             self._rows.popleft()
         self.dropped += excess
+        metrics.AUDIT_ROWS_DROPPED.inc(excess)
         if not self._episode_dropped:
             log.error(
                 "audit buffer full (OAUTH2_AUDIT_BUFFER_MAX_ROWS=%d): dropping its oldest "
@@ -307,6 +313,7 @@ class AuditBuffer:
         """Count and log (one line each per batch, never the values) refused rows."""
         if refused:
             self.malformed += len(refused)
+            metrics.AUDIT_ROWS_MALFORMED.inc(len(refused))
             log.warning(
                 "%d audit rows were refused by the database (%s); written in minimal form "
                 "with flag %r",
@@ -316,6 +323,7 @@ class AuditBuffer:
             )
         if lost:
             self.dropped += len(lost)
+            metrics.AUDIT_ROWS_DROPPED.inc(len(lost))
             log.error(
                 "%d audit rows were refused even in minimal form (%s); dropped",
                 len(lost),

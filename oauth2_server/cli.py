@@ -4,22 +4,44 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import errno
 import json
 import logging
+import logging.config
+import os
+import socket
 import sys
+import tempfile
+import traceback
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from oauth2_server import cli_branches, http_limits, logs
 from oauth2_server.admin import commands as admin_commands
-from oauth2_server.admin.cli_support import CommandFailed, transaction
+from oauth2_server.admin.cli_support import (
+    EXIT_CONFLICT,
+    EXIT_UNEXPECTED,
+    EXIT_USAGE,
+    CommandFailed,
+    add_json,
+    explain,
+    keyring_mismatch,
+    prepare_database,
+    transaction,
+)
 from oauth2_server.audit import AuditEvent, record
-from oauth2_server.config import ConfigError, Settings, settings_table_markdown
-from oauth2_server.crypto.keyring import generate_key_spec, load_keyring
+from oauth2_server.config import SETTINGS, ConfigError, Settings, settings_table_markdown
+from oauth2_server.crypto.keyring import DecryptionError, Keyring, generate_key_spec, load_keyring
 from oauth2_server.db import migrate
 from oauth2_server.db.engine import create_engine
+from oauth2_server.dev import cli as dev_cli
 from oauth2_server.oauth.keys import KeyStore
+from oauth2_server.storage import keys as key_storage
 from oauth2_server.storage.clients import ClientRegistrationError, count_clients, create_client
 from oauth2_server.storage.users import UserRegistrationError, create_user
 
@@ -35,7 +57,9 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
         finally:
             await engine.dispose()
 
-    print(f"database at revision {asyncio.run(go())}")
+    prepare_database(settings)
+    revision = asyncio.run(go())
+    print(json.dumps({"revision": revision}) if args.json else f"database at revision {revision}")
 
 
 def _client_created(client: Any, bootstrap: bool = False) -> AuditEvent:
@@ -54,12 +78,29 @@ def _client_created(client: Any, bootstrap: bool = False) -> AuditEvent:
     return admin_commands.cli_actor().event("admin_client_created", details=details)
 
 
+def _keystore(settings: Settings, session: Session) -> KeyStore:
+    """The signing keys, loaded with the keyring checked against the database first.
+
+    A development keyring file that is missing while the database holds keys is not
+    regenerated; one that cannot decrypt the current signing key (lost and regenerated,
+    or replaced) is refused. Both raise CommandFailed naming the file (exit status 2)."""
+    dev_file_missing = not settings.encryption_keys and not Path(settings.dev_key_file).exists()
+    if dev_file_missing and key_storage.published_keys(session):
+        raise keyring_mismatch(settings, missing=True)
+    keyring: Keyring = load_keyring(settings)
+    store = KeyStore(keyring)
+    try:
+        store.load(session)
+    except DecryptionError:
+        raise keyring_mismatch(settings) from None
+    return store
+
+
 def _prepare(settings: Settings) -> dict[str, Any] | None:
     """Before workers start: signing key present; bootstrap admin on an empty database."""
-    keyring = load_keyring(settings)
 
     def call(session: Session) -> dict[str, Any] | None:
-        KeyStore(keyring).ensure(session)
+        _keystore(settings, session).ensure(session)
         if not settings.bootstrap_admin or count_clients(session) > 0:
             return None
         client, secret = create_client(
@@ -75,9 +116,39 @@ def _prepare(settings: Settings) -> dict[str, Any] | None:
     return transaction(settings, call)
 
 
-def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
-    import uvicorn
+def check_port(host: str, port: int) -> None:
+    """Bind (and release) `host:port` the way uvicorn will, before anything is written or
+    printed. Raises CommandFailed: in use (exit status 4), not allowed or not an address
+    of this machine (2)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise CommandFailed(
+                f"{where} is already in use (OAUTH2_PORT/--port, OAUTH2_HOST/--host): stop "
+                "the other server or choose another port",
+                EXIT_CONFLICT,
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise CommandFailed(
+                f"not allowed to listen on {where} (OAUTH2_PORT/--port): ports below 1024 "
+                "need privileges; choose another port"
+            ) from None
+        raise CommandFailed(
+            f"cannot listen on {where} (OAUTH2_HOST/--host): {exc.strerror or exc}; use an "
+            "address of this machine, e.g. 127.0.0.1 or 0.0.0.0"
+        ) from None
 
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
+    # Before the database is created or migrated and before a secret is printed.
+    check_port(args.host or settings.host, args.port or settings.port)
+    # the serve logging setup from here on (uvicorn applies it again in every worker)
+    logging.config.dictConfig(logs.log_config(settings.log_level, settings.effective_log_format))
     bootstrap = _prepare(settings)
     if bootstrap:
         token_url = f"{settings.issuer_url}/oauth2/token"
@@ -96,6 +167,29 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
             ),
             flush=True,
         )
+    with _metrics_directory():
+        _run_uvicorn(settings, args)
+
+
+@contextlib.contextmanager
+def _metrics_directory() -> Iterator[None]:
+    """`PROMETHEUS_MULTIPROC_DIR` for the workers (oauth2_server.metrics): the operator's,
+    or a fresh private (0700) temporary directory removed when `serve` ends. Set before
+    uvicorn starts the workers, which inherit it."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="oauth2-server-metrics-") as directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        try:
+            yield
+        finally:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
+
+def _run_uvicorn(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
     uvicorn.run(
         "oauth2_server.app:app_from_env",
         factory=True,
@@ -105,9 +199,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
         # X-Forwarded-* only from the configured proxies; none by default
         proxy_headers=bool(settings.forwarded_allow_ips.strip()),
         forwarded_allow_ips=settings.forwarded_allow_ips.strip(),
-        log_config=logs.log_config(settings.log_level),
+        # one logging setup (logs.log_config); the access line is ours (web.middleware)
+        log_config=logs.log_config(settings.log_level, settings.effective_log_format),
         log_level=settings.log_level,
-        access_log=settings.access_log,
+        access_log=False,
         server_header=False,
         # connection hygiene: a bounded number of connections and tasks per worker (503
         # beyond it), idle keep-alive connections closed, request heads bounded (431
@@ -185,37 +280,66 @@ def cmd_users_create(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> None:
-    keyring = load_keyring(settings)
-    kid = transaction(settings, lambda session: KeyStore(keyring).rotate(session))
+    """RFC 7517: a new current signing key; refused (exit status 2) when the keyring cannot
+    decrypt the current one, since a new key under a wrong keyring would bury the old."""
+    kid = transaction(settings, lambda session: _keystore(settings, session).rotate(session))
+    if args.json:
+        print(json.dumps({"kid": kid}))
+        return
     print(f"new signing key {kid}; the previous key stays in JWKS until the next rotation")
 
 
-def cmd_keys_generate_encryption_key(settings: Settings, args: argparse.Namespace) -> None:
-    print(generate_key_spec(args.kid))
+def cmd_keys_generate_encryption_key(settings: Settings | None, args: argparse.Namespace) -> None:
+    """Needs no configuration (works under OAUTH2_ENV=production, which needs its output)."""
+    entry = generate_key_spec(args.kid)
+    print(json.dumps({"kid": args.kid, "entry": entry}) if args.json else entry)
 
 
-def cmd_settings(settings: Settings, args: argparse.Namespace) -> None:
+def cmd_settings(settings: Settings | None, args: argparse.Namespace) -> None:
+    """Needs no valid configuration: prints the table of every setting."""
+    if args.json:
+        rows = [{"variable": s.env, "default": s.default, "meaning": s.doc} for s in SETTINGS]
+        print(json.dumps({"settings": rows}))
+        return
     print(settings_table_markdown())
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="oauth2-server", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="oauth2-server",
+        description=__doc__,
+        epilog="Exit status: 0 done, 1 unexpected error, 2 usage or configuration, "
+        "3 not found, 4 conflict, 5 database or provider unreachable (README).",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {metadata.version('oauth2-server')}"
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show the migration tool's (Alembic's) INFO lines",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the server (uvicorn)")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int)
+    serve.add_argument("--host", help="address to listen on (default OAUTH2_HOST)")
+    serve.add_argument("--port", type=int, help="port to listen on (default OAUTH2_PORT)")
+    serve.add_argument("--workers", type=int, help="worker processes (default OAUTH2_WORKERS)")
     serve.set_defaults(func=cmd_serve)
 
-    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
-    sub.add_parser("settings", help="print the configuration table").set_defaults(func=cmd_settings)
+    migrate_ = sub.add_parser("migrate", help="apply database migrations")
+    add_json(migrate_)
+    migrate_.set_defaults(func=cmd_migrate)
+    settings_ = sub.add_parser("settings", help="print the configuration table")
+    add_json(settings_)
+    settings_.set_defaults(func=cmd_settings, needs_settings=False)
 
     clients = sub.add_parser("clients", help="manage clients").add_subparsers(
         dest="clients_command", required=True
     )
     create = clients.add_parser("create", help="register a client; prints its secret once")
-    create.add_argument("--name", required=True)
+    create.add_argument("--name", required=True, help="display name (consent page, listings)")
     create.add_argument(
         "--grant-type",
         action="append",
@@ -232,44 +356,84 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--client-id", help="id to use (A-Z a-z 0-9 . _ ~ -), never a user's subject"
     )
-    create.add_argument("--json", action="store_true", help="print JSON for scripts")
+    add_json(create)
     create.set_defaults(func=cmd_clients_create)
 
     users = sub.add_parser("users", help="manage users").add_subparsers(
         dest="users_command", required=True
     )
     ucreate = users.add_parser("create", help="create a user")
-    ucreate.add_argument("--username", required=True)
+    ucreate.add_argument("--username", required=True, help="the name the user signs in with")
     ucreate.add_argument("--password", help="default: read from stdin or prompt")
     ucreate.add_argument(
         "--subject", help="token sub to keep (A-Z a-z 0-9 . _ ~ -), never a client_id"
     )
-    ucreate.add_argument("--json", action="store_true")
+    add_json(ucreate)
     ucreate.set_defaults(func=cmd_users_create)
 
     keys = sub.add_parser("keys", help="signing and encryption keys").add_subparsers(
         dest="keys_command", required=True
     )
-    keys.add_parser("rotate", help="new current signing key").set_defaults(func=cmd_keys_rotate)
-    gen = keys.add_parser("generate-encryption-key", help="print a new keyring entry")
-    gen.add_argument("--kid", default="k1")
-    gen.set_defaults(func=cmd_keys_generate_encryption_key)
+    rotate = keys.add_parser("rotate", help="new current signing key")
+    add_json(rotate)
+    rotate.set_defaults(func=cmd_keys_rotate)
+    gen = keys.add_parser(
+        "generate-encryption-key", help="print a new OAUTH2_ENCRYPTION_KEYS entry (no config)"
+    )
+    gen.add_argument("--kid", default="k1", help="key id of the entry (default k1)")
+    add_json(gen)
+    gen.set_defaults(func=cmd_keys_generate_encryption_key, needs_settings=False)
     admin_commands.register(sub, clients, users)  # clients/users …, tokens, audit, janitor
     cli_branches.register(sub)  # branches create|list|status|grant|connect|disconnect …
+    dev_cli.register(sub)  # dev fake-provider google|microsoft (development only)
     return parser
 
 
+def _fail(message: str, code: int, show_traceback: bool) -> int:
+    """Print the one-line error (after the traceback of a library's or driver's error
+    when OAUTH2_LOG_LEVEL=debug)."""
+    if show_traceback:
+        traceback.print_exc()
+    line = " ".join(message.split())  # one line, whatever the message held
+    print(f"oauth2-server: {line[:1000]}", file=sys.stderr, flush=True)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `oauth2-server` console script. Exit 2 on configuration errors."""
+    """Entry point of the `oauth2-server` console script; returns the exit status.
+
+    Every failure is one line on stderr, `oauth2-server: …`, naming the setting or the
+    resource and what to do, with a distinct status (`admin.cli_support`: 2 usage or
+    configuration, 3 not found, 4 conflict, 5 dependency unreachable, 1 unexpected).
+    With OAUTH2_LOG_LEVEL=debug the traceback of an exception raised by a library or a
+    driver (the database unreachable, an unexpected error) is printed first."""
     args = build_parser().parse_args(argv)
+    debug = os.environ.get("OAUTH2_LOG_LEVEL", "").strip().lower() == "debug"
+    settings: Settings | None = None
     try:
-        settings = Settings.from_env()
-        logging.basicConfig(
-            level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-        )
+        if getattr(args, "needs_settings", True):
+            settings = Settings.from_env()
+        level = settings.log_level if settings else "warning"
+        logging.basicConfig(level=level.upper(), format="%(levelname)s %(name)s: %(message)s")
         logs.install_on_root()
+        if not (args.verbose or debug):
+            logging.getLogger("alembic").setLevel(logging.WARNING)  # "Running upgrade …"
         args.func(settings, args)
-    except (ConfigError, CommandFailed) as exc:
-        print(f"oauth2-server: {exc}", file=sys.stderr)
-        return 2
+    except CommandFailed as exc:  # the operator's error, said in full: no traceback
+        return _fail(str(exc), exc.code, False)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE, False)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        known = explain(exc, settings)
+        if known is not None:
+            return _fail(str(known), known.code, debug)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        return _fail(
+            f"unexpected error {type(exc).__name__}: {first} "
+            "(OAUTH2_LOG_LEVEL=debug prints the traceback)",
+            EXIT_UNEXPECTED,
+            debug,
+        )
     return 0

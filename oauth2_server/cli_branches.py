@@ -282,29 +282,33 @@ def register(sub: Any) -> None:
 
     create = command("create", cmd_create, "create a branch")
     create.add_argument("branch", help="external branch id (letters, digits, ._:-)")
-    create.add_argument("--name", required=True)
-    create.add_argument("--contact-email")
+    create.add_argument("--name", required=True, help="display name")
+    create.add_argument("--contact-email", help="who to ask about this branch")
     create.add_argument("--google-account-id", help="Business Profile account, accounts/…")
     create.add_argument("--google-location-id", help="Business Profile location, locations/…")
     command("list", cmd_list, "list branches and the clients granted them")
     status = command("status", cmd_status, "upstream connection of each branch")
-    status.add_argument("branch", nargs="?")
+    status.add_argument("branch", nargs="?", help="branch id (default: every branch)")
     for name, active in (("activate", True), ("deactivate", False)):
-        command(name, _set_active(active), f"{name} a branch").add_argument("branch")
+        command(name, _set_active(active), f"{name} a branch").add_argument(
+            "branch", help="branch id"
+        )
     for name, func, help_ in (
         ("grant", cmd_grant, "let a client broker tokens for a branch ('*': every branch)"),
         ("ungrant", cmd_ungrant, "withdraw a client's grant of a branch"),
     ):
         parser = command(name, func, help_)
-        parser.add_argument("branch")
+        parser.add_argument("branch", help="branch id, or '*' for every branch")
         parser.add_argument("--client", required=True, help="client_id")
     for name, func, help_ in (
         ("connect", cmd_connect, "print the provider's authorization URL for a branch"),
         ("disconnect", cmd_disconnect, "unlink a branch (revoking its grant if last)"),
     ):
         parser = command(name, func, help_)
-        parser.add_argument("branch")
-        parser.add_argument("--provider", default="google", choices=provider_names())
+        parser.add_argument("branch", help="branch id")
+        parser.add_argument(
+            "--provider", default="google", choices=provider_names(), help="default google"
+        )
         if name == "disconnect":
             parser.add_argument(
                 "--force",

@@ -7,8 +7,10 @@ raises `ConfigError` naming the variable on any unknown or invalid value.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -24,7 +26,29 @@ RETIRED = {
 
 
 class ConfigError(ValueError):
-    """A setting is missing, unknown or invalid; the message names the variable."""
+    """A setting is missing, unknown or invalid; the message names the variable.
+
+    `problems` lists every problem found (the message joins them on one line)."""
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = list(problems)
+        if len(problems) == 1:
+            message = problems[0]
+        else:
+            message = f"{len(problems)} configuration problems: " + "; ".join(problems)
+        super().__init__(message)
+
+
+# Settings whose value is never repeated in a message (they hold a password or a key).
+_SECRET_VALUES = {"OAUTH2_DATABASE_URL", "OAUTH2_ENCRYPTION_KEYS"}
+
+
+def _shown(env: str, raw: str) -> str:
+    """`NAME='value'` for a message: at most 60 characters of the value, none of a secret."""
+    if env in _SECRET_VALUES or "SECRET" in env:
+        return env
+    value = raw if len(raw) <= 60 else raw[:60] + "…"
+    return f"{env}={value!r}"
 
 
 def _bool(raw: str) -> bool:
@@ -36,36 +60,50 @@ def _bool(raw: str) -> bool:
     raise ValueError("expected true or false")
 
 
+def _int(raw: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ValueError("expected an integer") from None
+
+
+def _float(raw: str) -> float:
+    try:
+        return float(raw.strip())
+    except ValueError:
+        raise ValueError("expected a number") from None
+
+
 def _positive_int(raw: str) -> int:
-    value = int(raw)
+    value = _int(raw)
     if value <= 0:
         raise ValueError("expected a positive integer")
     return value
 
 
 def _non_negative_int(raw: str) -> int:
-    value = int(raw)
+    value = _int(raw)
     if value < 0:
         raise ValueError("expected an integer ≥ 0")
     return value
 
 
 def _positive_float(raw: str) -> float:
-    value = float(raw)
+    value = _float(raw)
     if value <= 0:
         raise ValueError("expected a positive number")
     return value
 
 
 def _non_negative_float(raw: str) -> float:
-    value = float(raw)
+    value = _float(raw)
     if not value >= 0:
         raise ValueError("expected a number ≥ 0")
     return value
 
 
 def _refresh_grace(raw: str) -> float:
-    value = float(raw)
+    value = _float(raw)
     if not 0 <= value <= 300:
         raise ValueError("expected seconds from 0 to 300")
     return value
@@ -84,6 +122,52 @@ def _str(raw: str) -> str:
     return raw
 
 
+def _database_url(raw: str) -> str:
+    """A PostgreSQL or SQLite SQLAlchemy URL, or empty (the SQLite file in the data
+    directory). Messages never repeat the URL (it may hold a password)."""
+    if not raw:
+        return raw
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        driver = make_url(raw).drivername
+    except ArgumentError:
+        raise ValueError(
+            "not a database URL: expected postgresql://user:password@host:5432/dbname "
+            "or sqlite+aiosqlite:///path/to/file.db"
+        ) from None
+    if driver.split("+")[0] not in {"postgresql", "postgres", "sqlite"}:
+        raise ValueError(
+            f"unsupported database {driver[:40]!r}: expected postgresql://… or sqlite+aiosqlite:///…"
+        )
+    return raw
+
+
+def default_data_dir() -> str:
+    """The per-user data directory: `$XDG_DATA_HOME/oauth2-server`, else
+    `~/.local/share/oauth2-server` on Linux (platformdirs' `user_data_dir` elsewhere)."""
+    import platformdirs
+
+    return platformdirs.user_data_dir("oauth2-server", appauthor=False)
+
+
+def ensure_data_dir(path: str) -> None:
+    """Create the data directory `path` (and its parents) with mode 0700 if it is missing.
+
+    Raises ConfigError naming OAUTH2_DATA_DIR when it cannot be created."""
+    if os.path.isdir(path):
+        return
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)
+    except OSError as exc:
+        raise ConfigError(
+            f"OAUTH2_DATA_DIR={path[:200]!r} cannot be created ({exc.strerror}): choose a "
+            "writable directory, or set OAUTH2_DATABASE_URL and OAUTH2_DEV_KEY_FILE"
+        ) from None
+
+
 def _url_or_empty(raw: str) -> str:
     if not raw:
         return raw
@@ -91,6 +175,51 @@ def _url_or_empty(raw: str) -> str:
     if parts.scheme not in {"http", "https"} or not parts.netloc:
         raise ValueError("expected an absolute http(s) URL, or empty")
     return raw
+
+
+# What the consent page says for each scope this server itself knows (README uses them);
+# OAUTH2_SCOPE_DESCRIPTIONS adds to and overrides these. A scope with no description is
+# shown as its raw name (HTML-escaped).
+BUILTIN_SCOPE_DESCRIPTIONS: dict[str, str] = {
+    "admin": "Manage this server: clients, users, branches and tokens",
+    "introspect": "Check whether tokens issued by this server are still valid",
+    "upstream:google": "Use the Google accounts connected to your branches",
+    "upstream:microsoft": "Use the Microsoft accounts connected to your branches",
+    "profile": "See your user id",
+    "read": "Read your data",
+    "write": "Change your data",
+    "reviews:read": "Read your reviews",
+}
+MAX_SCOPE_DESCRIPTIONS = 1000
+MAX_SCOPE_DESCRIPTION_LENGTH = 200
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,200}")  # RFC 6749 §3.3 scope-token
+
+
+def _scope_descriptions(raw: str) -> tuple[tuple[str, str], ...]:
+    """A JSON object {scope: description} over BUILTIN_SCOPE_DESCRIPTIONS; empty: the
+    built-ins. Scopes are RFC 6749 §3.3 scope-tokens; descriptions 1-200 printable
+    characters; at most 1000 entries. Sorted (scope, description) pairs (hashable)."""
+    try:
+        configured: Any = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(configured, dict):
+        raise ValueError('expected a JSON object such as {"read": "Read your data"}')
+    if len(configured) > MAX_SCOPE_DESCRIPTIONS:
+        raise ValueError(f"expected at most {MAX_SCOPE_DESCRIPTIONS} scopes")
+    for scope, text in configured.items():
+        if not _SCOPE_TOKEN.fullmatch(scope):
+            raise ValueError(f"{scope[:50]!r} is not a scope (RFC 6749 section 3.3)")
+        if (
+            not isinstance(text, str)
+            or not 0 < len(text) <= MAX_SCOPE_DESCRIPTION_LENGTH
+            or not text.isprintable()
+        ):
+            raise ValueError(
+                f"the description of {scope!r} must be 1-{MAX_SCOPE_DESCRIPTION_LENGTH} "
+                "printable characters"
+            )
+    return tuple(sorted({**BUILTIN_SCOPE_DESCRIPTIONS, **configured}.items()))
 
 
 @dataclass(frozen=True)
@@ -225,14 +354,25 @@ SETTINGS: tuple[Setting, ...] = (
         "access_log",
         _bool,
         "true",
-        "One uvicorn access line per request (secret query parameters redacted).",
+        "One access line per request (request id, route template, status, latency, "
+        "client_id, client IP; never a query string).",
+    ),
+    Setting(
+        "OAUTH2_DATA_DIR",
+        "data_dir",
+        _str,
+        "",
+        "Directory (created 0700) of the embedded default's state: the SQLite file and the "
+        "development keyring. Empty: the per-user data directory "
+        "(`$XDG_DATA_HOME/oauth2-server`, else `~/.local/share/oauth2-server`).",
     ),
     Setting(
         "OAUTH2_DATABASE_URL",
         "database_url",
-        _str,
-        "sqlite+aiosqlite:///./oauth2_server.db",
-        "SQLAlchemy URL; `postgresql://…` is used through asyncpg. SQLite migrates itself.",
+        _database_url,
+        "",
+        "SQLAlchemy URL; `postgresql://…` is used through asyncpg. Empty: the SQLite file "
+        "`oauth2_server.db` in OAUTH2_DATA_DIR. SQLite migrates itself.",
     ),
     Setting(
         "OAUTH2_DB_POOL_SIZE",
@@ -271,8 +411,9 @@ SETTINGS: tuple[Setting, ...] = (
         "OAUTH2_DEV_KEY_FILE",
         "dev_key_file",
         _str,
-        "./oauth2_server.dev-keys.json",
-        "Where development generates its keyring (never used in production).",
+        "",
+        "Where development generates its keyring (never used in production). Empty: "
+        "`oauth2_server.dev-keys.json` in OAUTH2_DATA_DIR.",
     ),
     Setting(
         "OAUTH2_ACCESS_TOKEN_TTL",
@@ -326,6 +467,16 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_int,
         "3600",
         "Login session cookie lifetime, seconds.",
+    ),
+    Setting(
+        "OAUTH2_SCOPE_DESCRIPTIONS",
+        "scope_descriptions",
+        _scope_descriptions,
+        "",
+        'What the consent page says for each scope: a JSON object such as `{"read": "Read '
+        'your orders"}`, added to built-in texts for `admin`, `introspect`, `profile`, '
+        "`read`, `write`, `reviews:read`, `upstream:google`, `upstream:microsoft`. Other "
+        "scopes show their name.",
     ),
     Setting(
         "OAUTH2_CLIENT_CACHE_TTL",
@@ -451,6 +602,14 @@ SETTINGS: tuple[Setting, ...] = (
         "info",
         "Log level.",
     ),
+    Setting(
+        "OAUTH2_LOG_FORMAT",
+        "log_format",
+        _choice("auto", "text", "json"),
+        "auto",
+        "`serve`'s log lines: `text` (human-readable) or `json` (one object per line); "
+        "`auto`: json when OAUTH2_ENV=production, else text.",
+    ),
     # -- upstream brokering (RFC 8693 token exchange for branches' Google tokens) -------
     Setting(
         "OAUTH2_UPSTREAM_MIN_TTL",
@@ -510,12 +669,13 @@ class Settings:
     keep_alive_timeout: int = 5
     max_header_bytes: int = 16384
     access_log: bool = True
-    database_url: str = "sqlite+aiosqlite:///./oauth2_server.db"
+    data_dir: str = ""
+    database_url: str = ""
     db_pool_size: int = 10
     db_timeout: float = 5.0
     encryption_keys: str = field(default="", repr=False)
     encryption_primary_key: str = ""
-    dev_key_file: str = "./oauth2_server.dev-keys.json"
+    dev_key_file: str = ""
     access_token_ttl: int = 3600
     refresh_token_ttl: int = 2592000
     refresh_family_max_age: int = 7776000
@@ -523,6 +683,7 @@ class Settings:
     authorization_code_ttl: int = 60
     access_token_audience: str = ""
     session_ttl: int = 3600
+    scope_descriptions: tuple[tuple[str, str], ...] = _scope_descriptions("")
     client_cache_ttl: float = 5.0
     argon2_concurrency: int = 2
     argon2_queue: int = 32
@@ -539,6 +700,7 @@ class Settings:
     janitor_batch_size: int = 1000
     bootstrap_admin: bool = True
     log_level: str = "info"
+    log_format: str = "auto"
     upstream_min_ttl: int = 300
     upstream_timeout: float = 10.0
     upstream_state_ttl: int = 600
@@ -564,51 +726,91 @@ class Settings:
     )
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
+    def __post_init__(self) -> None:
+        # The embedded default keeps its state in one place (README "Data directory"):
+        # empty OAUTH2_DATA_DIR, OAUTH2_DATABASE_URL and OAUTH2_DEV_KEY_FILE derive from it.
+        data_dir = os.path.abspath(os.path.expanduser(self.data_dir or default_data_dir()))
+        object.__setattr__(self, "data_dir", data_dir)
+        if not self.database_url:
+            path = os.path.join(data_dir, "oauth2_server.db")
+            object.__setattr__(self, "database_url", f"sqlite+aiosqlite:///{path}")
+        if not self.dev_key_file:
+            path = os.path.join(data_dir, "oauth2_server.dev-keys.json")
+            object.__setattr__(self, "dev_key_file", path)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read every `OAUTH2_*` variable; raise ConfigError naming an unknown or bad one."""
+        """Read every `OAUTH2_*` variable and validate them together.
+
+        Raises ConfigError listing every unknown or invalid variable and every failed
+        cross-field check (production refusals included) in one message."""
         environ = os.environ if environ is None else environ
         known = {s.env for s in SETTINGS}
         for name in sorted(RETIRED.keys() & environ.keys()):
             log.warning("%s is no longer used and is ignored: %s", name, RETIRED[name])
-        unknown = sorted(
-            k for k in environ if k.startswith("OAUTH2_") and k not in known and k not in RETIRED
-        )
-        if unknown:
-            raise ConfigError(f"unknown setting {unknown[0]} (see README's configuration table)")
+        problems = [
+            f"unknown setting {k[:80]} (see README's configuration table)"
+            for k in sorted(environ)
+            if k.startswith("OAUTH2_") and k not in known and k not in RETIRED
+        ]
         values: dict[str, Any] = {}
         for setting in SETTINGS:
             raw = environ.get(setting.env, setting.default)
             try:
                 values[setting.attr] = setting.parse(raw)
             except ValueError as exc:
-                raise ConfigError(f"{setting.env}={raw!r} is invalid: {exc}") from None
+                problems.append(f"{_shown(setting.env, raw)} is invalid: {exc}")
+        if problems:
+            raise ConfigError(*problems)
         settings = cls(**values)
         settings.validate()
         return settings
 
-    def validate(self) -> None:
-        """Cross-field checks; raise ConfigError naming the variable."""
+    def problems(self) -> list[str]:
+        """Every cross-field problem of this configuration (empty when it is valid)."""
+        found: list[str] = []
         issuer = urlsplit(self.issuer)
         if issuer.scheme not in {"http", "https"} or not issuer.netloc:
-            raise ConfigError(f"OAUTH2_ISSUER={self.issuer!r} is not an http(s) URL")
+            found.append(f"{_shown('OAUTH2_ISSUER', self.issuer)} is not an http(s) URL")
         if issuer.query or issuer.fragment:
-            raise ConfigError("OAUTH2_ISSUER must not have a query or fragment (RFC 8414 §2)")
+            found.append("OAUTH2_ISSUER must not have a query or fragment (RFC 8414 §2)")
         if self.authorization_code_ttl > 60:
-            raise ConfigError("OAUTH2_AUTHORIZATION_CODE_TTL must be at most 60 seconds")
+            found.append("OAUTH2_AUTHORIZATION_CODE_TTL must be at most 60 seconds")
+        if self.encryption_keys:
+            from oauth2_server.crypto.keyring import parse_keyring  # it imports this module
+
+            try:
+                parse_keyring(self.encryption_keys, self.encryption_primary_key)
+            except ConfigError as exc:
+                found.extend(exc.problems)
         if self.production:
             if not self.encryption_keys:
-                raise ConfigError("OAUTH2_ENCRYPTION_KEYS is required when OAUTH2_ENV=production")
-            if issuer.scheme != "https":
-                raise ConfigError("OAUTH2_ISSUER must be https when OAUTH2_ENV=production")
-            if self.is_sqlite:
-                raise ConfigError(
-                    "OAUTH2_DATABASE_URL must be PostgreSQL when OAUTH2_ENV=production"
+                found.append(
+                    "OAUTH2_ENCRYPTION_KEYS is required when OAUTH2_ENV=production "
+                    "(`oauth2-server keys generate-encryption-key` makes one)"
                 )
+            if issuer.scheme != "https":
+                found.append("OAUTH2_ISSUER must be https when OAUTH2_ENV=production")
+            if self.is_sqlite:
+                found.append("OAUTH2_DATABASE_URL must be PostgreSQL when OAUTH2_ENV=production")
+        return found
+
+    def validate(self) -> None:
+        """Cross-field checks; raise ConfigError naming every variable at fault at once."""
+        found = self.problems()
+        if found:
+            raise ConfigError(*found)
 
     @property
     def production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def effective_log_format(self) -> str:
+        """`text` or `json`: OAUTH2_LOG_FORMAT, with `auto` resolved by OAUTH2_ENV."""
+        if self.log_format == "auto":
+            return "json" if self.production else "text"
+        return self.log_format
 
     @property
     def is_sqlite(self) -> bool:

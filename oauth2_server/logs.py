@@ -5,8 +5,9 @@ The first line of defence is at the source: records holding secrets or their has
 them out of their `repr`. `RedactingFilter`, installed on every handler `serve`
 configures, then rewrites any log record that still carries a secret parameter by name:
 
-- `name=value` pairs in query strings and forms (the uvicorn access line's
-  `/upstream/google/callback?code=…&state=…`), `name='value'` in dataclass reprs and
+- `name=value` pairs in query strings and forms (a library's DEBUG line quoting
+  `/upstream/google/callback?code=…&state=…`; our access line never carries a query
+  string), `name='value'` in dataclass reprs and
   `'name': 'value'` / `"name": "value"` in dict and JSON text, for the names in
   `SECRET_NAMES` (RFC 6749 §4.1.2 `code`, §6 `refresh_token`, §2.3.1 `client_secret`,
   RFC 7636 `code_verifier`, RFC 8693 `subject_token`/`actor_token`, RFC 7009/7662 `token`,
@@ -22,10 +23,14 @@ WARNING whatever `OAUTH2_LOG_LEVEL` says: their parameters are token and secret 
 
 from __future__ import annotations
 
-import copy
 import logging
 import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
+
+import pythonjsonlogger.core
+import pythonjsonlogger.json
 
 REDACTED = "[redacted]"
 
@@ -114,29 +119,101 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def log_config(level: str) -> dict[str, Any]:
-    """uvicorn's default `log_config` plus the root logger (this package, Authlib, httpx)
-    at `level` ("debug" … "error"), every handler filtered by `RedactingFilter`.
+ACCESS_LOGGER = "oauth2_server.access"
+LOG_FORMATS = ("text", "json")
 
-    uvicorn applies it in the main process and again in every worker process.
+
+@dataclass
+class AccessFacts:
+    """What the access line of one request knows beyond the HTTP exchange: its request id
+    and, once the OAuth or admin layer authenticated a client (RFC 6749 §2.3), that
+    client's id. `web.middleware.HttpMiddleware` puts one in `scope["state"]["access"]`."""
+
+    request_id: str
+    client_id: str | None = None
+
+
+def note_client(state: Any, client_id: str | None) -> None:
+    """Record the authenticated client's id (at most 128 characters) for the access line.
+    `state` is a Starlette `request.state` or a scope's `state` dict; no-op without one."""
+    facts = state.get("access") if isinstance(state, dict) else getattr(state, "access", None)
+    if isinstance(facts, AccessFacts) and client_id:
+        facts.client_id = client_id[:128]
+
+
+class UtcFormatter(logging.Formatter):
+    """`%(asctime)s` as ISO-8601 UTC with milliseconds: `2026-11-30T11:40:02.123Z`."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        moment = datetime.fromtimestamp(record.created, tz=UTC)
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(record.msecs):03d}Z"
+
+
+class JsonFormatter(pythonjsonlogger.json.JsonFormatter):
+    """One JSON object per line: `timestamp` (ISO-8601 UTC), `level`, `logger`, `message`,
+    plus a record's extra fields (the access line's); tracebacks go through `redact`."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(levelname)s %(name)s %(message)s",
+            rename_fields={"levelname": "level", "name": "logger"},
+            timestamp=True,
+            # uvicorn's records carry an ANSI-coloured copy of the message
+            reserved_attrs=[*pythonjsonlogger.core.RESERVED_ATTRS, "color_message"],
+        )
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802
+        return redact(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802
+        return redact(super().formatStack(stack_info))
+
+
+def log_config(level: str, fmt: str = "text") -> dict[str, Any]:
+    """The one logging setup of `serve` (a `logging.config.dictConfig` dict, which uvicorn
+    applies in the main process and again in every worker): the root logger (this
+    package, uvicorn, Authlib, httpx, …) at `level` ("debug" … "error") writes to stderr
+    through one handler, filtered by `RedactingFilter`, formatted as `fmt`:
+
+    - "text": `2026-11-30T11:40:02.123Z INFO oauth2_server.access: GET /healthz 200 …`
+    - "json": `{"timestamp": "2026-11-30T11:40:02.123456+00:00", "level": "INFO",
+      "logger": "oauth2_server.access", "message": …, "route": …}`
+
+    uvicorn's own loggers propagate to it; uvicorn's access log is replaced by ours
+    (`web.middleware`), so `uvicorn.access` stays at WARNING.
     """
-    from uvicorn.config import LOGGING_CONFIG
-
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["filters"] = {"redact": {"()": "oauth2_server.logs.RedactingFilter"}}
-    config["formatters"]["plain"] = {"format": "%(levelname)s %(name)s: %(message)s"}
-    config["handlers"]["plain"] = {
-        "formatter": "plain",
-        "class": "logging.StreamHandler",
-        "stream": "ext://sys.stderr",
-    }
-    for handler in config["handlers"].values():
-        handler["filters"] = ["redact"]
-    config["root"] = {"handlers": ["plain"], "level": level.upper()}
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"log format {fmt!r} is not one of {LOG_FORMATS}")
     quiet = "WARNING" if level.upper() in {"DEBUG", "INFO"} else level.upper()
+    loggers: dict[str, Any] = {
+        name: {"handlers": [], "propagate": True}
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.asgi")
+    }
+    loggers["uvicorn.access"] = {"handlers": [], "propagate": True, "level": "WARNING"}
     for name in QUIET_LOGGERS:
-        config["loggers"][name] = {"level": quiet}
-    return config
+        loggers[name] = {"level": quiet}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"redact": {"()": "oauth2_server.logs.RedactingFilter"}},
+        "formatters": {
+            "text": {
+                "()": "oauth2_server.logs.UtcFormatter",
+                "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
+            },
+            "json": {"()": "oauth2_server.logs.JsonFormatter"},
+        },
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": fmt,
+                "filters": ["redact"],
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": loggers,
+        "root": {"handlers": ["stderr"], "level": level.upper()},
+    }
 
 
 def install_on_root() -> None:

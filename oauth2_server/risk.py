@@ -105,7 +105,7 @@ def auth_failure(kind: str, failures_from_ip: int) -> Assessment:
 def second_use(action: str, first_used_at: datetime | None, now: datetime) -> Assessment:
     """Score of a second use of a single-use credential: `action` is `code_replay`
     (RFC 6749 §4.1.2) or `refresh_reuse` (RFC 9700 §4.14.2); `first_used_at` is when the
-    winning use consumed or rotated it, `now` this attempt (both UTC, aware).
+    winning use consumed or rotated it, `now` when this attempt arrived (both UTC, aware).
 
     Within `RACE_WINDOW` seconds it is a concurrent loser (`race`, 0.30); later, or
     with no recorded time, the action's own flag at 1.00.

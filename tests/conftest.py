@@ -317,8 +317,9 @@ def unique() -> Any:
 
 @pytest.fixture(scope="module")
 def google() -> Iterator[Any]:
-    """A fake Google (and Microsoft) OAuth provider on 127.0.0.1 (tests/fake_google.py)."""
-    from tests.fake_google import FakeGoogle
+    """The stand-in Google (and Microsoft) provider on 127.0.0.1, the same one
+    `oauth2-server dev fake-provider` runs (oauth2_server/dev/fake_provider.py)."""
+    from oauth2_server.dev.fake_provider import FakeGoogle
 
     fake = FakeGoogle().start()
     yield fake

@@ -40,8 +40,8 @@ def test_cli_deactivates_a_user_and_reports_bad_input(db, unique):
     user = db.create_user(unique("cli-user"), PASSWORD)
     assert cli_json(db, "users", "deactivate", user.subject)["active"] is False
     missing = run_cli(db, "users", "show", "no-such-subject")
-    assert missing.returncode == 2 and "subject" in missing.stderr
+    assert missing.returncode == 3 and "subject" in missing.stderr  # not found
     bad = run_cli(
         db, "clients", "update", "no-such-client", "--redirect-uri", "http://evil.example/cb"
     )
-    assert bad.returncode == 2 and "client_id" in bad.stderr
+    assert bad.returncode == 3 and "client_id" in bad.stderr  # not found

@@ -396,9 +396,9 @@ def test_buffer_bound_and_drop_count_show_in_readyz_and_metrics(start_server, db
     assert ready.status_code == 200
     assert ready.json()["audit"] == {"buffered_rows": 3, "dropped_rows": 2, "malformed_rows": 0}
     metrics = live.get("/metrics").text.splitlines()
-    assert "oauth2_audit_buffer_rows 3" in metrics
-    assert "oauth2_audit_rows_dropped_total 2" in metrics
-    assert "oauth2_audit_rows_malformed_total 0" in metrics
+    assert "oauth2_audit_buffer_rows 3.0" in metrics
+    assert "oauth2_audit_rows_dropped_total 2.0" in metrics
+    assert "oauth2_audit_rows_malformed_total 0.0" in metrics
 
     live.stop()  # a graceful shutdown flushes what the buffer kept
     kept = audit_rows(db, client_id, "introspected", "request_id")

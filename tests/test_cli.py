@@ -1,5 +1,6 @@
 """The `oauth2-server` command: clients and users are created once, secrets shown once,
-bad input exits 2 with a message naming the problem and changes nothing."""
+bad input exits 2 with a message naming the problem and changes nothing; not found exits
+3, a conflict 4 (README "Exit statuses"); commands that print data take --json."""
 
 from __future__ import annotations
 
@@ -122,7 +123,7 @@ def test_users_create_reads_password_from_stdin_and_refuses_duplicates(db, uniqu
         == 1
     )
     again = cli(db, "users", "create", "--username", username, stdin="another passphrase\n")
-    assert again.returncode == 2 and "taken" in again.stderr
+    assert again.returncode == 4 and "taken" in again.stderr  # conflict
     short = cli(db, "users", "create", "--username", unique("ivy"), stdin="short\n")
     assert short.returncode == 2 and "8 characters" in short.stderr
     assert db.count("oauth2_users", "username = :u", u=username) == 1
@@ -146,3 +147,33 @@ def test_generated_client_ids_can_follow_a_command_line_option():
     ids = [new_client_id() for _ in range(5000)]
     assert all(client_id[0].isalnum() for client_id in ids)
     assert len(set(ids)) == len(ids) and {len(client_id) for client_id in ids} == {22}
+
+
+def test_exit_statuses_tell_not_found_conflict_and_bad_input_apart(db, unique):
+    """README "Exit statuses": 2 usage or bad input, 3 not found, 4 conflict; one line."""
+    missing = cli(db, "users", "show", unique("nobody"))
+    assert missing.returncode == 3 and "not found" in missing.stderr
+    last = missing.stderr.strip().splitlines()[-1]  # test servers log at DEBUG
+    assert last.startswith("oauth2-server: subject:") and "Traceback" not in missing.stderr
+    assert cli(db, "clients", "delete", unique("no-client")).returncode == 3
+    assert cli(db, "branches", "grant", unique("no-branch"), "--client", "x").returncode == 3
+    username = unique("taken")
+    first = cli(db, "users", "create", "--username", username, stdin="a long passphrase\n")
+    assert first.returncode == 0, first.stderr
+    again = cli(db, "users", "create", "--username", username, stdin="a long passphrase\n")
+    assert again.returncode == 4 and "taken" in again.stderr
+    branch = unique("b")
+    assert cli(db, "branches", "create", branch, "--name", "B").returncode == 0
+    assert cli(db, "branches", "create", branch, "--name", "B").returncode == 4
+    bad = cli(db, "clients", "create", "--name", unique("bad"), "--grant-type", "password")
+    assert bad.returncode == 2
+    usage = cli(db, "clients", "create")  # argparse: --name is required
+    assert usage.returncode == 2 and "--name" in usage.stderr
+
+
+def test_commands_that_print_data_take_json(db):
+    migrated = cli(db, "migrate", "--json")
+    assert migrated.returncode == 0, migrated.stderr
+    assert json.loads(migrated.stdout)["revision"]
+    listed = cli(db, "clients", "list", "--json", "--limit", "1")
+    assert listed.returncode == 0 and "items" in json.loads(listed.stdout), listed.stderr

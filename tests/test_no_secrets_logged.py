@@ -1,6 +1,7 @@
 """No secret at any log level (DESIGN.md invariant 1; issue #8 item 5).
 
-A live server at DEBUG with uvicorn's access log on (conftest's default) is driven
+A live server at DEBUG with the access log on (conftest's default), once with text and
+once with JSON lines (OAUTH2_LOG_FORMAT), is driven
 through every flow: client credentials (Basic and post), authorization code + PKCE
 with login and consent (RFC 7636), refresh (RFC 6749 §6), introspection (RFC 7662),
 revocation (RFC 7009), a branch connected to the fake Google and RFC 8693 token
@@ -13,9 +14,13 @@ argon2 hashes as stored — may appear in its log.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import quote, quote_plus
 
+import pytest
 import requests
 
 from oauth2_server.logs import redact
@@ -23,6 +28,7 @@ from oauth2_server.oauth.clients import OAuthClient
 from oauth2_server.storage.clients import ClientRecord
 from oauth2_server.storage.users import UserRecord
 from tests.admin_helpers import PASSWORD, admin_api
+from tests.conftest import Database, LiveServer, start_live_server
 from tests.fake_google import (
     callback,
     connection_url,
@@ -36,6 +42,24 @@ from tests.flows import REDIRECT_URI, authorize_with_pkce, exchange_code, form_f
 
 def sha256(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
+
+
+@pytest.fixture(scope="module", params=["text", "json"])
+def upstream(
+    request: pytest.FixtureRequest,
+    database: Database,
+    google: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[LiveServer]:
+    """conftest's `upstream` server, once per log format (OAUTH2_LOG_FORMAT)."""
+    live = start_live_server(
+        database,
+        tmp_path_factory.mktemp(f"secrets-{request.param}"),
+        OAUTH2_LOG_FORMAT=request.param,
+        **google.env("google"),
+    )
+    yield live
+    live.stop()
 
 
 def test_no_secret_token_code_or_hash_is_logged_at_debug(upstream, db, google, unique):
@@ -203,8 +227,11 @@ def test_no_secret_token_code_or_hash_is_logged_at_debug(upstream, db, google, u
     assert not leaked, f"in the log: {leaked}"
     # the test can only bite if the server really logged at DEBUG with access lines
     assert "DEBUG" in log, log[-2000:]
-    assert '"POST /oauth2/token HTTP/1.1" 200' in log, log[-2000:]
-    assert "/upstream/google/callback?code=[redacted]" in log, log[-2000:]
+    access = "oauth2_server.access"
+    assert access in log and "POST /oauth2/token 200" in log, log[-2000:]
+    assert "GET /upstream/{provider}/callback" in log, log[-2000:]  # a template, no query
+    if server.env["OAUTH2_LOG_FORMAT"] == "json":
+        assert all(json.loads(line) for line in log.splitlines() if line.strip())
 
 
 def test_records_leave_secrets_and_hashes_out_of_repr(db, unique):

@@ -127,6 +127,7 @@ def test_production_mode_refuses_unsafe_configuration(tmp_path, overrides, named
         free_port(),
         OAUTH2_ENV="production",
         OAUTH2_ISSUER="https://auth.example.com",
+        OAUTH2_DATA_DIR=str(tmp_path / "data"),
     )
     if named != "OAUTH2_DATABASE_URL":
         env["OAUTH2_DATABASE_URL"] = "postgresql://postgres@127.0.0.1:5432/none"
@@ -134,7 +135,7 @@ def test_production_mode_refuses_unsafe_configuration(tmp_path, overrides, named
     result = run_cli("serve", env=env, cwd=tmp_path)
     assert result.returncode == 2
     assert named in result.stderr
-    assert not (tmp_path / "oauth2_server.dev-keys.json").exists()
+    assert not (tmp_path / "data").exists()  # no development keyring, no SQLite file
 
 
 def test_embedded_default_bootstraps_admin_once_and_it_gets_admin_token(tmp_path):
@@ -146,6 +147,7 @@ def test_embedded_default_bootstraps_admin_once_and_it_gets_admin_token(tmp_path
         port,
         OAUTH2_BOOTSTRAP_ADMIN="true",
         OAUTH2_LOG_LEVEL="info",
+        OAUTH2_DATA_DIR=str(tmp_path / "data"),  # the development keyring goes there
     )
     env.pop("OAUTH2_ENCRYPTION_KEYS")
     process = subprocess.Popen(
@@ -169,6 +171,7 @@ def test_embedded_default_bootstraps_admin_once_and_it_gets_admin_token(tmp_path
         client_id = output.split("client_id:")[1].split()[0]
         secret = output.split("client_secret:")[1].split()[0]
         assert "development keyring" in output  # the warning for generated keys
+        assert (tmp_path / "data" / "oauth2_server.dev-keys.json").exists()  # not in cwd
         token = requests.post(
             f"http://127.0.0.1:{port}/oauth2/token",
             auth=(client_id, secret),

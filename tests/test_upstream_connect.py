@@ -195,7 +195,7 @@ def test_disconnect_when_revocation_fails_changes_nothing_unless_forced(
     before = credential_rows(db)
     google.revoke_mode = "error500"
     failed = cli(upstream, "branches", "disconnect", branch_id)
-    assert failed.returncode == 2
+    assert failed.returncode == 5  # the provider is unreachable (README "Exit statuses")
     assert "nothing changed" in failed.stderr
     assert credential_rows(db) == before
     unlinked = "action IN ('upstream_unlinked', 'admin_branch_disconnected') AND branch_id = :b"
@@ -347,14 +347,14 @@ def test_unconfigured_provider_names_the_missing_variables(upstream, db, unique)
 
 def test_connect_unknown_branch_is_a_clear_cli_error(upstream):
     result = cli(upstream, "branches", "connect", "no-such-branch")
-    assert result.returncode == 2 and "not found" in result.stderr
+    assert result.returncode == 3 and "not found" in result.stderr
 
 
 def test_grant_requires_an_existing_client_and_branch(upstream, db, unique):
     branch_id = unique("grant")
     ensure_branch(db, branch_id)
     result = cli(upstream, "branches", "grant", branch_id, "--client", "no-such-client")
-    assert result.returncode == 2 and "no-such-client" in result.stderr
+    assert result.returncode == 3 and "no-such-client" in result.stderr
     client_id, _ = exchange_client(db, [])
     result = cli(upstream, "branches", "grant", "no-such-branch", "--client", client_id)
-    assert result.returncode == 2 and "no-such-branch" in result.stderr
+    assert result.returncode == 3 and "no-such-branch" in result.stderr

@@ -1,8 +1,9 @@
 """The admin API under /admin: one routing table, JSON in and out (DESIGN.md).
 
-Every route but /admin/openapi.json needs an access token of this server with scope
-`admin` (`admin.http.authenticate`). Handlers live one module per resource; each change
-is made and audited (`admin_*` rows) in one transaction.
+Every route but /admin/openapi.json and the Swagger UI page /admin/docs (`admin.docs`)
+needs an access token of this server with scope `admin` (`admin.http.authenticate`).
+Handlers live one module per resource; each change is made and audited (`admin_*` rows)
+in one transaction.
 """
 
 from __future__ import annotations
@@ -11,17 +12,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from oauth2_server.admin import audit, branches, clients, tokens, users
+from oauth2_server.admin import audit, branches, clients, docs, tokens, users
 from oauth2_server.admin.openapi import openapi_document
 
 
 async def openapi_json(request: Request) -> JSONResponse:
-    """GET /admin/openapi.json: the OpenAPI 3.1 document of the routes below."""
-    return JSONResponse(openapi_document(routes))
+    """GET /admin/openapi.json: the OpenAPI 3.1 document of the routes below, whose
+    `servers` entry is this server's issuer."""
+    return JSONResponse(openapi_document(routes, request.app.state.oauth.issuer))
 
 
 routes = [
     Route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False),
+    Route("/docs", docs.page, methods=["GET"], include_in_schema=False),
+    Route("/docs/static/{name}", docs.asset, methods=["GET"], include_in_schema=False),
     Route("/clients", clients.list_clients, methods=["GET"]),
     Route("/clients", clients.create_client, methods=["POST"]),
     Route("/clients/{client_id}", clients.get_client, methods=["GET"]),

@@ -13,6 +13,7 @@ from oauth2_server import audit_chain, audit_query, janitor
 from oauth2_server.admin.cli_support import (
     CommandFailed,
     Sessions,
+    add_json,
     add_paging,
     options_body,
     print_json,
@@ -170,21 +171,25 @@ def register(sub: Any) -> None:
     a = audit_group.add_parser("query", help="one page of audit rows (JSON)")
     _audit_filters(a)
     add_paging(a, audit_query.DEFAULT_LIMIT)
+    add_json(a, always=True)
     a.set_defaults(func=cmd_audit_query)
     a = audit_group.add_parser("export", help="stream every matching row as CSV or JSON Lines")
     _audit_filters(a)
-    a.add_argument("--format", choices=["csv", "jsonl"], required=True)
+    a.add_argument("--format", choices=["csv", "jsonl"], required=True, help="CSV, or JSON Lines")
     a.add_argument("--output", help="file to write (default stdout)")
     a.add_argument("--batch-size", type=int, default=1000, help="rows per read")
     a.set_defaults(func=cmd_audit_export)
     a = audit_group.add_parser("verify", help="recompute the hash chain; exit 1 on tampering")
     a.add_argument("--expect", help="SEQ:HASH of a head recorded earlier, to check too")
+    add_json(a, always=True)
     a.set_defaults(func=cmd_audit_verify)
     a = audit_group.add_parser("seal", help="seal pending rows into the hash chain now")
     a.add_argument("--delay", type=float, help="seconds (default OAUTH2_AUDIT_SEAL_DELAY)")
+    add_json(a, always=True)
     a.set_defaults(func=cmd_audit_seal)
 
     j = sub.add_parser("janitor", help="partitions, sealing, retention, expired rows")
     j.add_argument("--batch-size", type=int, help="default OAUTH2_JANITOR_BATCH_SIZE")
     j.add_argument("--no-seal", action="store_true", help="skip sealing")
+    add_json(j, always=True)
     j.set_defaults(func=cmd_janitor)

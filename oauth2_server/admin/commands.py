@@ -18,6 +18,7 @@ from typing import Any
 from oauth2_server.admin import audit_commands, clients, tokens, users
 from oauth2_server.admin.cli_support import (
     CommandFailed,
+    add_json,
     add_paging,
     options_body,
     print_json,
@@ -174,68 +175,84 @@ def cmd_tokens_revoke(settings: Settings, args: Any) -> None:
 
 def _active(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--active", dest="active", action="store_const", const=True)
-    group.add_argument("--inactive", dest="active", action="store_const", const=False)
+    group.add_argument(
+        "--active", dest="active", action="store_const", const=True, help="make it active"
+    )
+    group.add_argument(
+        "--inactive",
+        dest="active",
+        action="store_const",
+        const=False,
+        help="make it inactive (its tokens stop working)",
+    )
+
+
+def _json(parser: argparse.ArgumentParser, func: Any) -> argparse.ArgumentParser:
+    """Every admin command prints JSON; `--json` is accepted for uniformity."""
+    add_json(parser, always=True)
+    parser.set_defaults(func=func)
+    return parser
 
 
 def register(sub: Any, clients_group: Any, users_group: Any) -> None:
     """Add the admin and audit commands to `oauth2-server`'s parser (`sub`: top-level
     subparsers; `clients_group`/`users_group`: those commands' subparsers)."""
-    c = clients_group.add_parser("list", help="list clients (JSON, paged)")
+    client_id = "the client's client_id"
+    c = _json(clients_group.add_parser("list", help="list clients (JSON, paged)"), cmd_clients_list)
     add_paging(c)
-    c.set_defaults(func=cmd_clients_list)
-    c = clients_group.add_parser("show", help="show one client")
-    c.add_argument("client_id")
-    c.set_defaults(func=cmd_clients_show)
+    c = _json(clients_group.add_parser("show", help="show one client"), cmd_clients_show)
+    c.add_argument("client_id", help=client_id)
     c = clients_group.add_parser("update", help="change a client (options given replace)")
-    c.add_argument("client_id")
-    c.add_argument("--name")
-    c.add_argument("--grant-type", action="append")
-    c.add_argument("--redirect-uri", action="append")
-    c.add_argument("--scope", action="append")
+    _json(c, cmd_clients_update).add_argument("client_id", help=client_id)
+    c.add_argument("--name", help="new display name")
+    c.add_argument("--grant-type", action="append", help="grant types (repeatable)")
+    c.add_argument("--redirect-uri", action="append", help="exact redirect URIs (repeatable)")
+    c.add_argument("--scope", action="append", help="registered scopes (space separated)")
     c.add_argument("--branch", action="append", help="branch ids it may broker (`*`: all)")
     _active(c)
-    c.set_defaults(func=cmd_clients_update)
     c = clients_group.add_parser("rotate-secret", help="new client secret, printed once")
-    c.add_argument("client_id")
-    c.set_defaults(func=cmd_clients_rotate_secret)
+    _json(c, cmd_clients_rotate_secret).add_argument("client_id", help=client_id)
     c = clients_group.add_parser("delete", help="revoke a client's tokens and delete it")
-    c.add_argument("client_id")
-    c.set_defaults(func=cmd_clients_delete)
+    _json(c, cmd_clients_delete).add_argument("client_id", help=client_id)
 
-    u = users_group.add_parser("list", help="list users (JSON, paged)")
+    subject = "the user's subject (token `sub`)"
+    u = _json(users_group.add_parser("list", help="list users (JSON, paged)"), cmd_users_list)
     add_paging(u)
-    u.set_defaults(func=cmd_users_list)
     for name, func, help_ in (
         ("show", cmd_users_show, "show one user"),
         ("deactivate", cmd_users_deactivate, "deactivate a user and revoke their tokens"),
     ):
-        u = users_group.add_parser(name, help=help_)
-        u.add_argument("subject")
-        u.set_defaults(func=func)
-    u = users_group.add_parser("update", help="rename or (de)activate a user")
-    u.add_argument("subject")
-    u.add_argument("--username")
+        _json(users_group.add_parser(name, help=help_), func).add_argument("subject", help=subject)
+    u = _json(
+        users_group.add_parser("update", help="rename or (de)activate a user"), cmd_users_update
+    )
+    u.add_argument("subject", help=subject)
+    u.add_argument("--username", help="new user name")
     _active(u)
-    u.set_defaults(func=cmd_users_update)
     u = users_group.add_parser("set-password", help="set a user's password")
-    u.add_argument("subject")
+    _json(u, cmd_users_set_password).add_argument("subject", help=subject)
     u.add_argument("--password", help="default: read from stdin or prompt")
-    u.add_argument("--revoke-tokens", action="store_true")
-    u.set_defaults(func=cmd_users_set_password)
+    u.add_argument("--revoke-tokens", action="store_true", help="also revoke the user's tokens")
 
     tokens_group = sub.add_parser("tokens", help="live tokens and revocation").add_subparsers(
         dest="tokens_command", required=True
     )
+    criteria = {
+        "--client-id": "tokens issued to this client_id",
+        "--user": "tokens of this user subject",
+        "--branch-id": "tokens brokered for this branch",
+    }
     t = tokens_group.add_parser("list", help="live tokens by client, user or branch")
-    for option in ("--client-id", "--user", "--branch-id"):
-        t.add_argument(option)
-    t.add_argument("--kind", choices=["access", "refresh"], default="access")
+    _json(t, cmd_tokens_list)
+    for option, help_ in criteria.items():
+        t.add_argument(option, help=help_)
+    t.add_argument("--kind", choices=["access", "refresh"], default="access", help="default access")
     add_paging(t)
-    t.set_defaults(func=cmd_tokens_list)
     t = tokens_group.add_parser("revoke", help="revoke by one of the options; prints the count")
+    _json(t, cmd_tokens_revoke)
     group = t.add_mutually_exclusive_group(required=True)
-    for option in ("--jti", "--family-id", "--client-id", "--user", "--branch-id"):
-        group.add_argument(option)
-    t.set_defaults(func=cmd_tokens_revoke)
+    group.add_argument("--jti", help="one access token, by its `jti`")
+    group.add_argument("--family-id", help="one grant: a refresh token family")
+    for option, help_ in criteria.items():
+        group.add_argument(option, help=help_)
     audit_commands.register(sub)

@@ -34,6 +34,7 @@ from starlette.responses import JSONResponse, Response
 
 from oauth2_server.audit import AuditEvent, RequestContext
 from oauth2_server.cursors import CURSOR_KEY_PURPOSE, CursorCodec, CursorError, query_scope
+from oauth2_server.logs import note_client
 from oauth2_server.storage.tokens import get_access_token
 from oauth2_server.web.forms import BadRequest, parse_params, read_body, request_context
 
@@ -185,6 +186,7 @@ def admin_endpoint(**openapi: Any) -> Callable[[Handler], Callable[[Request], Aw
         async def endpoint(request: Request) -> Response:
             try:
                 actor = await authenticate(request)
+                note_client(request.state, actor.client_id)  # for the access line
                 check_path_params(request)
                 return await handler(request, actor)
             except AdminError as exc:

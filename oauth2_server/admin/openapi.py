@@ -5,7 +5,11 @@ same walk `SchemaGenerator` does), reading each operation from what already exis
 rather than a second description: the handler's docstring (summary and description),
 the `admin_endpoint(...)` metadata (body `Field` specs, which are also what validates the
 body, query parameters, responses) and the path's `{parameters}`. Served without
-authentication: it holds no data.
+authentication: it holds no data; /admin/docs renders it (`admin.docs`).
+
+`servers` is the issuer (RFC 8414 §2 `issuer`): the paths already carry the `/admin`
+prefix, so a client joins them to the issuer to reach /admin/... (a server URL ending
+in /admin would double it).
 """
 
 from __future__ import annotations
@@ -130,8 +134,9 @@ def _operation(path: str, func: Any, meta: dict[str, Any]) -> dict[str, Any]:
     return operation
 
 
-def openapi_document(routes: list[BaseRoute]) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the admin routes (paths prefixed with /admin)."""
+def openapi_document(routes: list[BaseRoute], issuer: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the admin routes (paths prefixed with /admin), with
+    `servers` set to `issuer` (the issuer URL without a trailing slash)."""
     paths: dict[str, dict[str, Any]] = {}
     for endpoint in BaseSchemaGenerator().get_endpoints(routes):
         meta = getattr(endpoint.func, "openapi", None)
@@ -149,6 +154,7 @@ def openapi_document(routes: list[BaseRoute]) -> dict[str, Any]:
             "(RFC 6750 §2.1). Errors are JSON with `error`, `error_description` and "
             "`field`.",
         },
+        "servers": [{"url": issuer, "description": "this server (its OAuth issuer)"}],
         "paths": paths,
         "components": COMPONENTS,
     }

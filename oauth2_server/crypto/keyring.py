@@ -10,9 +10,11 @@ re-encrypted under the primary when next written.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import logging
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +24,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from oauth2_server.config import ConfigError, Settings
+from oauth2_server.config import ConfigError, Settings, ensure_data_dir
 
 log = logging.getLogger(__name__)
 
 NONCE_BYTES = 12
+KEY_CHARS = 43  # base64url characters of a 32-byte key, unpadded
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 
 
 class DecryptionError(Exception):
@@ -64,12 +68,25 @@ class Keyring:
 
 
 def _decode_key(kid: str, text: str) -> bytes:
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except ValueError:
-        raise ConfigError(f"OAUTH2_ENCRYPTION_KEYS: key {kid!r} is not base64url") from None
+    """32 key bytes from base64url text. A character outside A-Z a-z 0-9 - _ is "not
+    base64url"; any other length than 32 bytes (43 characters) is "must be 32 bytes"."""
+    if not _BASE64URL.fullmatch(text):
+        raise ConfigError(
+            f"OAUTH2_ENCRYPTION_KEYS: key {kid[:40]!r} is not base64url (A-Z a-z 0-9 - _); "
+            "`oauth2-server keys generate-encryption-key` prints a valid entry"
+        )
+    unpadded = text.rstrip("=")
+    raw = b""
+    if len(unpadded) % 4 != 1:
+        try:
+            raw = base64.urlsafe_b64decode(unpadded + "=" * (-len(unpadded) % 4))
+        except binascii.Error:
+            raw = b""
     if len(raw) != 32:
-        raise ConfigError(f"OAUTH2_ENCRYPTION_KEYS: key {kid!r} must be 32 bytes (AES-256)")
+        raise ConfigError(
+            f"OAUTH2_ENCRYPTION_KEYS: key {kid[:40]!r} must be 32 bytes (AES-256, "
+            f"{KEY_CHARS} base64url characters), got {len(unpadded)} characters"
+        )
     return raw
 
 
@@ -96,25 +113,52 @@ def generate_key_spec(kid: str) -> str:
     return f"{kid}:{base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip('=')}"
 
 
+def keyring_source(settings: Settings) -> str:
+    """Where the keyring comes from, for messages: the variable, or the development file."""
+    if settings.encryption_keys or settings.production:
+        return "OAUTH2_ENCRYPTION_KEYS"
+    return f"the development keyring {settings.dev_key_file} (OAUTH2_DEV_KEY_FILE)"
+
+
 def load_keyring(settings: Settings) -> Keyring:
-    """The configured keyring; in development with none configured, one kept in a local file.
+    """The configured keyring; in development with none configured, one kept in a local file
+    (OAUTH2_DEV_KEY_FILE, by default in OAUTH2_DATA_DIR, which is created 0700; the file
+    is written 0600).
 
     Raises ConfigError in production without OAUTH2_ENCRYPTION_KEYS (Settings.validate
-    already refuses that configuration).
+    already refuses that configuration), and naming OAUTH2_DEV_KEY_FILE when that file
+    cannot be read, written or parsed.
     """
     if settings.encryption_keys:
         return parse_keyring(settings.encryption_keys, settings.encryption_primary_key)
     if settings.production:
         raise ConfigError("OAUTH2_ENCRYPTION_KEYS is required when OAUTH2_ENV=production")
     path = Path(settings.dev_key_file)
-    if not path.exists():
-        spec = generate_key_spec("dev-1")
-        path.write_text(json.dumps({"OAUTH2_ENCRYPTION_KEYS": spec}))
-        path.chmod(0o600)
-        log.warning(
-            "no OAUTH2_ENCRYPTION_KEYS configured: generated a development keyring in %s; "
-            "configure real keys for production",
-            path,
-        )
-    spec = json.loads(path.read_text())["OAUTH2_ENCRYPTION_KEYS"]
+    shown = str(path)[:200]
+    try:
+        if not path.exists():
+            if path.parent == Path(settings.data_dir):
+                ensure_data_dir(settings.data_dir)
+            spec = generate_key_spec("dev-1")
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as out:
+                out.write(json.dumps({"OAUTH2_ENCRYPTION_KEYS": spec}))
+            log.warning(
+                "no OAUTH2_ENCRYPTION_KEYS configured: generated a development keyring in %s; "
+                "configure real keys for production",
+                path,
+            )
+        spec = json.loads(path.read_text())["OAUTH2_ENCRYPTION_KEYS"]
+    except OSError as exc:
+        raise ConfigError(
+            f"OAUTH2_DEV_KEY_FILE={shown!r} cannot be read or written ({exc.strerror}): "
+            "choose a writable path, or configure OAUTH2_ENCRYPTION_KEYS"
+        ) from None
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(
+            f"OAUTH2_DEV_KEY_FILE={shown!r} is not a keyring file written by this server: "
+            "restore the original, or configure OAUTH2_ENCRYPTION_KEYS"
+        ) from None
+    if not isinstance(spec, str):
+        raise ConfigError(f"OAUTH2_DEV_KEY_FILE={shown!r} is not a keyring file")
     return parse_keyring(spec)

@@ -4,7 +4,6 @@ or, from the `alembic` command line, on `OAUTH2_DATABASE_URL` through the async 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 
 from alembic import context
@@ -52,7 +51,9 @@ connection = config.attributes.get("connection")
 if connection is not None:
     _run(connection)
 else:
-    url = config.get_main_option("sqlalchemy.url") or os.environ.get(
-        "OAUTH2_DATABASE_URL", "sqlite+aiosqlite:///./oauth2_server.db"
-    )
+    # the bare `alembic` command: the database the server would use (OAUTH2_DATABASE_URL,
+    # else the embedded default in OAUTH2_DATA_DIR)
+    from oauth2_server.config import Settings
+
+    url = config.get_main_option("sqlalchemy.url") or Settings.from_env().database_url
     asyncio.run(_run_from_url(async_database_url(url)))

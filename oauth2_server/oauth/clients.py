@@ -35,6 +35,7 @@ from urllib.parse import unquote
 
 from authlib.oauth2.rfc6749 import ClientMixin
 
+from oauth2_server import metrics
 from oauth2_server.crypto.hashing import verify_secret
 from oauth2_server.storage.clients import ClientRecord, loopback_host
 
@@ -354,11 +355,13 @@ class Argon2Slots:
         Raises Argon2Busy when `concurrency + queue` callers are already admitted."""
         if self.admitted >= self.capacity:
             self.refused += 1
+            metrics.ARGON2_BUSY.inc()
             raise Argon2Busy(self.RETRY_AFTER)
         self.admitted += 1
         try:
             async with self._slots:
                 self.runs += 1
+                metrics.ARGON2_RUNS.inc()
                 return await asyncio.to_thread(verify_secret, password_hash, secret)
         finally:
             self.admitted -= 1

@@ -21,6 +21,7 @@ from authlib.oauth2.rfc6749 import (
 )
 from authlib.oauth2.rfc7636 import CodeChallenge
 
+from oauth2_server import metrics
 from oauth2_server.audit import AuditEvent, record
 from oauth2_server.crypto.hashing import token_digest
 from oauth2_server.risk import second_use
@@ -165,7 +166,9 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
                 if stored.family_id
                 else 0
             )
-            assessment = second_use("code_replay", stored.consumed_at, now)
+            assessment = second_use(
+                "code_replay", stored.consumed_at, request.context.received_at or now
+            )
             record(
                 request.db,
                 AuditEvent(
@@ -228,12 +231,17 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         )
         if use.outcome in ("rotated", "grace"):
             assert use.token is not None
+            if use.outcome == "grace":
+                metrics.REFRESH_GRACE.inc()
             return RefreshView(use.token, grace=use.outcome == "grace")
         if use.outcome == "reuse":
+            metrics.REFRESH_REUSE.inc()
             stored = use.token
             assert stored is not None
             revoked = token_storage.revoke_family(request.db, stored.family_id, now)
-            assessment = second_use("refresh_reuse", stored.rotated_at, now)
+            assessment = second_use(
+                "refresh_reuse", stored.rotated_at, request.context.received_at or now
+            )
             record(
                 request.db,
                 AuditEvent(

@@ -26,6 +26,7 @@ from authlib.oauth2.rfc6749 import (
 from sqlalchemy.orm import Session
 from starlette.responses import JSONResponse, Response
 
+from oauth2_server import metrics
 from oauth2_server.audit import AuditBuffer, AuditEvent, record
 from oauth2_server.config import Settings
 from oauth2_server.crypto.hashing import (
@@ -85,6 +86,7 @@ from oauth2_server.storage import tokens as token_storage
 from oauth2_server.storage.auth_failures import MemoryCounts, PostgresCounts
 from oauth2_server.storage.client_registry import upgrade_secret_hash
 from oauth2_server.storage.clients import ClientRecord, get_client
+from oauth2_server.upstream.providers import provider_names
 from oauth2_server.upstream.service import UpstreamService
 
 # RFC 6749 §5.2 errors that Authlib raises without a description.
@@ -322,6 +324,15 @@ def _presented_secret(request: OAuthRequest, client_id: str) -> str | None:
     return credentials.secret
 
 
+def _outcome(request: OAuthRequest, response: Response) -> str:
+    """A token request's outcome for a metric label: `ok`, the RFC 6749 §5.2 error code
+    Authlib answered, or the HTTP status of an answer given before Authlib."""
+    if response.status_code == 200:
+        return "ok"
+    error = request.oauth_error
+    return error.error if error is not None else str(response.status_code)
+
+
 def oauth_error_response(
     error: str, description: str, status: int, headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -423,6 +434,7 @@ class OAuthService:
 
     def _refuse(self, request: OAuthRequest, client_id: str, attempt: Attempt) -> Response:
         """429 for an attempt over a failure limit, audited once per key and window."""
+        metrics.CLIENT_AUTH_THROTTLED.inc()
         self.refusals.refused(
             attempt.blocked_hash or "client",
             attempt.wait,
@@ -503,6 +515,7 @@ class OAuthService:
         secret was presented)."""
         if not isinstance(request.oauth_error, InvalidClientError):
             return
+        metrics.CLIENT_AUTH_FAILURES.inc()
         client_id = credentials.client_id if credentials is not None else None
         risk = auth_failure("client_auth_failed", self.failures_by_ip.add(request.context.ip))
         self.audit_buffer.add(
@@ -526,6 +539,7 @@ class OAuthService:
         per (IP, client ids) and window plus a summary (`RefusalLog`), so a flood cannot
         grow the audit trail."""
         client_id = twice.client_ids[0]
+        metrics.CLIENT_AUTH_FAILURES.inc()
         self.refusals.refused(
             self.limiter.key_hash(
                 f"multiple-methods:{request.context.ip}:{' '.join(twice.client_ids)}"
@@ -551,6 +565,7 @@ class OAuthService:
         except MultipleAuthMethods as twice:
             return self._refuse_multiple_methods(request, twice)
         except BadClientCredentials as bad:
+            metrics.CLIENT_AUTH_FAILURES.inc()
             self.refusals.refused(
                 self.limiter.key_hash(f"malformed-credentials:{request.context.ip}"),
                 self.settings.client_auth_failure_window,
@@ -587,13 +602,23 @@ class OAuthService:
         the bridge's deferred-write hot path (one statement on PostgreSQL). Token exchange
         (RFC 8693) may refresh an upstream grant between two bridge calls (TokenExchange).
         """
-        if request.form.get("grant_type") == TOKEN_EXCHANGE:
-            return await self.exchange.token(request, self._authenticated_call)
-        return await self._authenticated_call(
-            request,
-            lambda: self.server.create_token_response(request),
-            deferred=request.form.get("grant_type") == "client_credentials",
-        )
+        grant_type = request.form.get("grant_type")
+        if grant_type == TOKEN_EXCHANGE:
+            response = await self.exchange.token(request, self._authenticated_call)
+            audience = request.form.get("audience")
+            metrics.TOKEN_EXCHANGES.labels(
+                audience if audience in provider_names() else "other",
+                _outcome(request, response),
+            ).inc()
+        else:
+            response = await self._authenticated_call(
+                request,
+                lambda: self.server.create_token_response(request),
+                deferred=grant_type == "client_credentials",
+            )
+        if response.status_code == 200:  # only a grant type we support answers 200
+            metrics.TOKENS_ISSUED.labels(grant_type).inc()
+        return response
 
     async def introspect(self, request: OAuthRequest) -> Response:
         """RFC 7662 introspection; audited through the batch buffer (read-only event)."""
@@ -629,6 +654,7 @@ class OAuthService:
         )
         if request.introspected is not None:
             token, active = request.introspected
+            metrics.INTROSPECTIONS.labels("true" if active else "false").inc()
             self.audit_buffer.add(
                 AuditEvent(
                     "introspected",

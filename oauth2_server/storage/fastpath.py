@@ -37,6 +37,7 @@ from sqlalchemy import JSON, Insert, Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from oauth2_server import metrics
 from oauth2_server.storage.client_state import (
     ACCESS_COLUMNS,
     SELECT_ACCESS,
@@ -206,6 +207,11 @@ class FastStore:
         )
         return cls(engine, pool, timeout, availability)
 
+    def _acquire(self) -> metrics.CountWaiting:
+        """A pooled connection (`async with`) within `timeout`; the wait is counted in
+        `oauth2_db_pool_waiting{pool="asyncpg"}`."""
+        return metrics.CountWaiting(self.pool.acquire(timeout=self.timeout), "asyncpg")
+
     async def close(self) -> None:
         if self.pool is not None:
             await self.pool.close()
@@ -276,7 +282,7 @@ class FastStore:
                     args.append(n)
                     args += _pg_values(tables[name], row, columns)
             try:
-                async with self.pool.acquire(timeout=self.timeout) as connection:
+                async with self._acquire() as connection:
                     passed = {
                         record[0]
                         for record in await connection.fetch(
@@ -304,7 +310,7 @@ class FastStore:
                         )
                     ).first()
             else:
-                async with self.pool.acquire(timeout=self.timeout) as connection:
+                async with self._acquire() as connection:
                     found = await connection.fetchrow(
                         SELECT_CURRENT_PG, guard.client_id, guard.version
                     )
@@ -326,7 +332,7 @@ class FastStore:
             return
         columns = list(rows[0])
         records = [tuple(_pg_values(table, row, columns)) for row in rows]
-        async with self.pool.acquire(timeout=self.timeout) as connection:
+        async with self._acquire() as connection:
             await connection.copy_records_to_table(table.name, records=records, columns=columns)
 
     async def introspection(self, jti: str, caller_id: str | None) -> IntrospectionRead:
@@ -364,7 +370,7 @@ class FastStore:
     async def _read_introspections(
         self, keys: list[tuple[str, str | None]]
     ) -> dict[tuple[str, str | None], IntrospectionRead]:
-        async with self.pool.acquire(timeout=self.timeout) as connection:
+        async with self._acquire() as connection:
             rows = await connection.fetch(
                 SELECT_INTROSPECTION_PG, [jti for jti, _ in keys], [c for _, c in keys]
             )

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from oauth2_server import metrics
 from oauth2_server.audit import AuditEvent, RequestContext, record
 from oauth2_server.crypto.keyring import DecryptionError
 from oauth2_server.storage import upstream as storage
@@ -23,6 +25,13 @@ from oauth2_server.upstream.providers import Provider, ProviderNotConfigured, Un
 from oauth2_server.upstream.sealing import REFRESH, seal_tokens
 
 log = logging.getLogger(__name__)
+
+
+def _observe(provider: str, outcome: str, started: float) -> None:
+    """Count one call to `provider`'s token endpoint (`oauth2_upstream_refreshes_total`)
+    and its latency since `started` (perf_counter seconds)."""
+    metrics.UPSTREAM_REFRESHES.labels(provider, outcome).inc()
+    metrics.UPSTREAM_DURATION.labels(provider).observe(time.perf_counter() - started)
 
 
 # -- refresh outcomes (what token exchange turns into RFC 8693 §2.2.2 errors) ------------
@@ -132,20 +141,29 @@ class Refreshing(UpstreamBase):
             refresh_token = self._open(row, REFRESH)
         except (ProviderNotConfigured, UnknownProvider) as exc:
             event.details["reason"] = printable(exc)
+            metrics.UPSTREAM_REFRESHES.labels(row.provider, "misconfigured").inc()
             return RefreshMisconfigured(printable(exc)), event
         except DecryptionError:
             event.details["reason"] = "stored refresh token does not decrypt"
+            metrics.UPSTREAM_REFRESHES.labels(row.provider, "undecryptable").inc()
             return RefreshMisconfigured(
                 f"the stored {row.provider} grant of branch {branch_id} does not decrypt "
                 "(tampered, or its encryption key is gone); reconnect the branch"
             ), event
+        started = time.perf_counter()
         try:
             tokens = await self.client.refresh(provider, refresh_token)
         except UpstreamUnavailable as exc:
+            _observe(row.provider, "unavailable", started)
             event.details["reason"] = printable(exc)
             event.flags.append("upstream_unavailable")
             return RefreshUnavailable(printable(exc)), event
         except UpstreamRejected as exc:
+            _observe(
+                row.provider,
+                "needs_consent" if exc.error == "invalid_grant" else "refused",
+                started,
+            )
             if exc.error != "invalid_grant":
                 event.details["reason"] = printable(exc)
                 return RefreshMisconfigured(
@@ -161,6 +179,7 @@ class Refreshing(UpstreamBase):
 
             await session.run_sync(mark)
             return NeedsConsent(reason), event
+        _observe(row.provider, "ok", started)
         await session.run_sync(
             lambda db: self._store_refresh(
                 db, row, provider, tokens, refresh_token, now, client_id, branch_id, context

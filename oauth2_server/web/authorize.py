@@ -1,9 +1,12 @@
 """The authorization endpoint's pages: login and consent (RFC 6749 §4.1.1, §3.1).
 
 GET shows the login page (no session), the consent page, or redirects at once when the
-user already consented to the scopes. POST carries `action=login` or `action=consent`
-plus a CSRF token bound to the session; the authorization request itself is always read
-from the query string, so a form field cannot change it. Pages forbid framing.
+user already consented to the scopes. POST carries `action=login`, `action=consent` or
+`action=logout` ("not you?": signs the session out, back to the login page for the same
+request) plus a CSRF token bound to the session; the authorization request itself is always
+read from the query string, so a form field cannot change it. Pages forbid framing and run
+no script. Both pages name the client and where the browser will be sent (`redirect_target`);
+the consent page describes each scope (OAUTH2_SCOPE_DESCRIPTIONS).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import hmac
 import re
 import secrets
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
@@ -26,6 +29,7 @@ from oauth2_server.oauth.authorization import (
     LoginThrottled,
 )
 from oauth2_server.oauth.server import OAuthService
+from oauth2_server.storage.clients import loopback_host
 from oauth2_server.web.forms import BadRequest, oauth_request, parse_params, read_form
 
 
@@ -84,6 +88,64 @@ def _error_page(request: Request, error: str, description: str, status: int) -> 
     return _page(request, "error.html", status, error=error, description=description)
 
 
+def redirect_target(redirect_uri: str) -> str:
+    """Where the browser goes after the decision, as a person reads it: the host (with a
+    non-default port) of an https or http redirect URI; "this device" for a loopback one
+    (RFC 8252 §7.3, also `localhost`); "the app <scheme>" for a private-use scheme (RFC 8252
+    §7.1: the app that claimed it). Text; the template escapes it."""
+    parts = urlsplit(redirect_uri)
+    if parts.scheme in {"http", "https"}:
+        host = parts.netloc.rpartition("@")[2]
+        if loopback_host(host) or parts.hostname in {"localhost", "127.0.0.1", "::1"}:
+            return "this device"
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        hostname = parts.hostname or host
+        return hostname if port is None else f"{hostname}:{port}"
+    return f"the app {parts.scheme}" if parts.scheme else "the application"
+
+
+def _login_page(
+    request: Request, prompt: ConsentPrompt | None, status: int = 200, **context: object
+) -> Response:
+    return _page(
+        request,
+        "login.html",
+        status,
+        client_name=prompt.client_name if prompt else None,
+        target=redirect_target(prompt.redirect_uri) if prompt else None,
+        **context,
+    )
+
+
+async def _login_again(
+    request: Request, service: OAuthService, status: int, error: str
+) -> Response:
+    """The login page after a refused attempt (wrong password, throttled, busy), still
+    naming the client and the redirect target of the request in the query string."""
+    prompt = None
+    oauth = oauth_request(request, service.issuer, parse_params(request.url.query))
+    try:
+        result, _user = await service.authorization.begin(oauth, None)
+    except AuthorizationPageError:
+        result = None
+    if isinstance(result, ConsentPrompt):
+        prompt = result
+    return _login_page(request, prompt, status, error=error)
+
+
+def _sign_out(request: Request) -> Response:
+    """The "not you?" form: end the session (a new CSRF token follows) and show the login
+    page for the same authorization request (303 to GET)."""
+    request.session.clear()
+    return RedirectResponse(
+        request.url.path + "?" + urlencode(parse_params(request.url.query), doseq=True),
+        status_code=303,
+    )
+
+
 async def authorize(request: Request) -> Response:
     """GET/POST /oauth2/authorize."""
     service: OAuthService = request.app.state.oauth
@@ -110,6 +172,8 @@ async def authorize(request: Request) -> Response:
                 "the form expired or was not sent by this site; start again",
                 400,
             )
+    if action == "logout":
+        return _sign_out(request)
     oauth = oauth_request(request, service.issuer, query)
     force_consent = "consent" in query.get("prompt", [""])[0].split()
     try:
@@ -128,16 +192,20 @@ async def authorize(request: Request) -> Response:
         return result
     if user is None:
         request.session.pop(SESSION_USER, None)
-        return _page(request, "login.html", client_name=result.client_name)
-    return _consent_page(request, result, user.username)
+        return _login_page(request, result)
+    return _consent_page(request, service, result, user.username)
 
 
-def _consent_page(request: Request, prompt: ConsentPrompt, username: str) -> Response:
+def _consent_page(
+    request: Request, service: OAuthService, prompt: ConsentPrompt, username: str
+) -> Response:
+    described = dict(service.settings.scope_descriptions)
     return _page(
         request,
         "consent.html",
         client_name=prompt.client_name,
-        scopes=prompt.scopes,
+        scopes=[(scope, described.get(scope)) for scope in prompt.scopes],
+        target=redirect_target(prompt.redirect_uri),
         username=username,
     )
 
@@ -156,23 +224,17 @@ async def _login(request: Request, service: OAuthService, form: dict[str, list[s
             await flow.login(username, password, context, device) if username and password else None
         )
     except LoginThrottled as exc:
-        response = _page(
-            request,
-            "login.html",
-            429,
-            error="Too many attempts; try again later.",
-            retry_after=exc.retry_after,
-        )
+        response = await _login_again(request, service, 429, "Too many attempts; try again later.")
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
     except Argon2Busy as exc:
-        response = _page(
-            request, "login.html", 503, error="The server is busy; try again in a moment."
+        response = await _login_again(
+            request, service, 503, "The server is busy; try again in a moment."
         )
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
     if user is None:
-        return _page(request, "login.html", 401, error="Wrong username or password.")
+        return await _login_again(request, service, 401, "Wrong username or password.")
     # A fresh session on sign-in: new CSRF token, nothing carried over.
     request.session.clear()
     request.session[SESSION_USER] = user.id

@@ -18,6 +18,7 @@ from starlette.requests import Request
 
 from oauth2_server.audit import RequestContext
 from oauth2_server.oauth.bridge import OAuthRequest
+from oauth2_server.storage import utcnow
 
 FORM_TYPE = "application/x-www-form-urlencoded"
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
@@ -98,11 +99,13 @@ async def read_form(request: Request, limit: int) -> dict[str, list[str]]:
 
 
 def request_context(request: Request) -> RequestContext:
-    """IP (after uvicorn's trusted-proxy handling), user agent and request id."""
+    """IP (after uvicorn's trusted-proxy handling), user agent, request id and the time
+    the request arrived (UTC)."""
     return RequestContext(
         ip=request.client.host if request.client else None,
         user_agent=request.headers.get("user-agent"),
         request_id=request.state.request_id if hasattr(request.state, "request_id") else None,
+        received_at=utcnow(),
     )
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from typing import Any
 
 from sqlalchemy import text
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, Response
 
+from oauth2_server import metrics as metrics_module
 from oauth2_server.storage.errors import is_unavailable
 
 
@@ -45,85 +46,36 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "database": "ok", "audit": audit})
 
 
-class RequestCounter:
-    """Per-process request counts by route and status, in Prometheus text format."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[tuple[str, str, int]] = Counter()
-
-    def add(self, method: str, route: str, status: int) -> None:
-        self.counts[(method, route, status)] += 1
-
-    def render(self) -> str:
-        lines = [
-            "# HELP oauth2_http_requests_total HTTP requests answered by this worker.",
-            "# TYPE oauth2_http_requests_total counter",
-        ]
-        for (method, route, status), count in sorted(self.counts.items()):
-            lines.append(
-                f'oauth2_http_requests_total{{method="{method}",route="{route}",'
-                f'status="{status}"}} {count}'
-            )
-        return "\n".join(lines) + "\n"
+async def metrics(request: Request) -> Response:
+    """GET /metrics: Prometheus text exposition (format 0.0.4) of every worker's metrics
+    summed (`oauth2_server.metrics`), this worker's figures sampled first."""
+    sampler = metrics_module.Sampler()
+    sampler.sources = [lambda: sampled_figures(request.app.state)]
+    sampler.sample()
+    return Response(metrics_module.render(), media_type=metrics_module.CONTENT_TYPE)
 
 
-async def metrics(request: Request) -> PlainTextResponse:
-    """GET /metrics: Prometheus text exposition (this worker's counters)."""
-    return PlainTextResponse(
-        request.app.state.request_counter.render()
-        + _render_audit(_audit_figures(request))
-        + _render_limiter(request),
-        media_type="text/plain; version=0.0.4",
-    )
-
-
-# (figure, metric name, type, help) of the audit buffer's lines in /metrics.
-_AUDIT_METRICS = (
-    ("buffered_rows", "oauth2_audit_buffer_rows", "gauge", "Audit rows waiting to be written."),
-    (
-        "dropped_rows",
-        "oauth2_audit_rows_dropped_total",
-        "counter",
-        "Audit rows dropped: buffer full (oldest first) or refused even in minimal form.",
-    ),
-    (
-        "malformed_rows",
-        "oauth2_audit_rows_malformed_total",
-        "counter",
-        "Audit rows the database refused, written in minimal form with flag malformed.",
-    ),
-)
-
-
-def _render_audit(figures: dict[str, int]) -> str:
-    lines: list[str] = []
-    for key, name, kind, help_text in _AUDIT_METRICS:
-        if key in figures:
-            lines += [
-                f"# HELP {name} {help_text} (this worker)",
-                f"# TYPE {name} {kind}",
-                f"{name} {figures[key]}",
-            ]
-    return "\n".join(lines) + "\n" if lines else ""
-
-
-def _render_limiter(request: Request) -> str:
-    """This worker's failure-limiter and argon2 figures (oauth.throttling, oauth.clients)."""
-    oauth = getattr(request.app.state, "oauth", None)
-    if oauth is None:
-        return ""
-    figures = (
-        ("oauth2_limiter_keys", "gauge", "Failure-limiter keys held in memory",
-         oauth.limiter.held_keys()),
-        ("oauth2_limiter_refusal_windows", "gauge", "Refusal summaries open",
-         len(oauth.refusals)),
-        ("oauth2_argon2_verifications_total", "counter", "argon2 verifications started",
-         oauth.argon2.runs),
-        ("oauth2_argon2_busy_total", "counter", "Requests refused: argon2 queue full",
-         oauth.argon2.refused),
-    )  # fmt: skip
-    lines: list[str] = []
-    for name, kind, help_text, value in figures:
-        lines += [f"# HELP {name} {help_text} (this worker).", f"# TYPE {name} {kind}"]
-        lines.append(f"{name} {value}")
-    return "\n".join(lines) + "\n"
+def sampled_figures(state: Any) -> dict[Any, float]:
+    """This worker's in-memory figures for the gauges of `oauth2_server.metrics`: audit
+    buffer depth, failure-limiter keys and open refusal windows, and connections in use
+    and idle in the SQLAlchemy pool and the FastStore asyncpg pool. Empty before the
+    lifespan has built them."""
+    figures: dict[Any, float] = {}
+    oauth = getattr(state, "oauth", None)
+    if oauth is not None:
+        figures[metrics_module.AUDIT_BUFFER_ROWS] = oauth.audit_buffer.depth
+        figures[metrics_module.LIMITER_KEYS] = oauth.limiter.held_keys()
+        figures[metrics_module.LIMITER_REFUSAL_WINDOWS] = len(oauth.refusals)
+        fast = oauth.bridge.fast
+        pool = getattr(fast, "pool", None)
+        if pool is not None:
+            idle = pool.get_idle_size()
+            figures[(metrics_module.DB_POOL_IN_USE, ("asyncpg",))] = pool.get_size() - idle
+            figures[(metrics_module.DB_POOL_IDLE, ("asyncpg",))] = idle
+    engine = getattr(state, "engine", None)
+    if engine is not None:
+        pool = engine.sync_engine.pool
+        if hasattr(pool, "checkedout"):
+            figures[(metrics_module.DB_POOL_IN_USE, ("sqlalchemy",))] = pool.checkedout()
+            figures[(metrics_module.DB_POOL_IDLE, ("sqlalchemy",))] = pool.checkedin()
+    return figures

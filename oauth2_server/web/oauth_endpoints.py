@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
+from oauth2_server.logs import note_client
 from oauth2_server.oauth.bridge import OAuthRequest
 from oauth2_server.oauth.server import OAuthService, oauth_error_response
 from oauth2_server.web.forms import BadRequest, oauth_request, read_form
@@ -31,7 +32,11 @@ async def _handle(
         params = await read_form(request, service.settings.max_body_bytes)
     except BadRequest as exc:
         return oauth_error_response(exc.error, exc.description, exc.status)
-    return await call(service, oauth_request(request, service.issuer, params))
+    oauth = oauth_request(request, service.issuer, params)
+    response = await call(service, oauth)
+    if oauth.client is not None:  # authenticated (RFC 6749 §2.3): named in the access line
+        note_client(request.state, oauth.client.client_id)
+    return response
 
 
 async def token(request: Request) -> Response:
