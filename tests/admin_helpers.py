@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +18,7 @@ from oauth2_server import audit_chain
 from oauth2_server.audit import AuditEvent, RequestContext
 from oauth2_server.db.engine import create_engine, create_sessionmaker
 from oauth2_server.db.models import TokenLog
-from tests.conftest import ROOT, Database, LiveServer, free_port, server_env
+from tests.conftest import ROOT, Database, LiveServer, free_port, run_oauth2_cli, server_env
 
 PASSWORD = "correct horse battery"
 
@@ -114,19 +113,11 @@ def event(action: str, created_at: datetime, **kwargs: Any) -> AuditEvent:
 
 
 def run_cli(
-    db: Database, *args: str, env: dict[str, str] | None = None, **kwargs: Any
+    db: Database, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """`python -m oauth2_server ARGS` against the test database."""
     environment = server_env(db.url, db.keys, free_port(), **(env or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "oauth2_server", *args],
-        env=environment,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        **kwargs,
-    )
+    return run_oauth2_cli(*args, env=environment, cwd=ROOT)
 
 
 def cli_json(db: Database, *args: str, env: dict[str, str] | None = None) -> Any:

@@ -74,6 +74,21 @@ def worker_database(url: str) -> str:
     return parsed.set(database=name).render_as_string(hide_password=False)
 
 
+def run_oauth2_cli(
+    *args: str, env: dict[str, str], cwd: Path | str | None = None, timeout: int = 120
+) -> subprocess.CompletedProcess[str]:
+    """`python -m oauth2_server ARGS` in a subprocess with exactly `env`; output captured as
+    text. The one way tests run the command line."""
+    return subprocess.run(
+        [sys.executable, "-m", "oauth2_server", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 @dataclass
 class Database:
     """One test database: the URL the server uses and a sync engine for the tests."""

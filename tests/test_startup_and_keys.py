@@ -16,18 +16,11 @@ from sqlalchemy import create_engine, text
 
 from oauth2_server.config import Settings
 from oauth2_server.crypto.keyring import generate_key_spec
-from tests.conftest import free_port, server_env, start_live_server, sync_url
+from tests.conftest import free_port, run_oauth2_cli, server_env, start_live_server, sync_url
 
 
 def run_cli(*args: str, env: dict[str, str], cwd=None, timeout: int = 60):
-    return subprocess.run(
-        [sys.executable, "-m", "oauth2_server", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_oauth2_cli(*args, env=env, cwd=cwd, timeout=timeout)
 
 
 def test_metadata_lists_endpoints_grants_and_s256_only(server):

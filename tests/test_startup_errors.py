@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from oauth2_server.crypto.keyring import generate_key_spec, parse_keyring
-from tests.conftest import free_port
+from tests.conftest import free_port, run_oauth2_cli
 
 
 def base_env(data_dir: Path, **overrides: str) -> dict[str, str]:
@@ -34,14 +34,7 @@ def base_env(data_dir: Path, **overrides: str) -> dict[str, str]:
 
 
 def run(*args: str, env: dict[str, str], cwd: Path, timeout: int = 90):
-    return subprocess.run(
-        [sys.executable, "-m", "oauth2_server", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_oauth2_cli(*args, env=env, cwd=cwd, timeout=timeout)
 
 
 def one_line(result: subprocess.CompletedProcess[str], code: int, *named: str) -> str:
