@@ -84,24 +84,27 @@ class AuditEvent:
         `bound_flags`; the risk score is clamped to 0.00–1.00 by `risk.row_score`."""
         return {
             "created_at": self.created_at,
-            "action": _column_text("action", self.action),
-            "client_id": _column_text("client_id", self.client_id),
-            "subject": _column_text("subject", self.subject),
-            "branch_id": _column_text("branch_id", self.branch_id),
-            "grant_type": _column_text("grant_type", self.grant_type),
-            "token_id": _column_text("token_id", self.token_id),
-            "ip": _column_text("ip", self.context.ip),
-            "user_agent": _column_text("user_agent", self.context.user_agent or None),
-            "request_id": _column_text("request_id", self.context.request_id),
+            "action": stored_text("action", self.action),
+            "client_id": stored_text("client_id", self.client_id),
+            "subject": stored_text("subject", self.subject),
+            "branch_id": stored_text("branch_id", self.branch_id),
+            "grant_type": stored_text("grant_type", self.grant_type),
+            "token_id": stored_text("token_id", self.token_id),
+            "ip": stored_text("ip", self.context.ip),
+            "user_agent": stored_text("user_agent", self.context.user_agent or None),
+            "request_id": stored_text("request_id", self.context.request_id),
             "risk_score": row_score(self.action, self.risk_score, self.flags),
             "flags": bound_flags(self.flags),
             "details": bound_details(self.details),
             # the token family (grant), indexed so risk rules and audits can follow it
-            "family_id": _column_text("family_id", _family(self.details)),
+            "family_id": stored_text("family_id", _family(self.details)),
         }
 
 
-def _column_text(column: str, value: Any) -> str | None:
+def stored_text(column: str, value: Any) -> str | None:
+    """`value` as it is stored in `oauth2_token_logs.<column>` (bounded by `bound_text`), so
+    a live value can be compared with stored ones (e.g. an over-long IP with the family's
+    recorded IPs); None stays None."""
     if value is None:
         return None
     return bound_text(value if isinstance(value, str) else str(value), COLUMN_LIMITS[column])

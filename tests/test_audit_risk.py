@@ -81,6 +81,31 @@ def test_refresh_from_a_new_ip_is_flagged(server, db, admin, unique):
     assert [(item["ip"], item["flags"]) for item in found] == [(elsewhere, ["new_ip"])]
 
 
+def test_over_long_ip_is_compared_as_stored_and_not_flagged_new(server, db, unique):
+    """An IP longer than the `ip` column is stored cut (audit_bounds); the next refresh from
+    the same IP is compared in that stored form, so it is not a `new_ip`."""
+    client_id, _ = db.create_client(
+        name=unique("app"),
+        public=True,
+        grant_types=["authorization_code", "refresh_token"],
+        redirect_uris=[REDIRECT_URI],
+        scope="read",
+    )
+    user = db.create_user(unique("yuri"), PASSWORD)
+    token = exchange_code(
+        server.base_url, authorize_with_pkce(server.base_url, client_id, user.username, PASSWORD)
+    )
+    long_ip = "203.0.113." + "9" * 120
+    token = refresh_from(server, client_id, token["refresh_token"], long_ip)
+    token = refresh_from(server, client_id, token["refresh_token"], long_ip)
+    rows = db.rows(
+        "SELECT risk_score, flags FROM oauth2_token_logs WHERE client_id = :c "
+        "AND action = 'refreshed' ORDER BY id",
+        c=client_id,
+    )
+    assert [str(flags).count("new_ip") for _, flags in rows] == [1, 0]
+
+
 def test_client_auth_failures_from_one_ip_raise_the_score(server, db, admin, unique):
     client_id, _ = db.create_client(name=unique("svc"))
     ip = some_ip()

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from starlette.responses import JSONResponse, Response
 
 from oauth2_server import metrics
-from oauth2_server.audit import AuditBuffer, AuditEvent, record
+from oauth2_server.audit import AuditBuffer, AuditEvent, record, stored_text
 from oauth2_server.config import Settings
 from oauth2_server.crypto.hashing import (
     hash_client_secret,
@@ -222,7 +222,7 @@ class OAuth2AuthorizationServer(AuthorizationServer):
             )
         risk = (
             refresh_from_ip(
-                request.context.ip,
+                stored_text("ip", request.context.ip),  # compared as the rows store it
                 ips_seen_for_family(db, family_id),
                 grace=request.refresh_token.grace,
             )
