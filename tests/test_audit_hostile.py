@@ -277,7 +277,7 @@ def test_refused_rows_are_split_out_and_written_in_minimal_form(db, unique, capl
     log line for the batch; nothing stays queued."""
     action = unique("audit_split")[:40]
     refused_client = unique("refused")
-    base = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    base = datetime.now(UTC)  # now: a row dated ahead would sit unsealed inside a sealed range
     events = [
         AuditEvent(
             action,
