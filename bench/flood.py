@@ -28,22 +28,17 @@ import time
 from pathlib import Path
 
 import requests
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
+from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.load import (  # noqa: E402
     WRK_SCRIPT,
     basic,
-    free_port,
-    reset_database,
     run_wrk,
+    start_bench_server,
     wait_ready,
 )
-from oauth2_server.crypto.keyring import generate_key_spec  # noqa: E402
-from oauth2_server.storage.clients import create_client  # noqa: E402
 
 # Wrong secrets, each request from a new client IP (X-Forwarded-For); counts answers.
 FLOOD_SCRIPT = textwrap.dedent(
@@ -92,39 +87,16 @@ def main() -> None:
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk")
 
-    reset_database(args.database_url)
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH2_")}
-    env.update(
-        OAUTH2_DATABASE_URL=args.database_url,
-        OAUTH2_ENCRYPTION_KEYS=generate_key_spec("bench"),
-        OAUTH2_ISSUER=base_url,
-        OAUTH2_PORT=str(port),
-        OAUTH2_WORKERS=str(args.workers),
-        OAUTH2_BOOTSTRAP_ADMIN="false",
-        OAUTH2_LOG_LEVEL="warning",
+    bench = start_bench_server(
+        args.database_url,
+        args.workers,
+        "read",
         OAUTH2_FORWARDED_ALLOW_IPS="127.0.0.1",
         OAUTH2_ACCESS_LOG="false",
     )
-    python = sys.executable
-    subprocess.run(
-        [python, "-m", "oauth2_server", "migrate"], env=env, check=True, capture_output=True
-    )
-    sync_url = make_url(args.database_url).set(drivername="postgresql+psycopg")
-    engine = create_engine(sync_url)
-    with Session(engine) as session, session.begin():
-        record, secret = create_client(
-            session,
-            name="bench",
-            grant_types=["client_credentials"],
-            redirect_uris=[],
-            scope="read",
-        )
-    assert secret is not None
-    server = subprocess.Popen([python, "-m", "oauth2_server", "serve"], env=env)
+    server, engine, base_url = bench.process, bench.engine, bench.base_url
     body = "grant_type=client_credentials&scope=read"
-    good_auth = basic(record.client_id, secret)
+    good_auth = basic(bench.client_id, bench.secret)
     url = base_url + "/oauth2/token"
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "bench.lua"
@@ -162,7 +134,7 @@ def main() -> None:
                 env={
                     **os.environ,
                     "BENCH_BODY": body,
-                    "BENCH_AUTH": basic(record.client_id, "wrong-" + secret),
+                    "BENCH_AUTH": basic(bench.client_id, "wrong-" + bench.secret),
                 },
                 stdout=subprocess.PIPE,
                 text=True,
@@ -188,8 +160,7 @@ def main() -> None:
             time.sleep(2)  # let the audit buffers flush
             after = audit_counts(engine)
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            bench.stop()
     ratio = flooded.p99_ms / alone.p99_ms if alone.p99_ms else float("inf")
     print(f"good client p99 ratio with/without flood: {ratio:.2f}x (target <= 2x)")
     print(f"good requests refused or failed: {alone.errors + flooded.errors} (must be 0)")

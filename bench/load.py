@@ -296,6 +296,64 @@ def reset_database(url: str) -> None:
     admin.dispose()
 
 
+@dataclass
+class BenchServer:
+    """`oauth2-server serve` on a free loopback port over a freshly migrated scratch database,
+    with one client_credentials client (`client_id`, `secret`) registered; `engine` is a
+    synchronous engine on the same database. Stop it with `stop()`."""
+
+    base_url: str
+    env: dict[str, str]
+    engine: Any
+    database: str
+    client_id: str
+    secret: str
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def start_bench_server(database_url: str, workers: int, scope: str, **settings: str) -> BenchServer:
+    """Reset and migrate `database_url`, register the bench client with `scope`, and start
+    the server with `workers` processes at log level warning (`settings` add or override
+    `OAUTH2_*` variables). Does not wait for readiness: call `wait_ready`."""
+    reset_database(database_url)
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH2_")}
+    env.update(
+        OAUTH2_DATABASE_URL=database_url,
+        OAUTH2_ENCRYPTION_KEYS=generate_key_spec("bench"),
+        OAUTH2_ISSUER=base_url,
+        OAUTH2_PORT=str(port),
+        OAUTH2_WORKERS=str(workers),
+        OAUTH2_BOOTSTRAP_ADMIN="false",
+        OAUTH2_LOG_LEVEL="warning",
+        **settings,
+    )
+    python = sys.executable
+    subprocess.run(
+        [python, "-m", "oauth2_server", "migrate"], env=env, check=True, capture_output=True
+    )
+    sync_url = make_url(database_url).set(drivername="postgresql+psycopg")
+    engine = create_engine(sync_url)
+    with Session(engine) as session, session.begin():
+        record, secret = create_client(
+            session,
+            name="bench",
+            grant_types=["client_credentials"],
+            redirect_uris=[],
+            scope=scope,
+        )
+    assert secret is not None
+    process = subprocess.Popen([python, "-m", "oauth2_server", "serve"], env=env, cwd=ROOT)
+    return BenchServer(
+        base_url, env, engine, sync_url.database or "", record.client_id, secret, process
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -312,34 +370,8 @@ def main() -> None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     load_extra_scenarios()
 
-    reset_database(args.database_url)
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH2_")}
-    env.update(
-        OAUTH2_DATABASE_URL=args.database_url,
-        OAUTH2_ENCRYPTION_KEYS=generate_key_spec("bench"),
-        OAUTH2_ISSUER=base_url,
-        OAUTH2_PORT=str(port),
-        OAUTH2_WORKERS=str(args.workers),
-        OAUTH2_BOOTSTRAP_ADMIN="false",
-        OAUTH2_LOG_LEVEL="warning",
-    )
-    python = sys.executable
-    subprocess.run(
-        [python, "-m", "oauth2_server", "migrate"], env=env, check=True, capture_output=True
-    )
-    sync_url = make_url(args.database_url).set(drivername="postgresql+psycopg")
-    engine = create_engine(sync_url)
-    with Session(engine) as session, session.begin():
-        record, secret = create_client(
-            session,
-            name="bench",
-            grant_types=["client_credentials"],
-            redirect_uris=[],
-            scope="read introspect",
-        )
-    server = subprocess.Popen([python, "-m", "oauth2_server", "serve"], env=env, cwd=ROOT)
+    bench = start_bench_server(args.database_url, args.workers, "read introspect")
+    server, engine, base_url, env = bench.process, bench.engine, bench.base_url, bench.env
     results: list[Result] = []
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "bench.lua"
@@ -347,7 +379,7 @@ def main() -> None:
         try:
             wait_ready(base_url + "/healthz", server)
             ctx = BenchContext(
-                base_url, args.database_url, engine, record.client_id, secret or "", env
+                base_url, args.database_url, engine, bench.client_id, bench.secret, env
             )
             body_size = 0
             for name, build in SCENARIOS.items():
@@ -377,7 +409,7 @@ def main() -> None:
                         args.connections,
                         script,
                         server_pid=server.pid,
-                        database_pids=postgres_backends(engine, sync_url.database),
+                        database_pids=postgres_backends(engine, bench.database),
                     )
                 )
                 print(results[-1].line(), flush=True)
@@ -385,8 +417,7 @@ def main() -> None:
                 engine.connect().execute(text("SELECT count(*) FROM oauth2_token_logs")).scalar()
             )
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            bench.stop()
 
         # The ceiling: bare Starlette, same uvicorn settings, JSON body of the same size.
         app_dir = Path(tmp)
@@ -394,7 +425,7 @@ def main() -> None:
         bare_port = free_port()
         bare = subprocess.Popen(
             [
-                python,
+                sys.executable,
                 "-m",
                 "uvicorn",
                 "bare_app:app",
