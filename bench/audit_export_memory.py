@@ -30,13 +30,13 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from oauth2_server.audit import AuditEvent, RequestContext  # noqa: E402
+from oauth2_server.audit.log import AuditEvent, RequestContext  # noqa: E402
 from oauth2_server.crypto.keyring import generate_key_spec  # noqa: E402
 from oauth2_server.db.models import TokenLog  # noqa: E402
 
 RUN_EXPORT = (
     "import resource, sys\n"
-    "from oauth2_server.cli import main\n"
+    "from oauth2_server.cli.main import main\n"
     "code = main(sys.argv[1:])\n"
     "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
     "sys.exit(code)\n"

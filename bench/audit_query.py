@@ -36,8 +36,8 @@ from sqlalchemy.orm import Session
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from oauth2_server import audit_partitions  # noqa: E402
-from oauth2_server.audit_query import AuditFilter, query_rows  # noqa: E402
+from oauth2_server.audit import partitions as audit_partitions  # noqa: E402
+from oauth2_server.audit.query import AuditFilter, query_rows  # noqa: E402
 from oauth2_server.crypto.keyring import generate_key_spec  # noqa: E402
 from oauth2_server.db.engine import create_engine as create_async  # noqa: E402
 from oauth2_server.db.engine import create_sessionmaker  # noqa: E402

@@ -1,5 +1,5 @@
 import sys
 
-from oauth2_server.cli import main
+from oauth2_server.cli.main import main
 
 sys.exit(main())

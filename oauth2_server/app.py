@@ -22,7 +22,7 @@ from starlette.routing import Mount, Route
 from starlette.templating import Jinja2Templates
 
 from oauth2_server import admin
-from oauth2_server.audit import AuditBuffer
+from oauth2_server.audit.log import AuditBuffer
 from oauth2_server.config import Settings
 from oauth2_server.crypto.keyring import load_keyring
 from oauth2_server.db import migrate

@@ -14,8 +14,8 @@ from typing import Any
 import requests
 from sqlalchemy import insert, text
 
-from oauth2_server import audit_chain
-from oauth2_server.audit import AuditEvent, RequestContext
+from oauth2_server.audit import chain as audit_chain
+from oauth2_server.audit.log import AuditEvent, RequestContext
 from oauth2_server.db.engine import create_engine, create_sessionmaker
 from oauth2_server.db.models import TokenLog
 from tests.conftest import ROOT, Database, LiveServer, free_port, run_oauth2_cli, server_env

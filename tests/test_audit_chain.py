@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import insert, select, update
 
-from oauth2_server.audit_chain import ROW_COLUMNS, link_hash
+from oauth2_server.audit.chain import ROW_COLUMNS, link_hash
 from oauth2_server.db.models import TokenLog
 from tests.admin_helpers import event, execute, insert_log_rows, run_cli, seal, verify
 

@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from oauth2_server.audit import MALFORMED, AuditBuffer, AuditEvent, RequestContext, record
-from oauth2_server.audit_bounds import DETAILS_MAX_CHARS, DETAILS_MAX_STRING, TRUNCATION_MARK
+from oauth2_server.audit.bounds import DETAILS_MAX_CHARS, DETAILS_MAX_STRING, TRUNCATION_MARK
+from oauth2_server.audit.log import MALFORMED, AuditBuffer, AuditEvent, RequestContext, record
 from oauth2_server.db.engine import create_engine
 from oauth2_server.db.models import TokenLog
 from oauth2_server.storage.fastpath import FastStore

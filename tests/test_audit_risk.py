@@ -1,4 +1,4 @@
-"""Risk scores and flags on audit rows (oauth2_server/risk.py, SECURITY.md): a refresh
+"""Risk scores and flags on audit rows (oauth2_server/audit/risk.py, SECURITY.md): a refresh
 from a new IP for its grant is flagged `new_ip`; client authentication failures from one
 IP raise the score and, from the fifth, add `auth_failure_burst`; flagged rows are found
 by the audit query."""
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from oauth2_server.risk import RACE_WINDOW
+from oauth2_server.audit.risk import RACE_WINDOW
 from tests.admin_helpers import PASSWORD, admin_api
 from tests.conftest import start_live_server
 from tests.flows import REDIRECT_URI, authorize_with_pkce, exchange_code

@@ -14,7 +14,7 @@ import pytest
 import requests
 from oauthlib.oauth2.rfc6749.errors import InvalidGrantError
 
-from oauth2_server.risk import RACE_WINDOW
+from oauth2_server.audit.risk import RACE_WINDOW
 from tests.flows import REDIRECT_URI, authorize_with_pkce, exchange_code, query_of
 
 PASSWORD = "correct horse battery"

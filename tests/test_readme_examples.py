@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from oauth2_server.admin.cli_support import EXIT_CONFLICT
+from oauth2_server.cli.support import EXIT_CONFLICT
 from tests.conftest import LiveServer, free_port
 from tests.flows import decide, login, query_of
 
@@ -352,7 +352,7 @@ def test_fake_provider_port_in_use_is_one_line(tmp_path: Path) -> None:
 def test_serve_never_loads_the_fake_provider() -> None:
     """`serve` and the app import the `dev` command's parser only, never the stand-in."""
     code = (
-        "import sys, oauth2_server.cli, oauth2_server.app\n"
+        "import sys, oauth2_server.cli.main, oauth2_server.app\n"
         "loaded = [m for m in sys.modules if m == 'oauth2_server.dev.fake_provider']\n"
         "assert not loaded, loaded\n"
     )

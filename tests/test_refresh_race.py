@@ -1,4 +1,4 @@
-"""Risk scores that mean something (issue #8 item 7; oauth2_server/risk.py `second_use`,
+"""Risk scores that mean something (issue #8 item 7; oauth2_server/audit/risk.py `second_use`,
 SECURITY.md "Risk scores and flags").
 
 The losers of a concurrent race for one refresh token (RFC 9700 §4.14.2) or one
@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import requests
 
-from oauth2_server.risk import RACE_WINDOW
+from oauth2_server.audit.risk import RACE_WINDOW
 from tests.admin_helpers import PASSWORD
 from tests.flows import REDIRECT_URI, authorize_with_pkce, exchange_code
 

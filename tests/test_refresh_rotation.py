@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 
-from oauth2_server.risk import RACE_WINDOW
+from oauth2_server.audit.risk import RACE_WINDOW
 from tests.flows import REDIRECT_URI, authorize_with_pkce, exchange_code
 
 PASSWORD = "correct horse battery"

@@ -206,7 +206,7 @@ def test_version_and_no_alembic_info_lines_unless_asked(tmp_path, data_dir):
 def test_every_option_has_help_and_every_data_command_takes_json():
     import argparse
 
-    from oauth2_server.cli import build_parser
+    from oauth2_server.cli.main import build_parser
 
     missing_help: list[str] = []
     missing_json: list[str] = []

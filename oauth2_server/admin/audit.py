@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from oauth2_server.admin.http import Actor, bad_request, cursor_codec, json_response
 from oauth2_server.admin.http import admin_endpoint as endpoint
-from oauth2_server.audit_query import (
+from oauth2_server.audit.query import (
     FILTER_DOCS,
     MAX_LIMIT,
     AuditQueryError,

@@ -31,7 +31,7 @@ from oauth2_server.admin.http import (
     read_json,
 )
 from oauth2_server.admin.http import admin_endpoint as endpoint
-from oauth2_server.audit import AuditEvent, record
+from oauth2_server.audit.log import AuditEvent, record
 from oauth2_server.storage import branch_registry as registry
 from oauth2_server.storage import branches as branch_storage
 from oauth2_server.storage import upstream as upstream_storage

@@ -33,7 +33,7 @@ from oauth2_server.admin.http import (
     read_json,
 )
 from oauth2_server.admin.http import admin_endpoint as endpoint
-from oauth2_server.audit import record
+from oauth2_server.audit.log import record
 from oauth2_server.crypto.hashing import hash_client_secret
 from oauth2_server.storage import branch_registry, utcnow
 from oauth2_server.storage import client_registry as registry

@@ -32,8 +32,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from oauth2_server.audit import AuditEvent, RequestContext
-from oauth2_server.cursors import CURSOR_KEY_PURPOSE, CursorCodec, CursorError, query_scope
+from oauth2_server.audit.cursors import CURSOR_KEY_PURPOSE, CursorCodec, CursorError, query_scope
+from oauth2_server.audit.log import AuditEvent, RequestContext
 from oauth2_server.logs import note_client
 from oauth2_server.storage.tokens import get_access_token
 from oauth2_server.web.forms import BadRequest, parse_params, read_body, request_context

@@ -31,8 +31,8 @@ from oauth2_server.admin.http import (
     read_json,
 )
 from oauth2_server.admin.http import admin_endpoint as endpoint
-from oauth2_server.audit import record
-from oauth2_server.cursors import query_scope
+from oauth2_server.audit.cursors import query_scope
+from oauth2_server.audit.log import record
 from oauth2_server.storage import revocation, utcnow
 from oauth2_server.storage import tokens as token_storage
 from oauth2_server.storage.client_registry import get_client_view

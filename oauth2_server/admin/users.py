@@ -29,7 +29,7 @@ from oauth2_server.admin.http import (
     read_json,
 )
 from oauth2_server.admin.http import admin_endpoint as endpoint
-from oauth2_server.audit import record
+from oauth2_server.audit.log import record
 from oauth2_server.crypto.hashing import hash_secret
 from oauth2_server.storage import user_registry as registry
 from oauth2_server.storage import utcnow

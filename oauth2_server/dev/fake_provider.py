@@ -3,7 +3,7 @@
 DEVELOPMENT AND TEST TOOL ONLY: it signs anyone in without a password, as a fixed
 account. It binds 127.0.0.1 and nothing else, and `oauth2-server serve` never starts
 it. `oauth2-server dev fake-provider google` runs it from the command line (see
-`oauth2_server/dev/cli.py`); the test suite uses the same class (the `google` fixture).
+`oauth2_server/cli/dev.py`); the test suite uses the same class (the `google` fixture).
 
 It serves the authorization (`/o/oauth2/v2/auth`), token (`/token`, RFC 6749 §4.1.3
 and §6), revocation (`/revoke`, RFC 7009) and userinfo (`/v1/userinfo`, OIDC) endpoints

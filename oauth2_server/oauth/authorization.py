@@ -33,12 +33,12 @@ from authlib.oauth2.rfc6749 import AuthorizationServer, OAuth2Error
 from itsdangerous import BadData, URLSafeTimedSerializer
 from starlette.responses import Response
 
-from oauth2_server.audit import AuditBuffer, AuditEvent
+from oauth2_server.audit.log import AuditBuffer, AuditEvent
+from oauth2_server.audit.risk import AuthFailureWindow, auth_failure, fixed_score
 from oauth2_server.crypto.hashing import hash_secret
 from oauth2_server.oauth.bridge import Bridge, OAuthRequest
 from oauth2_server.oauth.clients import Argon2Busy, Argon2Slots
 from oauth2_server.oauth.throttling import FailureLimiter, RefusalLog
-from oauth2_server.risk import AuthFailureWindow, auth_failure, fixed_score
 from oauth2_server.storage.users import (
     UserRecord,
     consented_scopes,

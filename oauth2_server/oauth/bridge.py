@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
-from oauth2_server.audit import RequestContext
+from oauth2_server.audit.log import RequestContext
 from oauth2_server.storage.client_state import ClientGuard, ClientState
 from oauth2_server.storage.errors import Availability
 from oauth2_server.storage.fastpath import DeferredWrites, FastStore

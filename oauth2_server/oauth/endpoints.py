@@ -19,7 +19,7 @@ from authlib.oauth2.rfc6749 import TokenMixin
 from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
 
-from oauth2_server.audit import AuditEvent, record
+from oauth2_server.audit.log import AuditEvent, record
 from oauth2_server.crypto.hashing import token_digest
 from oauth2_server.oauth.bridge import current_request, is_prefetched
 from oauth2_server.oauth.grants import ALL_METHODS, CONFIDENTIAL_METHODS, digest_prefix

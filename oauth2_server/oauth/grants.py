@@ -22,9 +22,9 @@ from authlib.oauth2.rfc6749 import (
 from authlib.oauth2.rfc7636 import CodeChallenge
 
 from oauth2_server import metrics
-from oauth2_server.audit import AuditEvent, record
+from oauth2_server.audit.log import AuditEvent, record
+from oauth2_server.audit.risk import second_use
 from oauth2_server.crypto.hashing import token_digest
-from oauth2_server.risk import second_use
 from oauth2_server.storage import tokens as token_storage
 from oauth2_server.storage import utcnow
 from oauth2_server.storage.tokens import CodeRecord, RefreshTokenRecord

@@ -27,7 +27,14 @@ from sqlalchemy.orm import Session
 from starlette.responses import JSONResponse, Response
 
 from oauth2_server import metrics
-from oauth2_server.audit import AuditBuffer, AuditEvent, record, stored_text
+from oauth2_server.audit.log import AuditBuffer, AuditEvent, record, stored_text
+from oauth2_server.audit.risk import (
+    AuthFailureWindow,
+    auth_failure,
+    fixed_score,
+    ips_seen_for_family,
+    refresh_from_ip,
+)
 from oauth2_server.config import Settings
 from oauth2_server.crypto.hashing import (
     hash_client_secret,
@@ -75,13 +82,6 @@ from oauth2_server.oauth.token_exchange import (
     claimed_client_id,
 )
 from oauth2_server.oauth.tokens import AccessTokenCodec, IssuedToken, TokenGenerator
-from oauth2_server.risk import (
-    AuthFailureWindow,
-    auth_failure,
-    fixed_score,
-    ips_seen_for_family,
-    refresh_from_ip,
-)
 from oauth2_server.storage import tokens as token_storage
 from oauth2_server.storage.auth_failures import MemoryCounts, PostgresCounts
 from oauth2_server.storage.client_registry import upgrade_secret_hash

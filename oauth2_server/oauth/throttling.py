@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from oauth2_server.audit import AuditBuffer, AuditEvent
+from oauth2_server.audit.log import AuditBuffer, AuditEvent
 from oauth2_server.storage.auth_failures import FailureCounts, WindowCount
 
 

@@ -54,7 +54,7 @@ from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
-from oauth2_server.audit import AuditEvent, record
+from oauth2_server.audit.log import AuditEvent, record
 from oauth2_server.crypto.keyring import DecryptionError, Keyring
 from oauth2_server.oauth.bridge import OAuthRequest, is_prefetched
 from oauth2_server.oauth.grants import CONFIDENTIAL_METHODS

@@ -13,7 +13,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from oauth2_server.audit import AuditBuffer, AuditEvent, record
+from oauth2_server.audit.log import AuditBuffer, AuditEvent, record
 from oauth2_server.config import Settings
 from oauth2_server.crypto.keyring import DecryptionError, Keyring
 from oauth2_server.storage import upstream as storage

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from oauth2_server.audit import AuditEvent, RequestContext, record
+from oauth2_server.audit.log import AuditEvent, RequestContext, record
 from oauth2_server.crypto.hashing import token_digest
 from oauth2_server.storage import upstream as storage
 from oauth2_server.storage import upstream_states, utcnow

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from oauth2_server import metrics
-from oauth2_server.audit import AuditEvent, RequestContext, record
+from oauth2_server.audit.log import AuditEvent, RequestContext, record
 from oauth2_server.crypto.keyring import DecryptionError
 from oauth2_server.storage import upstream as storage
 from oauth2_server.storage import utcnow

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 
-from oauth2_server.audit import RequestContext
+from oauth2_server.audit.log import RequestContext
 from oauth2_server.oauth.bridge import OAuthRequest
 from oauth2_server.storage import utcnow
 

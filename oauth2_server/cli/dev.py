@@ -16,7 +16,7 @@ import sys
 import threading
 from typing import Any
 
-from oauth2_server.admin.cli_support import EXIT_CONFLICT, CommandFailed
+from oauth2_server.cli.support import EXIT_CONFLICT, CommandFailed
 from oauth2_server.config import Settings
 
 PROVIDERS = ("google", "microsoft")

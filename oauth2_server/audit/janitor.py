@@ -32,9 +32,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, aliased
 
-from oauth2_server import audit_partitions
-from oauth2_server.audit import AuditEvent, record
-from oauth2_server.audit_chain import lock_chain, move_anchor, seal_pending
+from oauth2_server.audit import partitions as audit_partitions
+from oauth2_server.audit.chain import lock_chain, move_anchor, seal_pending
+from oauth2_server.audit.log import AuditEvent, record
 from oauth2_server.config import Settings
 from oauth2_server.db.models import (
     AccessToken,
@@ -45,7 +45,7 @@ from oauth2_server.db.models import (
 from oauth2_server.storage.auth_failures import delete_ended
 from oauth2_server.storage.upstream_states import delete_expired_states
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("oauth2_server.janitor")
 
 MONTHS_AHEAD = 2
 CODE_REPLAY_WINDOW = 3600  # seconds a consumed code is kept past its expiry

@@ -21,9 +21,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from oauth2_server import cli_branches, http_limits, logs
-from oauth2_server.admin import commands as admin_commands
-from oauth2_server.admin.cli_support import (
+from oauth2_server import http_limits, logs
+from oauth2_server.audit.log import AuditEvent, record
+from oauth2_server.cli import branches as cli_branches
+from oauth2_server.cli import commands as admin_commands
+from oauth2_server.cli import dev as dev_cli
+from oauth2_server.cli.support import (
     EXIT_CONFLICT,
     EXIT_UNEXPECTED,
     EXIT_USAGE,
@@ -34,12 +37,10 @@ from oauth2_server.admin.cli_support import (
     prepare_database,
     transaction,
 )
-from oauth2_server.audit import AuditEvent, record
 from oauth2_server.config import SETTINGS, ConfigError, Settings, settings_table_markdown
 from oauth2_server.crypto.keyring import DecryptionError, Keyring, generate_key_spec, load_keyring
 from oauth2_server.db import migrate
 from oauth2_server.db.engine import create_engine
-from oauth2_server.dev import cli as dev_cli
 from oauth2_server.oauth.keys import KeyStore
 from oauth2_server.storage import keys as key_storage
 from oauth2_server.storage.clients import ClientRegistrationError, count_clients, create_client

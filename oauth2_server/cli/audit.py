@@ -9,8 +9,11 @@ import sys
 from contextlib import ExitStack
 from typing import Any, TextIO
 
-from oauth2_server import audit_chain, audit_query, janitor
-from oauth2_server.admin.cli_support import (
+from oauth2_server.admin.http import make_cursor_codec
+from oauth2_server.audit import chain as audit_chain
+from oauth2_server.audit import janitor
+from oauth2_server.audit import query as audit_query
+from oauth2_server.cli.support import (
     CommandFailed,
     Sessions,
     add_json,
@@ -20,7 +23,6 @@ from oauth2_server.admin.cli_support import (
     quiet_broken_pipe,
     run_async,
 )
-from oauth2_server.admin.http import make_cursor_codec
 from oauth2_server.config import Settings
 from oauth2_server.crypto.keyring import load_keyring
 

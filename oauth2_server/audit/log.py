@@ -14,9 +14,9 @@
   and total size.
 
 Rows name tokens only by `jti` or a digest prefix, never the token. Risk scores and flags
-come from `oauth2_server.risk`; rows are sealed into a hash chain later, outside the
-request, by `oauth2_server.audit_chain` (the janitor); queries live in
-`oauth2_server.audit_query`.
+come from `oauth2_server.audit.risk`; rows are sealed into a hash chain later, outside the
+request, by `oauth2_server.audit.chain` (the janitor); queries live in
+`oauth2_server.audit.query`.
 """
 
 from __future__ import annotations
@@ -33,15 +33,15 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from oauth2_server import metrics
-from oauth2_server.audit_bounds import COLUMN_LIMITS, bound_details, bound_flags, bound_text
+from oauth2_server.audit.bounds import COLUMN_LIMITS, bound_details, bound_flags, bound_text
+from oauth2_server.audit.risk import FIXED_SCORES, row_score
 from oauth2_server.db.models import TokenLog
-from oauth2_server.risk import FIXED_SCORES, row_score
 from oauth2_server.storage import utcnow
 from oauth2_server.storage.errors import describe, is_unavailable
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("oauth2_server.audit")
 
-# Risk scores of fixed events (0.00–1.00): the rules live in `oauth2_server.risk`.
+# Risk scores of fixed events (0.00–1.00): the rules live in `oauth2_server.audit.risk`.
 RISK = FIXED_SCORES
 
 # The flag of a row the database refused even after bounding, written in minimal form.

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from oauth2_server.audit_chain import lock_chain, move_anchor
+from oauth2_server.audit.chain import lock_chain, move_anchor
 
 TABLE = "oauth2_token_logs"
 DEFAULT_PARTITION = f"{TABLE}_default"

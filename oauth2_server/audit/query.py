@@ -13,7 +13,7 @@ Filters (all optional, combined with AND):
 
 Pages use keyset pagination on (`created_at`, `id`), which every filter index ends with,
 so page N costs what page 1 costs. The position travels in a signed cursor
-(`oauth2_server.cursors`) bound to the filters. `export` streams any query in batches of
+(`oauth2_server.audit.cursors`) bound to the filters. `export` streams any query in batches of
 that same keyset read, so memory stays bounded by the batch size, not the result.
 """
 
@@ -33,7 +33,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from oauth2_server.cursors import CursorCodec, CursorError, query_scope
+from oauth2_server.audit.cursors import CursorCodec, CursorError, query_scope
 from oauth2_server.db.models import TokenLog
 
 DEFAULT_LIMIT = 100
@@ -198,7 +198,7 @@ def _flag_condition(dialect: str, flag: str) -> Any:
 def conditions(f: AuditFilter, dialect: str) -> list[Any]:
     """SQL conditions of a filter. Risky and flagged queries add the literal
     `risk_score > 0`, so PostgreSQL can use the partial index `ix_oauth2_token_logs_risky`
-    (every flagged row scores > 0, see `oauth2_server.risk`)."""
+    (every flagged row scores > 0, see `oauth2_server.audit.risk`)."""
     where: list[Any] = []
     if f.since:
         where.append(TokenLog.created_at >= f.since)

@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
-from oauth2_server.admin.cli_support import CommandFailed, Sessions, run_async, transaction
-from oauth2_server.admin.commands import cli_actor
-from oauth2_server.audit import AuditEvent, record
+from oauth2_server.audit.log import AuditEvent, record
+from oauth2_server.cli.commands import cli_actor
+from oauth2_server.cli.support import CommandFailed, Sessions, run_async, transaction
 from oauth2_server.config import Settings
 from oauth2_server.crypto.keyring import load_keyring
 from oauth2_server.storage import branches as branch_storage

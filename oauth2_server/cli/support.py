@@ -31,11 +31,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from oauth2_server import audit_query
 from oauth2_server.admin.http import AdminError
+from oauth2_server.audit import query as audit_query
+from oauth2_server.audit.cursors import CursorError
 from oauth2_server.config import Settings, ensure_data_dir
 from oauth2_server.crypto.keyring import DecryptionError, keyring_source
-from oauth2_server.cursors import CursorError
 from oauth2_server.db import migrate
 from oauth2_server.db.engine import create_engine, create_sessionmaker
 from oauth2_server.storage.errors import DatabaseUnavailable, describe, is_unavailable

@@ -15,8 +15,12 @@ import getpass
 import sys
 from typing import Any
 
-from oauth2_server.admin import audit_commands, clients, tokens, users
-from oauth2_server.admin.cli_support import (
+from oauth2_server.admin import clients, tokens, users
+from oauth2_server.admin.http import MAX_PAGE, Actor, AdminError, make_cursor_codec
+from oauth2_server.audit.cursors import CursorError, query_scope
+from oauth2_server.audit.log import RequestContext
+from oauth2_server.cli import audit as audit_commands
+from oauth2_server.cli.support import (
     CommandFailed,
     add_json,
     add_paging,
@@ -24,12 +28,9 @@ from oauth2_server.admin.cli_support import (
     print_json,
     transaction,
 )
-from oauth2_server.admin.http import MAX_PAGE, Actor, AdminError, make_cursor_codec
-from oauth2_server.audit import RequestContext
 from oauth2_server.config import Settings
 from oauth2_server.crypto.hashing import hash_secret
 from oauth2_server.crypto.keyring import load_keyring
-from oauth2_server.cursors import CursorError, query_scope
 
 __all__ = ["CommandFailed", "cli_actor", "register"]
 
