@@ -6,6 +6,7 @@ WORKDIR /app
 COPY requirements.lock ./
 RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 COPY pyproject.toml README.md alembic.ini ./
+COPY alembic ./alembic
 COPY oauth2_server ./oauth2_server
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . && useradd --system oauth2
 USER oauth2

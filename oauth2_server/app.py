@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -24,7 +23,7 @@ from starlette.templating import Jinja2Templates
 from oauth2_server import admin
 from oauth2_server.audit.log import AuditBuffer
 from oauth2_server.config import Settings
-from oauth2_server.crypto.keyring import load_keyring
+from oauth2_server.crypto.keyring import Keyring, load_keyring
 from oauth2_server.db import migrate
 from oauth2_server.db.engine import create_engine, create_sessionmaker
 from oauth2_server.db.models import TokenLog
@@ -33,7 +32,7 @@ from oauth2_server.oauth.keys import KeyStore
 from oauth2_server.oauth.server import OAuthService
 from oauth2_server.storage.client_notify import ClientChangeListener
 from oauth2_server.storage.errors import Availability, DatabaseUnavailable
-from oauth2_server.storage.fastpath import FastStore
+from oauth2_server.storage.fastpath import FastStore, split_pool_size
 from oauth2_server.web import authorize, discovery, errors, health, oauth_endpoints, upstream
 from oauth2_server.web.middleware import HttpMiddleware
 
@@ -82,35 +81,25 @@ def app_from_env() -> Starlette:
     return create_app(Settings.from_env())
 
 
-def create_app(settings: Settings) -> Starlette:
-    """Build the Starlette app. The database is opened in the lifespan: SQLite is migrated
-    there; PostgreSQL must already be at the head revision (else start-up fails with a
-    message to run `oauth2-server migrate`)."""
-    keyring = load_keyring(settings)
-    if not settings.production and settings.issuer.startswith("http://"):
-        # Development over plain http on a non-loopback name: let Authlib accept it
-        # (production requires an https issuer; Authlib already allows loopback).
-        os.environ.setdefault("AUTHLIB_INSECURE_TRANSPORT", "1")
-    availability = Availability()
-    session_settings = {
-        "secret_key": keyring.derive(b"oauth2-server session cookie").hex(),
-        "session_cookie": "oauth2_session",
-        "max_age": settings.session_ttl,
-        "same_site": "lax",
-        "https_only": settings.production,
-    }
+def _lifespan(
+    settings: Settings, keyring: Keyring, availability: Availability
+) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: opens the database (one connection budget per worker,
+    `storage.fastpath.split_pool_size`), builds the OAuth service and its background
+    tasks, hangs them on `app.state`, and closes everything at shutdown."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        engine = create_engine(settings.database_url, settings.db_pool_size, settings.db_timeout)
+        # One connection budget per worker: OAUTH2_DB_POOL_SIZE, split between sessions
+        # and the hot path's asyncpg pool (storage.fastpath.split_pool_size).
+        session_pool, hot_pool = split_pool_size(settings.db_pool_size)
+        engine = create_engine(settings.database_url, session_pool, settings.db_timeout)
         try:
             if settings.is_sqlite:
                 await migrate.upgrade(engine)
             else:
                 await migrate.require_head(engine)
-            fast = await FastStore.create(
-                engine, settings.db_pool_size, settings.db_timeout, availability
-            )
+            fast = await FastStore.create(engine, hot_pool, settings.db_timeout, availability)
             bridge = Bridge(create_sessionmaker(engine), fast, availability)
             keys = KeyStore(keyring)
             await bridge.write(keys.ensure)
@@ -146,6 +135,25 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             await engine.dispose()
 
+    return lifespan
+
+
+def create_app(settings: Settings) -> Starlette:
+    """Build the Starlette app. The database is opened in the lifespan: SQLite is migrated
+    there; PostgreSQL must already be at the head revision (else start-up fails with a
+    message to run `oauth2-server migrate`). Changes nothing outside the app: no
+    environment variable, no class attribute (two apps in one process are independent)."""
+    keyring = load_keyring(settings)
+    availability = Availability()
+    session_settings = {
+        "secret_key": keyring.derive(b"oauth2-server session cookie").hex(),
+        "session_cookie": "oauth2_session",
+        "max_age": settings.session_ttl,
+        "same_site": "lax",
+        "https_only": settings.production,
+    }
+
+    lifespan = _lifespan(settings, keyring, availability)
     middleware = [
         Middleware(HttpMiddleware, access_log=settings.access_log),
         # Anything no handler below took: 500 server_error JSON, one log line.

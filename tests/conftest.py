@@ -30,9 +30,10 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
+from oauth2_server.crypto.hashing import hash_secret
 from oauth2_server.crypto.keyring import generate_key_spec
 from oauth2_server.storage.clients import create_client
-from oauth2_server.storage.users import create_user
+from oauth2_server.storage.users import insert_user
 
 # Loopback http is what the live test server speaks; oauthlib insists on https otherwise.
 os.environ.setdefault("OAUTHLIB_INSECURE_TRANSPORT", "1")
@@ -146,7 +147,7 @@ class Database:
 
     def create_user(self, username: str, password: str = "correct horse battery") -> Any:  # noqa: S107
         with self.session() as session:
-            return create_user(session, username, password)
+            return insert_user(session, username, hash_secret(password))
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import requests
 
-from oauth2_server.storage import client_registry
+from oauth2_server.storage import clients as client_registry
 from oauth2_server.storage.clients import set_client_active
 from tests.admin_helpers import admin_api, cli_json
 from tests.conftest import LiveServer

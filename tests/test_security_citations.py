@@ -1,7 +1,7 @@
 """SECURITY.md (and README.md) cite tests as evidence: `test_x.py::test_y`, a following
-`::test_z` of the same module on the same line, or a whole `tests/test_x.py`. Every cited
-test must exist and be collected by pytest, so a renamed or deleted test cannot leave a
-security claim pointing at nothing (issue #9 item 6)."""
+`::test_z` of the same module on the same line, or a whole `tests/test_x.py` (or
+`tests/unit/test_x.py`). Every cited test must exist and be collected by pytest, so a
+renamed or deleted test cannot leave a security claim pointing at nothing (issue #9 item 6)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 from tests.conftest import ROOT
 
 CITING = ("SECURITY.md", "README.md")
-CITATION = re.compile(r"(?:tests/)?(test_\w+\.py)(?:::(test_\w+))?|::(test_\w+)")
+CITATION = re.compile(r"(?:tests/)?((?:unit/)?test_\w+\.py)(?:::(test_\w+))?|::(test_\w+)")
 
 
 def cited_tests() -> set[tuple[str, str | None, str]]:

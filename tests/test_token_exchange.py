@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import jwt
@@ -36,6 +37,14 @@ def stale_branch(upstream, db, google, unique):
     branch_id = unique("stale")
     connect_branch(upstream, db, google, branch_id, expires_in=120)
     return branch_id
+
+
+@contextmanager
+def nothing_changes(db, google):
+    """The block changes no stored upstream grant and makes no upstream refresh call."""
+    before = credential_rows(db)
+    yield
+    assert credential_rows(db) == before and google.refresh_calls == 0
 
 
 def assert_refused(response, error, status=400, *, mentions=""):
@@ -183,13 +192,52 @@ def test_metadata_lists_the_token_exchange_grant(upstream):
 # -- refusals: RFC 8693 §2.2.2 errors, nothing changes -------------------------------------
 
 
-def test_unknown_branch_is_invalid_target(upstream, db, google, stale_branch):
-    client_id, secret = exchange_client(db, ["*"])
+# One request parameter (or the client's registration) changed from a valid exchange; the
+# id names the rule, the comment its section.
+# fmt: off
+ONE_CHANGE_REFUSALS = [
+    # RFC 8693 §2.2.2: a branch, audience or resource the caller may not use is invalid_target.
+    pytest.param({}, {"branch_id": "no-such-branch"}, "invalid_target", 400, "no-such-branch",
+                 id="unknown-branch-is-invalid-target"),
+    pytest.param({"scope": "read"}, {}, "invalid_target", 400, "upstream:google",
+                 id="client-without-upstream-google-scope-is-invalid-target"),
+    pytest.param({}, {"audience": "yahoo"}, "invalid_target", 400, "yahoo",
+                 id="unknown-audience-is-invalid-target"),
+    pytest.param({}, {"resource": "https://mybusiness.googleapis.com/"}, "invalid_target", 400,
+                 "", id="resource-parameter-is-invalid-target"),
+    # RFC 8693 §2.1: subject_token_type is REQUIRED, and only access tokens are accepted.
+    pytest.param({}, {"subject_token_type": None}, "invalid_request", 400, "subject_token_type",
+                 id="missing-subject-token-type-is-invalid-request"),
+    pytest.param({}, {"subject_token_type": "urn:ietf:params:oauth:token-type:id_token"},
+                 "invalid_request", 400, "subject_token_type",
+                 id="unsupported-subject-token-type-is-invalid-request"),
+    pytest.param({}, {"branch_id": None}, "invalid_request", 400, "branch_id",
+                 id="missing-branch-id-is-invalid-request"),
+    # RFC 6749 §5.2 invalid_scope: the upstream grant does not hold it.
+    pytest.param({}, {"scope": f"{BUSINESS_MANAGE} https://www.googleapis.com/auth/drive"},
+                 "invalid_scope", 400, "auth/drive",
+                 id="scope-wider-than-the-grant-is-invalid-scope"),
+    # RFC 6749 §5.2: unauthorized_client (grant not registered), invalid_client (401).
+    pytest.param({"grant_types": ["client_credentials"]}, {}, "unauthorized_client", 400, "",
+                 id="client-not-registered-for-token-exchange-is-unauthorized-client"),
+    pytest.param({}, {"client_secret": "wrong-secret"}, "invalid_client", 401, "",
+                 id="wrong-client-secret-is-invalid-client"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("client", "change", "error", "status", "mentions"), ONE_CHANGE_REFUSALS)
+def test_one_bad_parameter_is_refused_and_changes_nothing(
+    upstream, db, google, stale_branch, client, change, error, status, mentions
+):
+    client_id, secret = exchange_client(db, [stale_branch], **client)
     subject = upstream.client_credentials_token(client_id, secret)
-    before = credential_rows(db)
-    response = exchange(upstream, client_id, secret, subject, "no-such-branch")
-    assert_refused(response, "invalid_target", mentions="no-such-branch")
-    assert credential_rows(db) == before and google.refresh_calls == 0
+    request = {"branch_id": stale_branch, **change}
+    used_secret = request.pop("client_secret", secret)
+    branch_id = request.pop("branch_id")
+    with nothing_changes(db, google):
+        response = exchange(upstream, client_id, used_secret, subject, branch_id, **request)
+    assert_refused(response, error, status, mentions=mentions)
 
 
 def test_branch_not_granted_to_the_client_is_invalid_target(
@@ -199,45 +247,9 @@ def test_branch_not_granted_to_the_client_is_invalid_target(
     ensure_branch(db, other)
     client_id, secret = exchange_client(db, [other])
     subject = upstream.client_credentials_token(client_id, secret)
-    before = credential_rows(db)
-    response = exchange(upstream, client_id, secret, subject, stale_branch)
+    with nothing_changes(db, google):
+        response = exchange(upstream, client_id, secret, subject, stale_branch)
     assert_refused(response, "invalid_target", mentions=stale_branch)
-    assert credential_rows(db) == before and google.refresh_calls == 0
-
-
-def test_client_without_upstream_google_scope_is_invalid_target(upstream, db, google, stale_branch):
-    client_id, secret = exchange_client(db, [stale_branch], scope="read")
-    subject = upstream.client_credentials_token(client_id, secret)
-    before = credential_rows(db)
-    response = exchange(upstream, client_id, secret, subject, stale_branch)
-    assert_refused(response, "invalid_target", mentions="upstream:google")
-    assert credential_rows(db) == before and google.refresh_calls == 0
-
-
-def test_unknown_audience_is_invalid_target(upstream, db, google, stale_branch):
-    client_id, secret = exchange_client(db, [stale_branch])
-    subject = upstream.client_credentials_token(client_id, secret)
-    before = credential_rows(db)
-    response = exchange(upstream, client_id, secret, subject, stale_branch, audience="yahoo")
-    assert_refused(response, "invalid_target", mentions="yahoo")
-    assert credential_rows(db) == before and google.refresh_calls == 0
-
-
-def test_resource_parameter_is_invalid_target(upstream, db, google, stale_branch):
-    """RFC 8693 §2.2.2: a resource the server will not issue for is invalid_target."""
-    client_id, secret = exchange_client(db, [stale_branch])
-    subject = upstream.client_credentials_token(client_id, secret)
-    before = credential_rows(db)
-    response = exchange(
-        upstream,
-        client_id,
-        secret,
-        subject,
-        stale_branch,
-        resource="https://mybusiness.googleapis.com/",
-    )
-    assert_refused(response, "invalid_target")
-    assert credential_rows(db) == before and google.refresh_calls == 0
 
 
 def test_expired_subject_token_is_invalid_request(start_server, db, google, stale_branch):
@@ -246,10 +258,9 @@ def test_expired_subject_token_is_invalid_request(start_server, db, google, stal
     client_id, secret = exchange_client(db, [stale_branch])
     subject = short.client_credentials_token(client_id, secret)
     time.sleep(2.2)
-    before = credential_rows(db)
-    response = exchange(short, client_id, secret, subject, stale_branch)
+    with nothing_changes(db, google):
+        response = exchange(short, client_id, secret, subject, stale_branch)
     assert_refused(response, "invalid_request", mentions="subject_token")
-    assert credential_rows(db) == before and google.refresh_calls == 0
 
 
 def test_revoked_subject_token_is_invalid_request(upstream, db, google, stale_branch):
@@ -257,10 +268,9 @@ def test_revoked_subject_token_is_invalid_request(upstream, db, google, stale_br
     subject = upstream.client_credentials_token(client_id, secret)
     revoked = upstream.post("/oauth2/revoke", auth=(client_id, secret), data={"token": subject})
     assert revoked.status_code == 200
-    before = credential_rows(db)
-    response = exchange(upstream, client_id, secret, subject, stale_branch)
+    with nothing_changes(db, google):
+        response = exchange(upstream, client_id, secret, subject, stale_branch)
     assert_refused(response, "invalid_request", mentions="revoked")
-    assert credential_rows(db) == before and google.refresh_calls == 0
 
 
 def test_forged_subject_token_is_invalid_request(upstream, db, google, stale_branch):
@@ -275,72 +285,18 @@ def test_forged_subject_token_is_invalid_request(upstream, db, google, stale_bra
         algorithm="ES256",
         headers={"kid": header["kid"], "typ": "at+jwt"},
     )
-    before = credential_rows(db)
-    response = exchange(upstream, client_id, secret, forged, stale_branch)
+    with nothing_changes(db, google):
+        response = exchange(upstream, client_id, secret, forged, stale_branch)
     assert_refused(response, "invalid_request", mentions="subject_token")
-    assert credential_rows(db) == before and google.refresh_calls == 0
 
 
 def test_subject_token_of_another_client_is_invalid_request(upstream, db, google, stale_branch):
     client_id, secret = exchange_client(db, [stale_branch])
     other_id, other_secret = exchange_client(db, [stale_branch])
     theirs = upstream.client_credentials_token(other_id, other_secret)
-    before = credential_rows(db)
-    response = exchange(upstream, client_id, secret, theirs, stale_branch)
+    with nothing_changes(db, google):
+        response = exchange(upstream, client_id, secret, theirs, stale_branch)
     assert_refused(response, "invalid_request", mentions="not issued to this client")
-    assert credential_rows(db) == before and google.refresh_calls == 0
-
-
-def test_missing_subject_token_type_is_invalid_request(upstream, db, google, stale_branch):
-    """RFC 8693 §2.1: subject_token_type is REQUIRED."""
-    client_id, secret = exchange_client(db, [stale_branch])
-    subject = upstream.client_credentials_token(client_id, secret)
-    before = credential_rows(db)
-    response = exchange(upstream, client_id, secret, subject, stale_branch, subject_token_type=None)
-    assert_refused(response, "invalid_request", mentions="subject_token_type")
-    assert credential_rows(db) == before and google.refresh_calls == 0
-
-
-def test_unsupported_subject_token_type_is_invalid_request(upstream, db, google, stale_branch):
-    client_id, secret = exchange_client(db, [stale_branch])
-    subject = upstream.client_credentials_token(client_id, secret)
-    before = credential_rows(db)
-    response = exchange(
-        upstream,
-        client_id,
-        secret,
-        subject,
-        stale_branch,
-        subject_token_type="urn:ietf:params:oauth:token-type:id_token",
-    )
-    assert_refused(response, "invalid_request", mentions="subject_token_type")
-    assert credential_rows(db) == before and google.refresh_calls == 0
-
-
-def test_missing_branch_id_is_invalid_request(upstream, db, google, stale_branch):
-    client_id, secret = exchange_client(db, [stale_branch])
-    subject = upstream.client_credentials_token(client_id, secret)
-    before = credential_rows(db)
-    response = exchange(upstream, client_id, secret, subject, None)
-    assert_refused(response, "invalid_request", mentions="branch_id")
-    assert credential_rows(db) == before and google.refresh_calls == 0
-
-
-def test_scope_wider_than_the_grant_is_invalid_scope(upstream, db, google, stale_branch):
-    """RFC 6749 §5.2 invalid_scope: the upstream grant does not hold it."""
-    client_id, secret = exchange_client(db, [stale_branch])
-    subject = upstream.client_credentials_token(client_id, secret)
-    before = credential_rows(db)
-    response = exchange(
-        upstream,
-        client_id,
-        secret,
-        subject,
-        stale_branch,
-        scope=f"{BUSINESS_MANAGE} https://www.googleapis.com/auth/drive",
-    )
-    assert_refused(response, "invalid_scope", mentions="auth/drive")
-    assert credential_rows(db) == before and google.refresh_calls == 0
 
 
 def test_branch_not_connected_is_invalid_grant_naming_the_branch(upstream, db, google, unique):
@@ -348,31 +304,10 @@ def test_branch_not_connected_is_invalid_grant_naming_the_branch(upstream, db, g
     ensure_branch(db, branch_id)
     client_id, secret = exchange_client(db, [branch_id])
     subject = upstream.client_credentials_token(client_id, secret)
-    before = credential_rows(db)
-    response = exchange(upstream, client_id, secret, subject, branch_id)
+    with nothing_changes(db, google):
+        response = exchange(upstream, client_id, secret, subject, branch_id)
     assert_refused(response, "invalid_grant", mentions=branch_id)
     assert "branches connect" in response.json()["error_description"]
-    assert credential_rows(db) == before and google.refresh_calls == 0
-
-
-def test_client_not_registered_for_token_exchange_is_unauthorized_client(
-    upstream, db, google, stale_branch
-):
-    client_id, secret = exchange_client(db, [stale_branch], grant_types=["client_credentials"])
-    subject = upstream.client_credentials_token(client_id, secret)
-    before = credential_rows(db)
-    response = exchange(upstream, client_id, secret, subject, stale_branch)
-    assert_refused(response, "unauthorized_client")
-    assert credential_rows(db) == before and google.refresh_calls == 0
-
-
-def test_wrong_client_secret_is_invalid_client(upstream, db, google, stale_branch):
-    client_id, secret = exchange_client(db, [stale_branch])
-    subject = upstream.client_credentials_token(client_id, secret)
-    before = credential_rows(db)
-    response = exchange(upstream, client_id, "wrong-secret", subject, stale_branch)
-    assert_refused(response, "invalid_client", status=401)
-    assert credential_rows(db) == before and google.refresh_calls == 0
 
 
 def test_deactivated_branch_is_invalid_target(upstream, db, google, stale_branch):
@@ -382,10 +317,9 @@ def test_deactivated_branch_is_invalid_target(upstream, db, google, stale_branch
     subject = upstream.client_credentials_token(client_id, secret)
     with db.session() as session:
         set_branch_active(session, stale_branch, False)
-    before = credential_rows(db)
-    response = exchange(upstream, client_id, secret, subject, stale_branch)
+    with nothing_changes(db, google):
+        response = exchange(upstream, client_id, secret, subject, stale_branch)
     assert_refused(response, "invalid_target", mentions="deactivated")
-    assert credential_rows(db) == before and google.refresh_calls == 0
 
 
 def test_benchmark_scenario_answers_200(upstream, db):

@@ -8,6 +8,9 @@ in one transaction.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -19,7 +22,12 @@ from oauth2_server.admin.openapi import openapi_document
 async def openapi_json(request: Request) -> JSONResponse:
     """GET /admin/openapi.json: the OpenAPI 3.1 document of the routes below, whose
     `servers` entry is this server's issuer."""
-    return JSONResponse(openapi_document(routes, request.app.state.oauth.issuer))
+    return JSONResponse(_openapi(request.app.state.oauth.issuer))
+
+
+@functools.lru_cache(maxsize=8)  # generated once per issuer (an app has one)
+def _openapi(issuer: str) -> dict[str, Any]:
+    return openapi_document(routes, issuer)
 
 
 routes = [

@@ -8,11 +8,14 @@ naming `until`.
 
 from __future__ import annotations
 
+import functools
+
 from starlette.requests import Request
 from starlette.responses import Response
 
-from oauth2_server.admin.http import Actor, bad_request, cursor_codec, json_response
-from oauth2_server.admin.http import admin_endpoint as endpoint
+from oauth2_server.admin import answers
+from oauth2_server.admin.errors import bad_request, json_response
+from oauth2_server.admin.http import Actor, admin_endpoint, cursor_codec
 from oauth2_server.audit.query import (
     FILTER_DOCS,
     MAX_LIMIT,
@@ -23,6 +26,8 @@ from oauth2_server.audit.query import (
 )
 from oauth2_server.web.forms import BadRequest, parse_params
 
+endpoint = functools.partial(admin_endpoint, tag="audit")
+
 QUERY = {
     **FILTER_DOCS,
     "limit": f"page size, 1–{MAX_LIMIT} (default 100)",
@@ -30,7 +35,7 @@ QUERY = {
 }
 
 
-@endpoint(query=QUERY, tag="audit")
+@endpoint(answers.Page[answers.AuditRow], query=QUERY)
 async def query_audit(request: Request, actor: Actor) -> Response:
     """Query `oauth2_token_logs`: rows matching every filter given, oldest first (or
     `order=desc`), `limit` per page; `next_cursor` fetches the next page."""

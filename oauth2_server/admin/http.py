@@ -1,4 +1,4 @@
-"""The admin API's HTTP plumbing: bearer authentication, JSON bodies, errors, paging.
+"""The admin API's HTTP plumbing: bearer authentication, the endpoint wrapper, paging.
 
 Authentication is RFC 6750 §2.1: `Authorization: Bearer <access token>` issued by this
 server, verified with the OAuthService's `AccessTokenCodec` (signature, issuer, expiry,
@@ -10,19 +10,16 @@ server, verified with the OAuthService's `AccessTokenCodec` (signature, issuer, 
 - a token that is not valid, revoked or expired: 401 `invalid_token`;
 - a valid token without scope `admin`: 403 `insufficient_scope`.
 
-Every error body is JSON `{"error", "error_description", "field"?}` where `field` names
-the offending body field, query parameter or path parameter, and carries
-`Cache-Control: no-store`, like every admin response.
-
-Text from outside is refused with a 400 naming its field when it holds a control character
-(U+0000-U+001F, U+007F; PostgreSQL cannot store NUL) or, in JSON, a lone surrogate (not
-encodable as UTF-8); integers must fit a 64-bit column.
+Errors are `admin.errors` (one JSON form); bodies are read and validated by
+`admin.bodies` with their `admin.models` model, which `admin_endpoint` records for
+/admin/openapi.json. Text from outside is refused with a 400 naming its field when it
+holds a control character (U+0000-U+001F, U+007F; PostgreSQL cannot store NUL) or, in
+JSON, a lone surrogate (not encodable as UTF-8).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,90 +27,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from oauth2_server.audit.cursors import CURSOR_KEY_PURPOSE, CursorCodec, CursorError, query_scope
-from oauth2_server.audit.log import AuditEvent, RequestContext
+from oauth2_server.admin.answers import Page
+from oauth2_server.admin.bodies import read_json
+from oauth2_server.admin.errors import AdminError, bad_request, error_response, json_response
+from oauth2_server.audit.cursors import CursorCodec, CursorError, query_scope
 from oauth2_server.logs import note_client
+from oauth2_server.registry.actor import Actor
+from oauth2_server.registry.errors import RegistryError
+from oauth2_server.registry.paging import DEFAULT_PAGE, MAX_PAGE, make_cursor_codec
 from oauth2_server.storage.tokens import get_access_token
-from oauth2_server.web.forms import BadRequest, parse_params, read_body, request_context
+from oauth2_server.web.forms import BadRequest, parse_params, request_context
 
 ADMIN_SCOPE = "admin"
-# Characters no admin string may hold: C0 controls, DEL, and (JSON \ud800 escapes) lone
-# surrogates.
+# Characters no path parameter may hold: C0 controls, DEL, lone surrogates.
 INVALID_TEXT = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
-INT64 = range(-(2**63), 2**63)
 REALM = "oauth2-server"
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-DEFAULT_PAGE = 50
-MAX_PAGE = 500
-
-
-class AdminError(Exception):
-    """An admin request that fails: HTTP `status`, `error` code, a description naming
-    the problem, and the `field` (body field, query or path parameter) at fault."""
-
-    def __init__(
-        self,
-        status: int,
-        error: str,
-        description: str,
-        field: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(description)
-        self.status = status
-        self.error = error
-        self.description = description
-        self.field = field
-        self.headers = dict(headers or {})
-
-
-def bad_request(field: str, description: str) -> AdminError:
-    return AdminError(400, "invalid_request", description, field)
-
-
-def not_found(field: str, description: str) -> AdminError:
-    return AdminError(404, "not_found", description, field)
-
-
-def conflict(field: str, description: str) -> AdminError:
-    return AdminError(409, "conflict", description, field)
-
-
-def error_response(exc: AdminError) -> JSONResponse:
-    body = {"error": exc.error, "error_description": exc.description}
-    if exc.field:
-        body["field"] = exc.field
-    return JSONResponse(body, exc.status, headers={**NO_STORE, **exc.headers})
-
-
-def json_response(body: Any, status: int = 200) -> JSONResponse:
-    """A JSON answer with `Cache-Control: no-store` (it may carry a secret once)."""
-    return JSONResponse(body, status, headers=NO_STORE)
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who makes an admin change: the admin client and its token's `jti` (API), or the
-    operator of the CLI. Audit rows of admin changes carry `client_id` = the admin
-    client (null from the CLI)."""
-
-    client_id: str | None
-    token_id: str | None
-    context: RequestContext = field(default_factory=RequestContext)
-    via: str = "api"
-    operator: str | None = None
-
-    def event(self, action: str, **kwargs: Any) -> AuditEvent:
-        """An `admin_*` audit event by this actor; `details` gets `via`, and `admin_jti`
-        (API) or `operator` (CLI, the OS user)."""
-        details = {"via": self.via, **kwargs.pop("details", {})}
-        if self.token_id:
-            details["admin_jti"] = self.token_id
-        if self.operator:
-            details["operator"] = self.operator
-        return AuditEvent(action, self.context, client_id=self.client_id, details=details, **kwargs)
 
 
 def _bearer_challenge(error: str | None = None, description: str | None = None) -> str:
@@ -173,29 +103,89 @@ async def authenticate(request: Request) -> Actor:
     return Actor(row.client_id, row.jti, request_context(request))
 
 
-Handler = Callable[[Request, Actor], Awaitable[Response]]
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def admin_endpoint(**openapi: Any) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
-    """Wrap a handler: authenticate, turn AdminError into its JSON answer. Keyword
-    arguments (`body`, `query`, `responses`, `tag`) document the operation in
-    /admin/openapi.json."""
+@dataclass(frozen=True)
+class Operation:
+    """What /admin/openapi.json says of an endpoint: its answer model (`admin.answers`)
+    and success `status`, its body model (also what validates the body), the error
+    statuses it may answer besides 401/403 (each with the shared Error answer), its query
+    parameters (name → description) and tag."""
 
-    def decorate(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    answer: Any = None
+    status: int = 200
+    body: Any = None
+    errors: tuple[int, ...] = ()
+    query: Mapping[str, str] = field(default_factory=dict)
+    tag: str = "admin"
+
+
+def admin_endpoint(
+    answer: Any = None,
+    *,
+    status: int = 200,
+    body: Any = None,
+    errors: tuple[int, ...] = (),
+    query: Mapping[str, str] | None = None,
+    tag: str = "admin",
+) -> Callable[[Callable[..., Awaitable[Response]]], Endpoint]:
+    """Wrap a handler `(request, actor)`, or `(request, actor, body)` when `body` names
+    its model: authenticate, check path parameters, read and validate the body, and turn
+    AdminError and the registry services' errors (`registry.errors`) into their JSON
+    answer. The arguments document the operation (`Operation`) in /admin/openapi.json."""
+    operation = Operation(answer, status, body, errors, query or {}, tag)
+
+    def decorate(handler: Callable[..., Awaitable[Response]]) -> Endpoint:
         @functools.wraps(handler)
         async def endpoint(request: Request) -> Response:
             try:
                 actor = await authenticate(request)
                 note_client(request.state, actor.client_id)  # for the access line
                 check_path_params(request)
-                return await handler(request, actor)
-            except AdminError as exc:
+                if body is None:
+                    return await handler(request, actor)
+                return await handler(request, actor, await read_json(request, body))
+            except (AdminError, RegistryError) as exc:
                 return error_response(exc)
 
-        endpoint.openapi = openapi  # type: ignore[attr-defined]
+        endpoint.operation = operation  # type: ignore[attr-defined]
         return endpoint
 
     return decorate
+
+
+def reading(
+    name: str, param: str, read: Callable[[Any, str], Any], answer: Any, doc: str, tag: str
+) -> Endpoint:
+    """The endpoint `name` (its operationId) for GET of one resource: `read(session, path
+    parameter `param`)` through the Bridge, answered as JSON `answer` (a registry NotFound
+    becomes 404 naming `param`). `doc` is its OpenAPI summary and description."""
+
+    async def handler(request: Request, actor: Actor) -> Response:
+        value = request.path_params[param]
+        return json_response(await request.app.state.oauth.bridge.read(lambda s: read(s, value)))
+
+    handler.__name__ = handler.__qualname__ = name
+    handler.__doc__ = doc
+    return admin_endpoint(answer, errors=(404,), tag=tag)(handler)
+
+
+def listing(
+    name: str,
+    read_page: Callable[[Any, list[Any] | None, int], dict[str, Any]],
+    item: Any,
+    doc: str,
+) -> Endpoint:
+    """The endpoint `list_{name}` for GET /admin/{name}: a keyset-paged listing of `item`
+    (`keyset_page`), documented by `doc` and tagged `name`."""
+
+    async def handler(request: Request, actor: Actor) -> Response:
+        return await keyset_page(request, name, read_page)
+
+    handler.__name__ = handler.__qualname__ = f"list_{name}"
+    handler.__doc__ = doc
+    return admin_endpoint(Page[item], query=PAGE_QUERY, tag=name)(handler)
 
 
 def check_path_params(request: Request) -> None:
@@ -203,107 +193,6 @@ def check_path_params(request: Request) -> None:
     for name, value in request.path_params.items():
         if isinstance(value, str) and INVALID_TEXT.search(value):
             raise bad_request(name, f"{name} must not contain control characters")
-
-
-# -- bodies -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Field:
-    """One JSON body field: `kind` is string, boolean, integer or string[]."""
-
-    kind: str
-    doc: str
-    required: bool = False
-    max_length: int = 200
-    max_items: int = 50
-
-    def schema(self) -> dict[str, Any]:
-        if self.kind == "string[]":
-            item = {"type": "string", "maxLength": self.max_length}
-            return {
-                "type": "array",
-                "items": item,
-                "maxItems": self.max_items,
-                "description": self.doc,
-            }
-        schema: dict[str, Any] = {"type": self.kind, "description": self.doc}
-        if self.kind == "string":
-            schema["maxLength"] = self.max_length
-        return schema
-
-
-Spec = Mapping[str, Field]
-
-
-def body_schema(spec: Spec) -> dict[str, Any]:
-    """The JSON Schema of a body spec (additional properties refused)."""
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {name: f.schema() for name, f in spec.items()},
-        "required": [name for name, f in spec.items() if f.required],
-    }
-
-
-def _check(name: str, f: Field, value: Any) -> Any:
-    if f.kind == "boolean":
-        if not isinstance(value, bool):
-            raise bad_request(name, f"{name} must be true or false")
-    elif f.kind == "integer":
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise bad_request(name, f"{name} must be an integer")
-        if value not in INT64:
-            raise bad_request(name, f"{name} is out of range")
-    elif f.kind == "string":
-        if not isinstance(value, str):
-            raise bad_request(name, f"{name} must be a string")
-        if len(value) > f.max_length:
-            raise bad_request(name, f"{name} is longer than {f.max_length} characters")
-        if INVALID_TEXT.search(value):
-            raise bad_request(name, f"{name} must not contain control characters")
-    else:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise bad_request(name, f"{name} must be an array of strings")
-        if len(value) > f.max_items:
-            raise bad_request(name, f"{name} has more than {f.max_items} items")
-        if any(len(v) > f.max_length for v in value):
-            raise bad_request(name, f"an item of {name} is longer than {f.max_length} characters")
-        if any(INVALID_TEXT.search(v) for v in value):
-            raise bad_request(name, f"an item of {name} contains control characters")
-    return value
-
-
-def validate(spec: Spec, data: Any) -> dict[str, Any]:
-    """Check a decoded JSON body against `spec`: an object, no unknown fields, required
-    fields present, types right. Returns the fields given. Raises AdminError 400."""
-    if not isinstance(data, dict):
-        raise bad_request("body", "the body must be a JSON object")
-    for name in data:
-        if name not in spec:
-            shown = INVALID_TEXT.sub("?", name[:64])
-            raise bad_request(shown, f"unknown field {shown!r}")
-    for name, f in spec.items():
-        if f.required and name not in data:
-            raise bad_request(name, f"{name} is required")
-    return {name: _check(name, spec[name], value) for name, value in data.items()}
-
-
-async def read_json(request: Request, spec: Spec) -> dict[str, Any]:
-    """The request's JSON body validated against `spec` (Content-Type application/json,
-    at most `OAUTH2_MAX_BODY_BYTES`, UTF-8). Raises AdminError 400/413/415."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        raise AdminError(415, "invalid_request", "Content-Type must be application/json", "body")
-    try:
-        raw = await read_body(request, request.app.state.oauth.settings.max_body_bytes)
-    except BadRequest as exc:
-        raise AdminError(exc.status, "invalid_request", exc.description, "body") from None
-    try:
-        data = json.loads(raw.decode("utf-8")) if raw else None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise bad_request("body", f"malformed JSON: {exc}") from None
-    return validate(spec, data)
 
 
 # -- query strings and paging ---------------------------------------------------------
@@ -339,11 +228,6 @@ def page_size(params: Mapping[str, list[str]]) -> int:
 def cursor_codec(request: Request) -> CursorCodec:
     """Cursors signed under the keyring's derived pagination key."""
     return make_cursor_codec(request.app.state.oauth.keys.keyring)
-
-
-def make_cursor_codec(keyring: Any) -> CursorCodec:
-    """A CursorCodec for a `Keyring` (the CLI builds its own from settings)."""
-    return CursorCodec(keyring.derive(CURSOR_KEY_PURPOSE))
 
 
 def decode_cursor(codec: CursorCodec, raw: str | None, scope: str) -> list[Any] | None:
@@ -384,8 +268,3 @@ async def keyset_page(
     position = page.pop("next_position")
     page["next_cursor"] = codec.encode(scope, position) if position else None
     return json_response(page)
-
-
-def iso(moment: datetime | None) -> str | None:
-    """ISO 8601 UTC with a Z, or None."""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None

@@ -8,7 +8,9 @@ consecutive `seal_seq` numbers and
 
     row_hash = SHA-256(prev_hash ‖ "\\n" ‖ canonical JSON of the row's content and seq)
 
-where `prev_hash` is the previous sealed row's `row_hash` (64 zeros at the start).
+where `prev_hash` is the previous sealed row's `row_hash` (64 zeros at the start) and the
+canonical JSON is RFC 8785 (`audit.canonical`, which also keeps verifying rows sealed in
+the format before it).
 The chain order is therefore the (`created_at`, `id`) order, which the keyset index
 already serves.
 
@@ -26,8 +28,6 @@ recompute every later hash is caught only by comparing with a head recorded else
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,62 +37,14 @@ from sqlalchemy import bindparam, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
+from oauth2_server.audit.canonical import FORMAT_LEGACY, FORMAT_RFC8785, link_hash, matching_format
+from oauth2_server.audit.rows import CHAIN_FIELDS, columns
 from oauth2_server.db.models import AuditChain, TokenLog
 
 GENESIS_HASH = "0" * 64
-CHAIN_VERSION = 1
-
-ROW_COLUMNS = (
-    TokenLog.id,
-    TokenLog.created_at,
-    TokenLog.action,
-    TokenLog.client_id,
-    TokenLog.subject,
-    TokenLog.branch_id,
-    TokenLog.grant_type,
-    TokenLog.token_id,
-    TokenLog.family_id,
-    TokenLog.ip,
-    TokenLog.user_agent,
-    TokenLog.request_id,
-    TokenLog.risk_score,
-    TokenLog.flags,
-    TokenLog.details,
-    TokenLog.seal_seq,
-    TokenLog.prev_hash,
-    TokenLog.row_hash,
-)
+ROW_COLUMNS = columns(CHAIN_FIELDS)
 
 Position = tuple[datetime, int]
-
-
-def canonical(row: Any, seal_seq: int) -> bytes:
-    """The bytes a row's hash covers: every content column and its `seal_seq`."""
-    content = [
-        CHAIN_VERSION,
-        row.id,
-        row.created_at.astimezone(UTC).isoformat(timespec="microseconds"),
-        row.action,
-        row.client_id,
-        row.subject,
-        row.branch_id,
-        row.grant_type,
-        row.token_id,
-        row.family_id,
-        row.ip,
-        row.user_agent,
-        row.request_id,
-        format(float(row.risk_score), ".2f"),
-        row.flags,
-        row.details,
-        seal_seq,
-    ]
-    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def link_hash(prev_hash: str, row: Any, seal_seq: int) -> str:
-    """`row_hash` of a row sealed as number `seal_seq` after a row hashed `prev_hash`."""
-    return hashlib.sha256(prev_hash.encode() + b"\n" + canonical(row, seal_seq)).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -275,6 +227,7 @@ class VerifyReport:
     pending: int = 0
     problem: Problem | None = None
     notes: list[str] = field(default_factory=list)
+    formats: dict[int, int] = field(default_factory=dict)  # rows checked per chain format
 
     @property
     def ok(self) -> bool:
@@ -290,8 +243,19 @@ class ChainWalker:
         self.prev_hash = state.anchor_hash
         self.expect = expect
         self.report = VerifyReport(state.head_seq, state.head_hash, state.anchor_seq)
+        self.last_format = FORMAT_RFC8785
+        self.legacy_after_rfc8785 = 0
 
-    def _fail(self, kind: str, row: Any, message: str) -> bool:
+    def _count(self, chain_format: int) -> None:
+        """Count a verified row's format; a legacy row after an RFC 8785 one was sealed by
+        an older release (a rolling upgrade) or holds what RFC 8785 cannot express."""
+        formats = self.report.formats
+        formats[chain_format] = formats.get(chain_format, 0) + 1
+        if chain_format == FORMAT_LEGACY and formats.get(FORMAT_RFC8785):
+            self.legacy_after_rfc8785 += 1
+        self.last_format = chain_format
+
+    def _fail(self, kind: str, message: str, row: Any) -> bool:
         self.report.problem = Problem(
             kind, row.id if row else None, getattr(row, "seal_seq", None), message
         )
@@ -304,65 +268,66 @@ class ChainWalker:
             position = (row.created_at, row.id)
             where = f"row id {row.id} ({row.action} at {row.created_at.isoformat()})"
             if state.anchor_position is not None and position <= state.anchor_position:
-                return self._fail("inserted", row, f"{where} is dated before the chain's anchor")
+                return self._fail("inserted", f"{where} is dated before the chain's anchor", row)
             if state.head_position is None or position > state.head_position:
                 # newer than the head read at the start (possibly sealed since): a forged
                 # seal here is caught once the chain grows past it (duplicate seal_seq)
                 self.report.pending += 1
                 continue
-            if row.seal_seq is None:
-                return self._fail(
-                    "inserted",
-                    row,
-                    f"{where} is not sealed but lies inside the sealed range: inserted "
-                    "after sealing (or written later than the seal delay)",
-                )
-            if row.seal_seq < self.expected_seq:
-                return self._fail(
-                    "inserted",
-                    row,
-                    f"{where} repeats seal_seq {row.seal_seq} (expected {self.expected_seq}): "
-                    "an inserted or moved row",
-                )
-            if row.seal_seq > self.expected_seq:
-                missing = f"{self.expected_seq}" + (
-                    f"–{row.seal_seq - 1}" if row.seal_seq - 1 > self.expected_seq else ""
-                )
-                return self._fail(
-                    "deleted",
-                    row,
-                    f"sealed row(s) with seal_seq {missing} are missing before {where}",
-                )
-            if row.prev_hash != self.prev_hash:
-                return self._fail(
-                    "altered",
-                    row,
-                    f"{where} does not link to the previous sealed row (its prev_hash differs): "
-                    "the previous row was altered and re-hashed, or this link was edited",
-                )
-            digest = link_hash(self.prev_hash, row, row.seal_seq)
-            if digest != row.row_hash:
-                return self._fail(
-                    "altered", row, f"{where} was altered: its content no longer matches its hash"
-                )
-            if (
-                self.expect is not None
-                and row.seal_seq == self.expect[0]
-                and digest != self.expect[1]
-            ):
-                return self._fail(
-                    "altered",
-                    row,
-                    f"checkpoint seal_seq {self.expect[0]} differs: the chain was rewritten",
-                )
-            self.prev_hash = digest
+            problem = self._sequence_problem(row, where) or self._hash_problem(row, where)
+            if problem is not None:
+                return self._fail(*problem, row=row)
+            self.prev_hash = row.row_hash
             self.expected_seq += 1
             self.report.checked += 1
         return True
 
+    def _sequence_problem(self, row: Any, where: str) -> tuple[str, str] | None:
+        """(kind, message) when a row inside the sealed range breaks the `seal_seq` run."""
+        if row.seal_seq is None:
+            return "inserted", (
+                f"{where} is not sealed but lies inside the sealed range: inserted "
+                "after sealing (or written later than the seal delay)"
+            )
+        if row.seal_seq < self.expected_seq:
+            return "inserted", (
+                f"{where} repeats seal_seq {row.seal_seq} (expected {self.expected_seq}): "
+                "an inserted or moved row"
+            )
+        if row.seal_seq > self.expected_seq:
+            missing = f"{self.expected_seq}" + (
+                f"–{row.seal_seq - 1}" if row.seal_seq - 1 > self.expected_seq else ""
+            )
+            return "deleted", f"sealed row(s) with seal_seq {missing} are missing before {where}"
+        return None
+
+    def _hash_problem(self, row: Any, where: str) -> tuple[str, str] | None:
+        """(kind, message) when a row does not link, does not match its hash in any chain
+        format (`audit.canonical`), or differs from the expected checkpoint."""
+        if row.prev_hash != self.prev_hash:
+            return "altered", (
+                f"{where} does not link to the previous sealed row (its prev_hash differs): "
+                "the previous row was altered and re-hashed, or this link was edited"
+            )
+        chain_format = matching_format(
+            self.prev_hash, row, row.seal_seq, row.row_hash, self.last_format
+        )
+        if chain_format is None:
+            return "altered", f"{where} was altered: its content no longer matches its hash"
+        self._count(chain_format)
+        expect = self.expect
+        if expect is not None and row.seal_seq == expect[0] and row.row_hash != expect[1]:
+            return "altered", f"checkpoint seal_seq {expect[0]} differs: the chain was rewritten"
+        return None
+
     def finish(self) -> VerifyReport:
         """Final checks once every row was fed: the chain reaches the recorded head."""
         report = self.report
+        if self.legacy_after_rfc8785:
+            report.notes.append(
+                f"{self.legacy_after_rfc8785} rows after the first RFC 8785 seal are sealed in "
+                "chain format 1 (by an older release, or content RFC 8785 cannot express)"
+            )
         if report.problem is None:
             last = self.expected_seq - 1
             if last < self.state.head_seq:

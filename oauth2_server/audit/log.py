@@ -34,15 +34,12 @@ from sqlalchemy.orm import Session
 
 from oauth2_server import metrics
 from oauth2_server.audit.bounds import COLUMN_LIMITS, bound_details, bound_flags, bound_text
-from oauth2_server.audit.risk import FIXED_SCORES, row_score
+from oauth2_server.audit.risk import row_score
 from oauth2_server.db.models import TokenLog
 from oauth2_server.storage import utcnow
 from oauth2_server.storage.errors import describe, is_unavailable
 
 log = logging.getLogger("oauth2_server.audit")
-
-# Risk scores of fixed events (0.00–1.00): the rules live in `oauth2_server.audit.risk`.
-RISK = FIXED_SCORES
 
 # The flag of a row the database refused even after bounding, written in minimal form.
 MALFORMED = "malformed"
@@ -72,8 +69,8 @@ class AuditEvent:
     branch_id: str | None = None
     grant_type: str | None = None
     token_id: str | None = None
-    risk_score: float | None = None
     flags: list[str] = field(default_factory=list)
+    risk_score: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
     created_at: datetime = field(default_factory=utcnow)
 

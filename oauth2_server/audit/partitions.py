@@ -50,11 +50,15 @@ def partition_name(month: datetime) -> str:
 
 @dataclass(frozen=True)
 class Partition:
-    """An attached monthly partition: rows with `start` ≤ created_at < `end`."""
+    """An attached monthly partition: rows with `start` ≤ created_at < `end` (UTC)."""
 
     name: str
     start: datetime
-    end: datetime
+
+    @property
+    def end(self) -> datetime:
+        """The start of the next month: the partition's exclusive upper bound."""
+        return add_months(self.start, 1)
 
 
 def monthly_partitions(session: Session) -> list[Partition]:
@@ -71,7 +75,7 @@ def monthly_partitions(session: Session) -> list[Partition]:
         match = NAME.match(name)
         if match:
             start = datetime(int(match[1]), int(match[2]), 1, tzinfo=UTC)
-            found.append(Partition(name, start, add_months(start, 1)))
+            found.append(Partition(name, start))
     return sorted(found, key=lambda p: p.start)
 
 

@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from oauth2_server.audit.cursors import CursorCodec, CursorError, query_scope
+from oauth2_server.audit.rows import EXPORT_FIELDS, columns, row_json
 from oauth2_server.db.models import TokenLog
 
 DEFAULT_LIMIT = 100
@@ -52,26 +53,7 @@ FILTER_DOCS: dict[str, str] = {
 }
 FLAG_PATTERN = re.compile(r"^[a-z0-9_]{1,40}$")
 ACTION_PATTERN = re.compile(r"^[a-z0-9_]{1,40}\*?$")
-EXPORT_FIELDS = (
-    "id",
-    "created_at",
-    "action",
-    "client_id",
-    "subject",
-    "branch_id",
-    "grant_type",
-    "token_id",
-    "family_id",
-    "ip",
-    "user_agent",
-    "request_id",
-    "risk_score",
-    "flags",
-    "details",
-    "seal_seq",
-    "row_hash",
-)
-COLUMNS = tuple(getattr(TokenLog, name) for name in EXPORT_FIELDS)
+COLUMNS = columns(EXPORT_FIELDS)
 
 
 class AuditQueryError(ValueError):
@@ -89,14 +71,14 @@ class AuditFilter:
 
     since: datetime | None = None
     until: datetime | None = None
-    actions: tuple[str, ...] = ()
+    order: str = "asc"
     client_id: str | None = None
     subject: str | None = None
     branch_id: str | None = None
     ip: str | None = None
+    actions: tuple[str, ...] = ()
     min_risk: float | None = None
     flag: str | None = None
-    order: str = "asc"
 
     def scope(self) -> str:
         """The cursor scope of this query (its filters' digest)."""
@@ -136,46 +118,65 @@ def parse_filter(params: Mapping[str, Sequence[str]], extra: Sequence[str] = ())
     until = parse_time("until", v) if (v := _one(params, "until")) else None
     if since and until and until <= since:
         raise AuditQueryError("until", "until must be later than since (the range is reversed)")
-    actions = tuple(params.get("action") or ())
-    for action in actions:
-        if not ACTION_PATTERN.match(action):
-            raise AuditQueryError("action", f"action {action!r} is not an action name")
-    min_risk = None
-    if (raw := _one(params, "min_risk")) is not None:
-        try:
-            min_risk = float(raw)
-        except ValueError:
-            raise AuditQueryError("min_risk", "min_risk must be a number from 0 to 1") from None
-        if not 0 <= min_risk <= 1:
-            raise AuditQueryError("min_risk", "min_risk must be a number from 0 to 1")
-    flag = _one(params, "flag")
-    if flag is not None and not FLAG_PATTERN.match(flag):
-        raise AuditQueryError("flag", f"flag {flag!r} is not a flag name")
-    ip = _one(params, "ip")
-    if ip is not None:
-        try:
-            ip = str(ipaddress.ip_address(ip))
-        except ValueError:
-            raise AuditQueryError("ip", f"ip {ip!r} is not an IP address") from None
-    order = _one(params, "order") or "asc"
-    if order not in ("asc", "desc"):
-        raise AuditQueryError("order", "order must be asc or desc")
-    strings = {}
+    fields: dict[str, Any] = {
+        "since": since,
+        "until": until,
+        "actions": _actions(params),
+        "min_risk": _min_risk(params),
+        "flag": _flag(params),
+        "ip": _ip(params),
+        "order": _order(params),
+    }
     for name in ("client_id", "subject", "branch_id"):
         value = _one(params, name)
         if value is not None and (not value or len(value) > 200):
             raise AuditQueryError(name, f"{name} must be 1–200 characters")
-        strings[name] = value
-    return AuditFilter(
-        since=since,
-        until=until,
-        actions=actions,
-        min_risk=min_risk,
-        flag=flag,
-        ip=ip,
-        order=order,
-        **strings,
-    )
+        fields[name] = value
+    return AuditFilter(**fields)
+
+
+def _actions(params: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
+    actions = tuple(params.get("action") or ())
+    for action in actions:
+        if not ACTION_PATTERN.match(action):
+            raise AuditQueryError("action", f"action {action!r} is not an action name")
+    return actions
+
+
+def _min_risk(params: Mapping[str, Sequence[str]]) -> float | None:
+    if (raw := _one(params, "min_risk")) is None:
+        return None
+    try:
+        min_risk = float(raw)
+    except ValueError:
+        raise AuditQueryError("min_risk", "min_risk must be a number from 0 to 1") from None
+    if not 0 <= min_risk <= 1:
+        raise AuditQueryError("min_risk", "min_risk must be a number from 0 to 1")
+    return min_risk
+
+
+def _flag(params: Mapping[str, Sequence[str]]) -> str | None:
+    flag = _one(params, "flag")
+    if flag is not None and not FLAG_PATTERN.match(flag):
+        raise AuditQueryError("flag", f"flag {flag!r} is not a flag name")
+    return flag
+
+
+def _ip(params: Mapping[str, Sequence[str]]) -> str | None:
+    ip = _one(params, "ip")
+    if ip is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(ip))
+    except ValueError:
+        raise AuditQueryError("ip", f"ip {ip!r} is not an IP address") from None
+
+
+def _order(params: Mapping[str, Sequence[str]]) -> str:
+    order = _one(params, "order") or "asc"
+    if order not in ("asc", "desc"):
+        raise AuditQueryError("order", "order must be asc or desc")
+    return order
 
 
 def parse_limit(raw: str | None) -> int:
@@ -247,16 +248,6 @@ def count_rows(session: Session, f: AuditFilter) -> int:
     dialect = session.get_bind().dialect.name
     stmt = select(func.count()).select_from(TokenLog).where(*conditions(f, dialect))
     return int(session.scalar(stmt) or 0)
-
-
-def row_json(row: Any, with_hash: bool = False) -> dict[str, Any]:
-    """A row as JSON: ISO 8601 UTC times, risk as a number. `row_hash` only on export."""
-    item = {name: getattr(row, name) for name in EXPORT_FIELDS if name != "row_hash"}
-    item["created_at"] = row.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    item["risk_score"] = float(row.risk_score)
-    if with_hash:
-        item["row_hash"] = row.row_hash
-    return item
 
 
 def encode_position(row: Any) -> list[Any]:

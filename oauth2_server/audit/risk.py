@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -150,9 +151,12 @@ def ips_seen_for_family(session: Session, family_id: str, limit: int = 50) -> se
 class AuthFailureWindow:
     """Failures per IP over the last `window` seconds in this process (bounded memory)."""
 
-    def __init__(self, window: float, max_keys: int = 100_000) -> None:
+    def __init__(
+        self, window: float, max_keys: int = 100_000, timer: Callable[[], float] = time.monotonic
+    ) -> None:
         self.window = window
         self.max_keys = max_keys
+        self._timer = timer
         self._times: dict[str, deque[float]] = {}
 
     def add(self, ip: str | None) -> int:
@@ -160,7 +164,7 @@ class AuthFailureWindow:
         included (1 when the IP is unknown)."""
         if ip is None:
             return 1
-        now = time.monotonic()
+        now = self._timer()
         times = self._times.setdefault(ip, deque())
         times.append(now)
         while times and times[0] < now - self.window:

@@ -9,7 +9,6 @@ import sys
 from contextlib import ExitStack
 from typing import Any, TextIO
 
-from oauth2_server.admin.http import make_cursor_codec
 from oauth2_server.audit import chain as audit_chain
 from oauth2_server.audit import janitor
 from oauth2_server.audit import query as audit_query
@@ -25,6 +24,7 @@ from oauth2_server.cli.support import (
 )
 from oauth2_server.config import Settings
 from oauth2_server.crypto.keyring import load_keyring
+from oauth2_server.registry.paging import make_cursor_codec
 
 FILTER_OPTIONS = {
     "since": "since",

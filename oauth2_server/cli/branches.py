@@ -18,18 +18,25 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
-from oauth2_server.audit.log import AuditEvent, record
 from oauth2_server.cli.commands import cli_actor
-from oauth2_server.cli.support import CommandFailed, Sessions, run_async, transaction
+from oauth2_server.cli.support import (
+    CommandFailed,
+    Sessions,
+    options_body,
+    run_async,
+    transaction,
+)
 from oauth2_server.config import Settings
 from oauth2_server.crypto.keyring import load_keyring
+from oauth2_server.registry import branches as registry
 from oauth2_server.storage import branches as branch_storage
-from oauth2_server.storage import upstream as upstream_storage
+from oauth2_server.storage.upstream import ConnectionStatus
 from oauth2_server.upstream.connect import ConnectError, begin_connection
 from oauth2_server.upstream.providers import (
     ProviderNotConfigured,
@@ -42,12 +49,7 @@ from oauth2_server.upstream.service import UpstreamService
 T = TypeVar("T")
 
 # Failures whose message is for the operator: exit status 2 with that message.
-_COMMAND_ERRORS = (
-    branch_storage.BranchError,
-    ConnectError,
-    ProviderNotConfigured,
-    UnknownProvider,
-)
+_COMMAND_ERRORS = (ConnectError, ProviderNotConfigured, UnknownProvider)
 
 
 def _run(settings: Settings, call: Callable[[Sessions], Awaitable[T]]) -> T:
@@ -66,33 +68,23 @@ def _print(args: argparse.Namespace, value: Any, text: str) -> None:
     print(json.dumps(value, default=str) if args.json else text)
 
 
-def _branch_dict(record_: branch_storage.BranchRecord, clients: list[str]) -> dict[str, Any]:
-    return {
-        "branch_id": record_.branch_id,
-        "name": record_.name,
-        "contact_email": record_.contact_email,
-        "google_account_id": record_.google_account_id,
-        "google_location_id": record_.google_location_id,
-        "active": record_.active,
-        "clients": clients,
-    }
+_SHOWN = ("branch_id", "name", "contact_email", "google_account_id", "google_location_id")
+
+
+def _branch_dict(branch: Any, clients: list[str] | None = None) -> dict[str, Any]:
+    """What `branches create` and `list` print of a branch (a BranchRecord, or the JSON
+    of `registry.branches`, which carries its clients)."""
+    item = branch if isinstance(branch, dict) else asdict(branch)
+    shown = {key: item[key] for key in (*_SHOWN, "active")}
+    return {**shown, "clients": item.get("clients", []) if clients is None else clients}
 
 
 def cmd_create(settings: Settings, args: argparse.Namespace) -> None:
-    def call(db: Session) -> branch_storage.BranchRecord:
-        created = branch_storage.create_branch(
-            db,
-            branch_id=args.branch,
-            name=args.name,
-            contact_email=args.contact_email,
-            google_account_id=args.google_account_id,
-            google_location_id=args.google_location_id,
-        )
-        record(db, cli_actor().event("admin_branch_created", branch_id=args.branch))
-        return created
-
-    created = _transaction(settings, call)
-    _print(args, _branch_dict(created, []), f"created branch {created.branch_id}")
+    fields = ("name", "contact_email", "google_account_id", "google_location_id")
+    body = {"branch_id": args.branch, **options_body(args, {f: f for f in fields})}
+    actor = cli_actor()
+    created = _transaction(settings, lambda db: registry.create_branch(db, actor, body))
+    _print(args, _branch_dict(created), f"created branch {created['branch_id']}")
 
 
 def cmd_list(settings: Settings, args: argparse.Namespace) -> None:
@@ -113,10 +105,8 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> None:
-    def call(db: Session) -> list[upstream_storage.ConnectionStatus]:
-        if args.branch and branch_storage.get_branch(db, args.branch) is None:
-            raise branch_storage.BranchError(f"branch {args.branch!r} not found")
-        return upstream_storage.connection_status(db, args.branch)
+    def call(db: Session) -> list[ConnectionStatus]:
+        return registry.connection_status(db, args.branch or None)
 
     rows = [
         {
@@ -155,55 +145,26 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> None:
 
 def _set_active(active: bool) -> Callable[[Settings, argparse.Namespace], None]:
     def command(settings: Settings, args: argparse.Namespace) -> None:
-        def call(db: Session) -> None:
-            if not branch_storage.set_branch_active(db, args.branch, active):
-                raise branch_storage.BranchError(f"branch {args.branch!r} not found")
-            record(
-                db,
-                cli_actor().event(
-                    "admin_branch_updated", branch_id=args.branch, details={"active": active}
-                ),
-            )
-
-        _transaction(settings, call)
+        body = {"active": active}
+        actor = cli_actor()
+        _transaction(settings, lambda db: registry.update_branch(db, actor, args.branch, body))
         state = "active" if active else "inactive"
         _print(args, {"branch_id": args.branch, "active": active}, f"{args.branch} is {state}")
 
     return command
 
 
-def _grant_event(action: str, args: argparse.Namespace) -> AuditEvent:
-    """`admin_branch_granted` / `admin_branch_ungranted` by the CLI operator; the client
-    concerned goes in `details.target_client_id` (the row's `client_id` is the actor's)."""
-    return cli_actor().event(
-        action, branch_id=args.branch, details={"target_client_id": args.client}
-    )
-
-
 def cmd_grant(settings: Settings, args: argparse.Namespace) -> None:
-    def call(db: Session) -> bool:
-        added = branch_storage.grant_branch(db, args.client, args.branch)
-        if added:
-            record(db, _grant_event("admin_branch_granted", args))
-        return added
-
-    added = _transaction(settings, call)
-    what = "every branch" if args.branch == branch_storage.ALL_BRANCHES else args.branch
+    actor = cli_actor()
+    added = _transaction(settings, lambda db: registry.grant(db, actor, args.client, args.branch))
+    what = "every branch" if args.branch == registry.ALL_BRANCHES else args.branch
     text = f"client {args.client} may broker tokens for {what}" + ("" if added else " (already)")
     _print(args, {"client_id": args.client, "branch_id": args.branch, "added": added}, text)
 
 
 def cmd_ungrant(settings: Settings, args: argparse.Namespace) -> None:
-    def call(db: Session) -> bool:
-        removed = branch_storage.revoke_branch_grant(db, args.client, args.branch)
-        if not removed:
-            raise branch_storage.BranchError(
-                f"client {args.client!r} has no grant for branch {args.branch!r}"
-            )
-        record(db, _grant_event("admin_branch_ungranted", args))
-        return removed
-
-    _transaction(settings, call)
+    actor = cli_actor()
+    _transaction(settings, lambda db: registry.ungrant(db, actor, args.client, args.branch))
     _print(
         args,
         {"client_id": args.client, "branch_id": args.branch, "removed": True},

@@ -1,22 +1,26 @@
-"""CLI commands for admins: the admin API's operations without HTTP (`clients`, `users`,
-`tokens`), registered into `oauth2-server` by `cli.build_parser` with `audit` and
-`janitor` (`admin.audit_commands`). Every command prints JSON. Changes are audited like
-API changes (`admin_*` rows, `via: cli`, the OS user as `operator`).
+"""CLI commands for admins: `clients`, `users` and `tokens`, registered into
+`oauth2-server` by `cli.main.build_parser` with `audit` and `janitor` (`cli.audit`).
+
+They call the same services as the admin API (`registry.clients`, `registry.users`,
+`registry.tokens`), so the rules are the same on both paths. Changes are audited like API
+changes (`admin_*` rows, `via: cli`, the OS user as `operator`). Every command but
+`clients create` and `users create` (which print text unless `--json`) prints JSON.
 
 A client changed here is acted on by every running server from the moment the change
-commits (`storage.client_registry`); revocations are immediate too.
+commits (`storage.clients`); revocations are immediate too.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
+import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from oauth2_server.admin import clients, tokens, users
-from oauth2_server.admin.http import MAX_PAGE, Actor, AdminError, make_cursor_codec
+from sqlalchemy.orm import Session
+
 from oauth2_server.audit.cursors import CursorError, query_scope
 from oauth2_server.audit.log import RequestContext
 from oauth2_server.cli import audit as audit_commands
@@ -26,11 +30,16 @@ from oauth2_server.cli.support import (
     add_paging,
     options_body,
     print_json,
+    read_password,
     transaction,
 )
 from oauth2_server.config import Settings
 from oauth2_server.crypto.hashing import hash_secret
 from oauth2_server.crypto.keyring import load_keyring
+from oauth2_server.registry import clients, tokens, users
+from oauth2_server.registry.actor import Actor
+from oauth2_server.registry.errors import RegistryError
+from oauth2_server.registry.paging import MAX_PAGE, make_cursor_codec
 
 __all__ = ["CommandFailed", "cli_actor", "register"]
 
@@ -58,20 +67,63 @@ def _page(settings: Settings, name: str, filters: dict[str, Any], args: Any, cal
 
 
 def _split(values: list[str] | None) -> list[str] | None:
+    """Repeatable options whose values may also be comma or space separated."""
     if values is None:
         return None
     return [v for value in values for v in value.replace(",", " ").split() if v]
 
 
+def _listing(name: str, read: Callable[[Session, Any, int], Any]) -> Callable[..., None]:
+    """A `list` command: one page of the registry listing `read` (`--limit`, `--cursor`)."""
+    return lambda settings, args: _page(settings, name, {}, args, read)
+
+
+def _show(read: Callable[[Session, str], Any], dest: str) -> Callable[..., None]:
+    """A `show` command: print `read(session, <the positional argument dest>)`."""
+
+    def command(settings: Settings, args: Any) -> None:
+        print_json(transaction(settings, lambda s: read(s, getattr(args, dest))))
+
+    return command
+
+
+def _change(settings: Settings, change: Callable[[Session, Actor], Any]) -> None:
+    """Run `change(session, actor)` (a registry service call by the CLI's actor) in one
+    transaction and print its JSON answer."""
+    actor = cli_actor()
+    print_json(transaction(settings, lambda s: change(s, actor)))
+
+
 # -- clients ------------------------------------------------------------------------------
 
 
-def cmd_clients_list(settings: Settings, args: Any) -> None:
-    _page(settings, "clients", {}, args, clients.list_clients_op)
-
-
-def cmd_clients_show(settings: Settings, args: Any) -> None:
-    print_json(transaction(settings, lambda s: clients.get_client_op(s, args.client_id)))
+def cmd_clients_create(settings: Settings, args: Any) -> None:
+    """Register a client (`registry.clients.create_client`); prints its secret once."""
+    body = {
+        "name": args.name,
+        "client_id": args.client_id,
+        "grant_types": _split(args.grant_type),
+        "redirect_uris": _split(args.redirect_uri),
+        "scope": " ".join(_split(args.scope) or []),
+        "public": args.public,
+        "token_endpoint_auth_method": args.auth_method,
+    }
+    actor = cli_actor()
+    client, secret = transaction(settings, lambda s: clients.create_client(s, actor, body))
+    shown = ("name", "token_endpoint_auth_method", "grant_types", "redirect_uris", "scope")
+    result = {
+        "client_id": client["client_id"],
+        "client_secret": secret,
+        **{key: client[key] for key in shown},
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    for key, value in result.items():
+        if value is not None:
+            print(f"{key}: {' '.join(value) if isinstance(value, list) else value}")
+    if secret:
+        print("The client secret is shown only this once.")
 
 
 def cmd_clients_update(settings: Settings, args: Any) -> None:
@@ -85,73 +137,65 @@ def cmd_clients_update(settings: Settings, args: Any) -> None:
             body[name] = _split(getattr(args, dest))
     if args.scope is not None:
         body["scope"] = " ".join(_split(args.scope) or [])
-    actor = cli_actor()
-    print_json(
-        transaction(settings, lambda s: clients.update_client_op(s, actor, args.client_id, body))
-    )
+    _change(settings, lambda s, actor: clients.update_client(s, actor, args.client_id, body))
 
 
 def cmd_clients_rotate_secret(settings: Settings, args: Any) -> None:
-    actor = cli_actor()
-    secret, hashed = asyncio.run(clients.new_secret_hash())
-    result = transaction(
-        settings, lambda s: clients.rotate_secret_op(s, actor, args.client_id, hashed)
-    )
-    print_json({**result, "client_secret": secret})
+    _change(settings, lambda s, actor: clients.rotate_secret(s, actor, args.client_id))
     print("The client secret is shown only this once.", file=sys.stderr)
 
 
 def cmd_clients_delete(settings: Settings, args: Any) -> None:
-    actor = cli_actor()
-    print_json(transaction(settings, lambda s: clients.delete_client_op(s, actor, args.client_id)))
+    _change(settings, lambda s, actor: clients.delete_client(s, actor, args.client_id))
 
 
 # -- users --------------------------------------------------------------------------------
 
 
-def cmd_users_list(settings: Settings, args: Any) -> None:
-    _page(settings, "users", {}, args, users.list_users_op)
+def _password_hash(args: Any, prompt: str) -> str:
+    """The argon2id hash of the password read (`read_password`), checked first by the
+    same rule as the admin API's (`registry.users.check_password`; exit status 2)."""
+    password = read_password(args, prompt)
+    try:
+        users.check_password(password)
+    except RegistryError as exc:
+        raise CommandFailed(exc.description) from None
+    return hash_secret(password)
 
 
-def cmd_users_show(settings: Settings, args: Any) -> None:
-    print_json(transaction(settings, lambda s: users.get_user_op(s, args.subject)))
+def cmd_users_create(settings: Settings, args: Any) -> None:
+    """Create a user (`registry.users.create_user`): usernames unique ignoring case."""
+    hashed = _password_hash(args, "password: ")
+    body = {"username": args.username, "subject": args.subject}
+    actor = cli_actor()
+    user = transaction(settings, lambda s: users.create_user(s, actor, body, hashed))
+    result = {"username": user["username"], "subject": user["subject"]}
+    print(
+        json.dumps(result)
+        if args.json
+        else f"created user {user['username']} (sub {user['subject']})"
+    )
 
 
 def cmd_users_update(settings: Settings, args: Any) -> None:
     body = options_body(args, {"username": "username", "active": "active"})
-    actor = cli_actor()
-    print_json(transaction(settings, lambda s: users.update_user_op(s, actor, args.subject, body)))
+    _change(settings, lambda s, actor: users.update_user(s, actor, args.subject, body))
 
 
 def cmd_users_deactivate(settings: Settings, args: Any) -> None:
-    actor = cli_actor()
     body = {"active": False}
-    print_json(transaction(settings, lambda s: users.update_user_op(s, actor, args.subject, body)))
+    _change(settings, lambda s, actor: users.update_user(s, actor, args.subject, body))
 
 
 def cmd_users_set_password(settings: Settings, args: Any) -> None:
-    password = args.password
-    if password is None:
-        password = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else None
-    if password is None:
-        password = getpass.getpass("new password: ")
-    try:
-        users.check_password(password)
-    except AdminError as exc:
-        raise CommandFailed(exc.description) from None
-    hashed = hash_secret(password)
-    actor = cli_actor()
+    hashed = _password_hash(args, "new password: ")
     revoke = args.revoke_tokens
-    print_json(
-        transaction(
-            settings, lambda s: users.set_password_op(s, actor, args.subject, hashed, revoke)
-        )
-    )
+    _change(settings, lambda s, actor: users.set_password(s, actor, args.subject, hashed, revoke))
 
 
 # -- tokens -------------------------------------------------------------------------------
 
-_CRITERIA = {"client_id": "client_id", "user": "user", "branch_id": "branch_id"}
+_CRITERIA = {name: name for name in tokens.CRITERIA}
 
 
 def cmd_tokens_list(settings: Settings, args: Any) -> None:
@@ -161,14 +205,13 @@ def cmd_tokens_list(settings: Settings, args: Any) -> None:
         "tokens",
         {"kind": args.kind, **criteria},
         args,
-        lambda s, after, limit: tokens.list_tokens_op(s, criteria, args.kind, after, limit),
+        lambda s, after, limit: tokens.list_tokens(s, criteria, args.kind, after, limit),
     )
 
 
 def cmd_tokens_revoke(settings: Settings, args: Any) -> None:
     body = options_body(args, {"jti": "jti", "family_id": "family_id", **_CRITERIA})
-    actor = cli_actor()
-    print_json(transaction(settings, lambda s: tokens.revoke_op(s, actor, body)))
+    _change(settings, lambda s, actor: tokens.revoke(s, actor, body))
 
 
 # -- registration ---------------------------------------------------------------------
@@ -195,14 +238,58 @@ def _json(parser: argparse.ArgumentParser, func: Any) -> argparse.ArgumentParser
     return parser
 
 
+# The positional argument naming one resource, per key.
+KEY_HELP = {"client_id": "the client's client_id", "subject": "the user's subject (token `sub`)"}
+
+
+def _list_and_show(
+    group: Any, name: str, listing: Callable[..., Any], show: Callable[..., Any], key: str
+) -> str:
+    """Add a resource's `list` (JSON, paged) and `show <key>` commands; returns the help
+    text of the `key` argument (`key_help`), for the resource's other commands."""
+    key_help = KEY_HELP[key]
+    add_paging(
+        _json(group.add_parser("list", help=f"list {name} (JSON, paged)"), _listing(name, listing))
+    )
+    shown = group.add_parser("show", help=f"show one {name[:-1]}")
+    _json(shown, _show(show, key)).add_argument(key, help=key_help)
+    return key_help
+
+
 def register(sub: Any, clients_group: Any, users_group: Any) -> None:
     """Add the admin and audit commands to `oauth2-server`'s parser (`sub`: top-level
     subparsers; `clients_group`/`users_group`: those commands' subparsers)."""
-    client_id = "the client's client_id"
-    c = _json(clients_group.add_parser("list", help="list clients (JSON, paged)"), cmd_clients_list)
-    add_paging(c)
-    c = _json(clients_group.add_parser("show", help="show one client"), cmd_clients_show)
-    c.add_argument("client_id", help=client_id)
+    _register_clients(clients_group)
+    _register_users(users_group)
+    _register_tokens(sub)
+    audit_commands.register(sub)
+
+
+def _register_clients(clients_group: Any) -> None:
+    """`clients create|list|show|update|rotate-secret|delete`."""
+    create = clients_group.add_parser("create", help="register a client; prints its secret once")
+    create.add_argument("--name", required=True, help="display name (consent page, listings)")
+    create.add_argument(
+        "--grant-type",
+        action="append",
+        help="authorization_code, refresh_token, client_credentials (repeatable)",
+    )
+    create.add_argument("--redirect-uri", action="append", help="exact redirect URI (repeatable)")
+    create.add_argument("--scope", action="append", help="registered scopes (space separated)")
+    create.add_argument("--public", action="store_true", help="public client (PKCE, no secret)")
+    create.add_argument(
+        "--auth-method",
+        choices=["client_secret_basic", "client_secret_post"],
+        help="confidential client authentication (default client_secret_basic)",
+    )
+    create.add_argument(
+        "--client-id", help="id to use (A-Z a-z 0-9 . _ ~ -), never a user's subject"
+    )
+    add_json(create)
+    create.set_defaults(func=cmd_clients_create)
+    client_id = _list_and_show(
+        clients_group, "clients", clients.list_clients, clients.get_client, "client_id"
+    )
     c = clients_group.add_parser("update", help="change a client (options given replace)")
     _json(c, cmd_clients_update).add_argument("client_id", help=client_id)
     c.add_argument("--name", help="new display name")
@@ -216,14 +303,20 @@ def register(sub: Any, clients_group: Any, users_group: Any) -> None:
     c = clients_group.add_parser("delete", help="revoke a client's tokens and delete it")
     _json(c, cmd_clients_delete).add_argument("client_id", help=client_id)
 
-    subject = "the user's subject (token `sub`)"
-    u = _json(users_group.add_parser("list", help="list users (JSON, paged)"), cmd_users_list)
-    add_paging(u)
-    for name, func, help_ in (
-        ("show", cmd_users_show, "show one user"),
-        ("deactivate", cmd_users_deactivate, "deactivate a user and revoke their tokens"),
-    ):
-        _json(users_group.add_parser(name, help=help_), func).add_argument("subject", help=subject)
+
+def _register_users(users_group: Any) -> None:
+    """`users create|list|show|deactivate|update|set-password`."""
+    ucreate = users_group.add_parser("create", help="create a user")
+    ucreate.add_argument("--username", required=True, help="the name the user signs in with")
+    ucreate.add_argument("--password", help="default: read from stdin or prompt")
+    ucreate.add_argument(
+        "--subject", help="token sub to keep (A-Z a-z 0-9 . _ ~ -), never a client_id"
+    )
+    add_json(ucreate)
+    ucreate.set_defaults(func=cmd_users_create)
+    subject = _list_and_show(users_group, "users", users.list_users, users.get_user, "subject")
+    u = users_group.add_parser("deactivate", help="deactivate a user and revoke their tokens")
+    _json(u, cmd_users_deactivate).add_argument("subject", help=subject)
     u = _json(
         users_group.add_parser("update", help="rename or (de)activate a user"), cmd_users_update
     )
@@ -235,6 +328,9 @@ def register(sub: Any, clients_group: Any, users_group: Any) -> None:
     u.add_argument("--password", help="default: read from stdin or prompt")
     u.add_argument("--revoke-tokens", action="store_true", help="also revoke the user's tokens")
 
+
+def _register_tokens(sub: Any) -> None:
+    """`tokens list|revoke`, by client, user or branch (or one `jti` or family)."""
     tokens_group = sub.add_parser("tokens", help="live tokens and revocation").add_subparsers(
         dest="tokens_command", required=True
     )
@@ -256,4 +352,3 @@ def register(sub: Any, clients_group: Any, users_group: Any) -> None:
     group.add_argument("--family-id", help="one grant: a refresh token family")
     for option, help_ in criteria.items():
         group.add_argument(option, help=help_)
-    audit_commands.register(sub)

@@ -1,4 +1,6 @@
-"""The `oauth2-server` command: serve, migrate, clients, users, keys, settings."""
+"""The `oauth2-server` command: serve, migrate, keys, settings; clients, users, tokens
+(`cli.commands`), audit and janitor (`cli.audit`), branches (`cli.branches`), dev
+(`cli.dev`). Imports no HTTP code: `serve` hands uvicorn the app factory by name."""
 
 from __future__ import annotations
 
@@ -22,7 +24,6 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from oauth2_server import http_limits, logs
-from oauth2_server.audit.log import AuditEvent, record
 from oauth2_server.cli import branches as cli_branches
 from oauth2_server.cli import commands as admin_commands
 from oauth2_server.cli import dev as dev_cli
@@ -42,9 +43,9 @@ from oauth2_server.crypto.keyring import DecryptionError, Keyring, generate_key_
 from oauth2_server.db import migrate
 from oauth2_server.db.engine import create_engine
 from oauth2_server.oauth.keys import KeyStore
+from oauth2_server.registry import clients as registry_clients
 from oauth2_server.storage import keys as key_storage
-from oauth2_server.storage.clients import ClientRegistrationError, count_clients, create_client
-from oauth2_server.storage.users import UserRegistrationError, create_user
+from oauth2_server.storage.clients import count_clients
 
 log = logging.getLogger("oauth2_server")
 
@@ -61,22 +62,6 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
     prepare_database(settings)
     revision = asyncio.run(go())
     print(json.dumps({"revision": revision}) if args.json else f"database at revision {revision}")
-
-
-def _client_created(client: Any, bootstrap: bool = False) -> AuditEvent:
-    """The `admin_client_created` audit event of a client registered from the command line
-    (or by the first start's bootstrap), written in the registration's transaction."""
-    details = {
-        "target_client_id": client.client_id,
-        "name": client.name,
-        "grant_types": list(client.grant_types),
-        "redirect_uris": list(client.redirect_uris),
-        "scope": client.scope,
-        "token_endpoint_auth_method": client.token_endpoint_auth_method,
-    }
-    if bootstrap:
-        details["bootstrap"] = True
-    return admin_commands.cli_actor().event("admin_client_created", details=details)
 
 
 def _keystore(settings: Settings, session: Session) -> KeyStore:
@@ -104,15 +89,10 @@ def _prepare(settings: Settings) -> dict[str, Any] | None:
         _keystore(settings, session).ensure(session)
         if not settings.bootstrap_admin or count_clients(session) > 0:
             return None
-        client, secret = create_client(
-            session,
-            name="bootstrap admin",
-            grant_types=["client_credentials"],
-            redirect_uris=[],
-            scope="admin",
-        )
-        record(session, _client_created(client, bootstrap=True))
-        return {"client_id": client.client_id, "client_secret": secret}
+        body = {"name": "bootstrap admin", "grant_types": ["client_credentials"], "scope": "admin"}
+        actor = admin_commands.cli_actor()
+        client, secret = registry_clients.create_client(session, actor, body, bootstrap=True)
+        return {"client_id": client["client_id"], "client_secret": secret}
 
     return transaction(settings, call)
 
@@ -216,70 +196,6 @@ def _run_uvicorn(settings: Settings, args: argparse.Namespace) -> None:
     )
 
 
-def _split(values: list[str] | None) -> list[str]:
-    out: list[str] = []
-    for value in values or []:
-        out.extend(v for v in value.replace(",", " ").split() if v)
-    return out
-
-
-def cmd_clients_create(settings: Settings, args: argparse.Namespace) -> None:
-    def call(session: Session) -> tuple[Any, str | None]:
-        client, secret = create_client(
-            session,
-            name=args.name,
-            grant_types=_split(args.grant_type) or ["client_credentials"],
-            redirect_uris=_split(args.redirect_uri),
-            scope=" ".join(_split(args.scope)),
-            public=args.public,
-            token_endpoint_auth_method=args.auth_method,
-            client_id=args.client_id,
-        )
-        record(session, _client_created(client))
-        return client, secret
-
-    client, secret = transaction(settings, call, (ClientRegistrationError,))
-    result = {
-        "client_id": client.client_id,
-        "client_secret": secret,
-        "name": client.name,
-        "token_endpoint_auth_method": client.token_endpoint_auth_method,
-        "grant_types": list(client.grant_types),
-        "redirect_uris": list(client.redirect_uris),
-        "scope": client.scope,
-    }
-    if args.json:
-        print(json.dumps(result))
-        return
-    for key, value in result.items():
-        if value is not None:
-            print(f"{key}: {' '.join(value) if isinstance(value, list) else value}")
-    if secret:
-        print("The client secret is shown only this once.")
-
-
-def cmd_users_create(settings: Settings, args: argparse.Namespace) -> None:
-    password = args.password
-    if password is None:
-        password = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else None
-    if password is None:
-        import getpass
-
-        password = getpass.getpass("password: ")
-
-    def call(session: Session) -> Any:
-        user = create_user(session, args.username, password, args.subject)
-        event = admin_commands.cli_actor().event(
-            "admin_user_created", subject=user.subject, details={"username": user.username}
-        )
-        record(session, event)
-        return user
-
-    user = transaction(settings, call, (UserRegistrationError,))
-    result = {"username": user.username, "subject": user.subject}
-    print(json.dumps(result) if args.json else f"created user {user.username} (sub {user.subject})")
-
-
 def cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> None:
     """RFC 7517: a new current signing key; refused (exit status 2) when the keyring cannot
     decrypt the current one, since a new key under a wrong keyring would bury the old."""
@@ -339,39 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     clients = sub.add_parser("clients", help="manage clients").add_subparsers(
         dest="clients_command", required=True
     )
-    create = clients.add_parser("create", help="register a client; prints its secret once")
-    create.add_argument("--name", required=True, help="display name (consent page, listings)")
-    create.add_argument(
-        "--grant-type",
-        action="append",
-        help="authorization_code, refresh_token, client_credentials (repeatable)",
-    )
-    create.add_argument("--redirect-uri", action="append", help="exact redirect URI (repeatable)")
-    create.add_argument("--scope", action="append", help="registered scopes (space separated)")
-    create.add_argument("--public", action="store_true", help="public client (PKCE, no secret)")
-    create.add_argument(
-        "--auth-method",
-        choices=["client_secret_basic", "client_secret_post"],
-        help="confidential client authentication (default client_secret_basic)",
-    )
-    create.add_argument(
-        "--client-id", help="id to use (A-Z a-z 0-9 . _ ~ -), never a user's subject"
-    )
-    add_json(create)
-    create.set_defaults(func=cmd_clients_create)
-
     users = sub.add_parser("users", help="manage users").add_subparsers(
         dest="users_command", required=True
     )
-    ucreate = users.add_parser("create", help="create a user")
-    ucreate.add_argument("--username", required=True, help="the name the user signs in with")
-    ucreate.add_argument("--password", help="default: read from stdin or prompt")
-    ucreate.add_argument(
-        "--subject", help="token sub to keep (A-Z a-z 0-9 . _ ~ -), never a client_id"
-    )
-    add_json(ucreate)
-    ucreate.set_defaults(func=cmd_users_create)
-
     keys = sub.add_parser("keys", help="signing and encryption keys").add_subparsers(
         dest="keys_command", required=True
     )
@@ -404,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `oauth2-server` console script; returns the exit status.
 
     Every failure is one line on stderr, `oauth2-server: …`, naming the setting or the
-    resource and what to do, with a distinct status (`admin.cli_support`: 2 usage or
+    resource and what to do, with a distinct status (`cli.support`: 2 usage or
     configuration, 3 not found, 4 conflict, 5 dependency unreachable, 1 unexpected).
     With OAUTH2_LOG_LEVEL=debug the traceback of an exception raised by a library or a
     driver (the database unreachable, an unexpected error) is printed first."""

@@ -31,13 +31,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from oauth2_server.admin.http import AdminError
 from oauth2_server.audit import query as audit_query
 from oauth2_server.audit.cursors import CursorError
 from oauth2_server.config import Settings, ensure_data_dir
 from oauth2_server.crypto.keyring import DecryptionError, keyring_source
 from oauth2_server.db import migrate
 from oauth2_server.db.engine import create_engine, create_sessionmaker
+from oauth2_server.registry.errors import RegistryError
 from oauth2_server.storage.errors import DatabaseUnavailable, describe, is_unavailable
 from oauth2_server.upstream.client import UpstreamUnavailable
 
@@ -199,18 +199,18 @@ def run_async(
     call: Callable[[Sessions], Any],
     errors: tuple[type[Exception], ...] = (),
 ) -> Any:
-    """`with_sessions` on a new event loop. An un-migrated database, admin and audit
-    query errors, and the command's own `errors` (domain exceptions whose message is for
-    the operator) become CommandFailed."""
+    """`with_sessions` on a new event loop. An un-migrated database, the registry
+    services' errors (`field: description`, exit status 2, 3 or 4), audit query errors,
+    and the command's own `errors` (domain exceptions whose message is for the operator)
+    become CommandFailed."""
     try:
         return asyncio.run(with_sessions(settings, call))
     except migrate.DatabaseNotMigrated as exc:
         raise CommandFailed(str(exc)) from None
     except errors as exc:
         raise CommandFailed(str(exc), exit_code_for(exc)) from None
-    except AdminError as exc:
-        message = f"{exc.field or exc.error}: {exc.description}"
-        raise CommandFailed(message, exit_code_for(exc)) from None
+    except RegistryError as exc:
+        raise CommandFailed(f"{exc.field}: {exc.description}", exit_code_for(exc)) from None
     except (audit_query.AuditQueryError, CursorError) as exc:
         raise CommandFailed(f"{getattr(exc, 'field', 'cursor')}: {exc}") from None
 
@@ -225,6 +225,17 @@ def transaction(
             return await session.run_sync(call)
 
     return run_async(settings, go, errors)
+
+
+def read_password(args: Any, prompt: str) -> str:
+    """`--password`, else one line of stdin when it is not a terminal, else a prompt."""
+    if args.password is not None:
+        return str(args.password)
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    import getpass
+
+    return getpass.getpass(prompt)
 
 
 def quiet_broken_pipe() -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from threading import Thread
 from typing import Any
 
+import aiosqlite
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -25,6 +28,34 @@ def async_database_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+# Seconds a failed SQLite open waits for aiosqlite's worker thread to stop: it has no
+# connection to close, so microseconds unless the machine is very busy.
+STOP_WAIT = 5.0
+
+
+async def open_aiosqlite(*args: Any, **kwargs: Any) -> aiosqlite.Connection:
+    """`aiosqlite.connect(*args, **kwargs)` (the arguments of `sqlite3.connect`), whose
+    worker thread has stopped when opening the database fails.
+
+    On a failed open, aiosqlite queues the stop of the connection's worker thread and
+    raises without waiting for it; the thread then reports the stop to the event loop. A
+    caller that closes its loop right after the error (`asyncio.run` in the CLI) would
+    leave the thread posting to a closed loop: an "Event loop is closed" traceback printed
+    after the command's one-line error. Raises what `sqlite3.connect` raised
+    (sqlite3.OperationalError for a file that cannot be opened or created).
+    """
+    connection = aiosqlite.connect(*args, **kwargs)
+    # The worker thread, as SQLAlchemy's own aiosqlite connect finds it (aiosqlite has no
+    # public handle; before 0.22 the connection was the thread); daemon: never blocks exit.
+    worker = connection if isinstance(connection, Thread) else connection._thread
+    worker.daemon = True
+    try:
+        return await connection
+    except Exception:
+        await asyncio.to_thread(worker.join, STOP_WAIT)
+        raise
+
+
 def create_engine(url: str, pool_size: int = 10, timeout: float | None = None) -> AsyncEngine:
     """Create the async engine. SQLite gets WAL, a busy timeout and foreign keys on.
 
@@ -37,7 +68,9 @@ def create_engine(url: str, pool_size: int = 10, timeout: float | None = None) -
     url = async_database_url(url)
     kwargs: dict[str, Any] = {}
     if url.startswith("postgresql"):
-        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False)
+        # `pool_size` is all this engine may open (no overflow): the worker's connection
+        # budget is split in one place (storage.fastpath.split_pool_size).
+        kwargs.update(pool_size=pool_size, max_overflow=0, pool_pre_ping=False)
         if timeout is not None:
             kwargs.update(
                 pool_timeout=timeout,
@@ -59,6 +92,11 @@ def create_engine(url: str, pool_size: int = 10, timeout: float | None = None) -
                     driver.terminate()
 
     if url.startswith("sqlite"):
+
+        @event.listens_for(engine.sync_engine, "do_connect")
+        def _open_sqlite(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+            # The arguments SQLAlchemy computed from the URL, opened by `open_aiosqlite`.
+            return dialect.dbapi.connect(*cargs, async_creator_fn=open_aiosqlite, **cparams)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

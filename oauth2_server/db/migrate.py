@@ -1,6 +1,15 @@
-"""Apply and check the Alembic history (one history for PostgreSQL and SQLite)."""
+"""Apply and check the Alembic history (one history for PostgreSQL and SQLite).
+
+The scripts live in the top-level `alembic/` directory of the source tree (beside
+`alembic.ini`, for the `alembic` command); the wheel ships the same files as package data
+in `oauth2_server/_alembic` (pyproject.toml `[tool.setuptools.package-dir]`), so an
+installed server migrates without a source checkout.
+"""
 
 from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
@@ -14,10 +23,20 @@ class DatabaseNotMigrated(RuntimeError):
     """The database is behind (or ahead of) the code's Alembic head."""
 
 
+def script_location() -> str:
+    """The directory holding `env.py` and `versions/`: `oauth2_server/_alembic` in an
+    installed wheel, else the top-level `alembic/` of the source checkout this package
+    runs from (editable install, tests)."""
+    packaged = resources.files("oauth2_server").joinpath("_alembic")
+    if packaged.is_dir():
+        return str(packaged)
+    return str(Path(__file__).resolve().parents[2] / "alembic")
+
+
 def alembic_config() -> Config:
-    """Alembic configuration pointing at the scripts shipped inside the package."""
+    """Alembic configuration pointing at this code's scripts (`script_location()`)."""
     config = Config()
-    config.set_main_option("script_location", "oauth2_server:migrations")
+    config.set_main_option("script_location", script_location())
     return config
 
 

@@ -62,7 +62,7 @@ class Client(Base):
     """A registered OAuth client (RFC 6749 §2). `secret_hash` is `sha256$<hex>`
     (argon2id for secrets set before migration 0005, until their next use); null for public.
 
-    `version` goes up by one with every change of the row (`storage.client_registry`), so a
+    `version` goes up by one with every change of the row (`storage.clients`), so a
     worker's cached copy can be checked against it in the statement that uses it."""
 
     __tablename__ = "oauth2_clients"
@@ -189,7 +189,7 @@ class TokenLog(Base):
 
     On PostgreSQL the table is partitioned by month on `created_at`, so the primary key
     is (`id`, `created_at`); SQLite keeps `id` alone as its rowid key. `seal_seq`,
-    `prev_hash` and `row_hash` are null until `audit_chain.seal_pending` links the row
+    `prev_hash` and `row_hash` are null until `audit.chain.seal_pending` links the row
     into the hash chain, outside the request.
     """
 

@@ -25,7 +25,7 @@ import functools
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 from authlib.common.urls import add_params_to_uri
@@ -89,6 +89,7 @@ class LoginThrottled(Exception):
         self.retry_after = retry_after
 
 
+@dataclass(eq=False)
 class AuthorizationFlow:
     """Login, consent and code issuance for `/oauth2/authorize`.
 
@@ -100,28 +101,20 @@ class AuthorizationFlow:
     seconds.
     """
 
-    def __init__(
-        self,
-        server: AuthorizationServer,
-        bridge: Bridge,
-        issuer: str,
-        argon2: Argon2Slots,
-        limiter: FailureLimiter,
-        refusals: RefusalLog,
-        failures_by_ip: AuthFailureWindow,
-        audit_buffer: AuditBuffer,
-        device_key: bytes,
-        device_ttl: int,
-    ) -> None:
-        self.server = server
-        self.bridge = bridge
-        self.issuer = issuer
-        self.argon2 = argon2
-        self.limiter = limiter
-        self.refusals = refusals
-        self.failures_by_ip = failures_by_ip
-        self.audit_buffer = audit_buffer
-        self.device_ttl = device_ttl
+    server: AuthorizationServer
+    bridge: Bridge
+    issuer: str
+    argon2: Argon2Slots
+    limiter: FailureLimiter
+    refusals: RefusalLog
+    failures_by_ip: AuthFailureWindow
+    audit_buffer: AuditBuffer
+    device_key: InitVar[bytes]
+    device_ttl: int
+    _device_key: bytes = field(init=False, repr=False)
+    _devices: URLSafeTimedSerializer = field(init=False, repr=False)
+
+    def __post_init__(self, device_key: bytes) -> None:
         self._device_key = device_key
         self._devices = URLSafeTimedSerializer(device_key, salt="oauth2-server device cookie")
 

@@ -28,16 +28,17 @@ import binascii
 import hmac
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
 
 from authlib.oauth2.rfc6749 import ClientMixin
+from cachetools import TTLCache
 
 from oauth2_server import metrics
 from oauth2_server.crypto.hashing import verify_secret
-from oauth2_server.storage.clients import ClientRecord, loopback_host
+from oauth2_server.registry.redirect_uris import loopback_host
+from oauth2_server.storage.clients import ClientRecord
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,7 @@ class BadClientCredentials(Exception):
 
     def __init__(self, description: str, basic: bool) -> None:
         super().__init__(description)
-        self.description = description
-        self.basic = basic
+        self.description, self.basic = description, basic
 
 
 class MultipleAuthMethods(BadClientCredentials):
@@ -214,14 +214,17 @@ class OAuthClient(ClientMixin):
 
     @property
     def client_id(self) -> str:
+        """RFC 6749 §2.2 client identifier."""
         return self.record.client_id
+
+    def get_client_id(self) -> str:
+        """Authlib's accessor for `client_id`."""
+        return self.client_id
 
     @property
     def scope(self) -> str:
+        """The registered scope (RFC 6749 §3.3), space-separated."""
         return self.record.scope
-
-    def get_client_id(self) -> str:
-        return self.record.client_id
 
     def get_default_redirect_uri(self) -> str | None:
         """The registered URI if there is exactly one; otherwise the request must name one."""
@@ -269,8 +272,9 @@ class OAuthClient(ClientMixin):
 
 
 class ClientCache:
-    """client_id → the `ClientRecord` this worker last read: at most `max_entries` (the
-    oldest dropped first), each reused for at most `ttl` seconds before it is read again.
+    """client_id → the `ClientRecord` this worker last read: a `cachetools.TTLCache` of at
+    most `max_entries` (the least recently used dropped first), each reused for at most
+    `ttl` seconds (`timer`: monotonic seconds) before it is read again.
 
     `ttl` is not a staleness bound. A change reaches every worker at once: `invalidate` is
     called by the PostgreSQL NOTIFY listener (`storage.client_notify`) and by the worker
@@ -283,28 +287,32 @@ class ClientCache:
     `stale_records` counts records found behind at use.
     """
 
-    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+    def __init__(
+        self, ttl: float, max_entries: int = 10_000, timer: Callable[[], float] = time.monotonic
+    ) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
         self.generation = 0
         self.stale_records = 0
-        self._entries: OrderedDict[str, tuple[float, ClientRecord]] = OrderedDict()
+        self._entries: TTLCache[str, ClientRecord] = TTLCache(max_entries, ttl, timer)
 
     def get(self, client_id: str) -> ClientRecord | None:
-        entry = self._entries.get(client_id)
-        if entry is None or entry[0] < time.monotonic():
+        """The cached record of `client_id`, or None (never read, expired or dropped)."""
+        try:  # a hit is the common case: one cache lookup (`get` would take two)
+            return self._entries[client_id]
+        except KeyError:
             return None
-        return entry[1]
 
     def put(self, record: ClientRecord, generation: int | None = None) -> None:
         """Cache `record`, unless an invalidation happened since `generation` (the value of
         `self.generation` when the read began)."""
         if generation is not None and generation != self.generation:
             return
-        self._entries[record.client_id] = (time.monotonic() + self.ttl, record)
-        self._entries.move_to_end(record.client_id)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        self._entries[record.client_id] = record
+
+    def __len__(self) -> int:
+        """Records held now (expired ones included until the next `put` drops them)."""
+        return len(self._entries)
 
     def invalidate(self, client_id: str | None = None) -> None:
         """Drop one client (or all, `None`): it changed, or may have."""

@@ -1,9 +1,6 @@
 """Introspection (RFC 7662) and revocation (RFC 7009) endpoints over our token storage.
 
-A presented token is looked up by what it is: a JWT is verified (signature, issuer,
-expiry, `typ`) and its `jti` row read; anything else is treated as a refresh token and
-looked up by SHA-256. `token_type_hint` only orders nothing here: both lookups are cheap
-and unambiguous (a refresh token never parses as a JWT).
+A presented token is looked up by what it is (`oauth.presented.find_presented_token`).
 
 A token whose client has been deactivated or deleted is inactive at introspection, read
 in the same statement as the token row on the hot path (`FastStore.introspection`): this
@@ -12,80 +9,23 @@ covers tokens written in a race with the change, which its revocation may have m
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-from authlib.oauth2.rfc6749 import TokenMixin
 from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
 
-from oauth2_server.audit.log import AuditEvent, record
-from oauth2_server.crypto.hashing import token_digest
-from oauth2_server.oauth.bridge import current_request, is_prefetched
-from oauth2_server.oauth.grants import ALL_METHODS, CONFIDENTIAL_METHODS, digest_prefix
+from oauth2_server.audit.log import AuditEvent
+from oauth2_server.oauth.bridge import OAuthRequest, current_request, session_of, writer_of
+from oauth2_server.oauth.context import Introspected
+from oauth2_server.oauth.grants import ALL_METHODS, CONFIDENTIAL_METHODS
+from oauth2_server.oauth.presented import PresentedToken, find_presented_token
 from oauth2_server.oauth.tokens import AccessTokenCodec
 from oauth2_server.storage import tokens as token_storage
 from oauth2_server.storage import utcnow
 from oauth2_server.storage.clients import get_client
-from oauth2_server.storage.tokens import AccessTokenRecord, RefreshTokenRecord
 
 INTROSPECT_SCOPE = "introspect"
-
-
-@dataclass(frozen=True)
-class PresentedToken(TokenMixin):
-    """A token found in storage: an access token (with its verified JWT claims) or a
-    refresh token. `client_active` is False when the token's client is deactivated or
-    deleted (set where introspection reads it; True elsewhere)."""
-
-    token_type: str  # "access_token" | "refresh_token"
-    token_id: str  # jti, or digest prefix for refresh tokens
-    access: AccessTokenRecord | None = None
-    refresh: RefreshTokenRecord | None = None
-    claims: dict[str, Any] | None = None
-    client_active: bool = True
-
-    @property
-    def client_id(self) -> str:
-        row = self.access or self.refresh
-        assert row is not None
-        return row.client_id
-
-    def check_client(self, client: Any) -> bool:
-        return self.client_id == client.client_id
-
-    def get_scope(self) -> str:
-        row = self.access or self.refresh
-        assert row is not None
-        return row.scope
-
-    def is_expired(self) -> bool:
-        row = self.access or self.refresh
-        assert row is not None
-        return row.expires_at <= utcnow()
-
-    def is_revoked(self) -> bool:
-        if self.access is not None:
-            return self.access.revoked_at is not None
-        assert self.refresh is not None
-        return self.refresh.revoked_at is not None or self.refresh.rotated_at is not None
-
-
-def find_presented_token(db: Any, codec: AccessTokenCodec, token: str) -> PresentedToken | None:
-    """The stored token behind a presented string, or None if it is not ours."""
-    if token.count(".") == 2:
-        claims = codec.decode(token)
-        if claims is None:
-            return None
-        row = token_storage.get_access_token(db, claims["jti"])
-        if row is None:
-            return None
-        return PresentedToken("access_token", row.jti, access=row, claims=claims)
-    digest = token_digest(token)
-    refresh = token_storage.find_refresh_token(db, digest)
-    if refresh is None:
-        return None
-    return PresentedToken("refresh_token", digest_prefix(digest), refresh=refresh)
 
 
 class IntrospectionEndpoint(_IntrospectionEndpoint):
@@ -102,14 +42,17 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
 
     def query_token(self, token_string: str, token_type_hint: str | None) -> PresentedToken | None:
         """The presented token with its client's `active` flag: read with the token row up
-        front on the hot path (`request.prefetched`), else here in the transaction."""
+        front on the hot path (`token_context.introspection`), else here in the
+        transaction."""
         request = current_request()
-        if is_prefetched(request.prefetched):
-            return request.prefetched
-        token = find_presented_token(request.db, self.codec, token_string)
+        prefetched = request.token_context.introspection
+        if prefetched is not None:
+            return prefetched.token
+        db = session_of(request)
+        token = find_presented_token(db, self.codec, token_string)
         if token is None:
             return None
-        client = get_client(request.db, token.client_id)
+        client = get_client(db, token.client_id)
         return replace(token, client_active=client is not None and client.active)
 
     def check_permission(self, token: PresentedToken, client: Any, request: Any) -> bool:
@@ -122,8 +65,7 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
             payload: dict[str, Any] = {"active": False}
         else:
             payload = super().create_introspection_payload(token)
-        request = current_request()
-        request.introspected = (token, payload["active"])
+        current_request().token_context.introspected = Introspected(token, payload["active"])
         return payload
 
     def introspect_token(self, token: PresentedToken) -> dict[str, Any]:
@@ -158,19 +100,19 @@ class RevocationEndpoint(_RevocationEndpoint):
         self.codec = codec
 
     def query_token(self, token_string: str, token_type_hint: str | None) -> PresentedToken | None:
-        return find_presented_token(current_request().db, self.codec, token_string)
+        return find_presented_token(session_of(current_request()), self.codec, token_string)
 
-    def revoke_token(self, token: PresentedToken, request: Any) -> None:
+    def revoke_token(self, token: PresentedToken, request: OAuthRequest) -> None:
         now = utcnow()
+        db = session_of(request)
         if token.access is not None:
-            count = int(token_storage.revoke_access_token(request.db, token.access.jti, now))
+            count = int(token_storage.revoke_access_token(db, token.access.jti, now))
             family_id = token.access.family_id
         else:
             assert token.refresh is not None
             family_id = token.refresh.family_id
-            count = token_storage.revoke_family(request.db, family_id, now)
-        record(
-            request.db,
+            count = token_storage.revoke_family(db, family_id, now)
+        writer_of(request).record(
             AuditEvent(
                 "revoked",
                 request.context,

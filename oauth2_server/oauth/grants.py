@@ -1,15 +1,17 @@
 """Grant types: Authlib's grants with this server's contract (DESIGN.md invariants 2–5).
 
-Each hook uses `self.request.db`, the bridge's session, and storage functions named for
-what they do. Detected attacks set `request.keep_changes_on_error`, so their revocations
-and audit rows commit although the request fails.
+Each hook uses the bridge's session (`session_of`) or the request's `IssueWriter`
+(`writer_of`), and storage functions named for what they do. Detected attacks set
+`token_context.keep_changes_on_error`, so their revocations and audit rows commit although
+the request fails. Lifetimes come from configuration through Authlib grant extensions
+(`CodeLifetime`, `ReuseGrace`), per server: nothing is set on a class.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from authlib.oauth2.rfc6749 import (
@@ -20,13 +22,16 @@ from authlib.oauth2.rfc6749 import (
     grants,
 )
 from authlib.oauth2.rfc7636 import CodeChallenge
+from sqlalchemy.orm import Session
 
 from oauth2_server import metrics
-from oauth2_server.audit.log import AuditEvent, record
+from oauth2_server.audit.log import AuditEvent
 from oauth2_server.audit.risk import second_use
 from oauth2_server.crypto.hashing import token_digest
+from oauth2_server.oauth.bridge import session_of, writer_of
 from oauth2_server.storage import tokens as token_storage
 from oauth2_server.storage import utcnow
+from oauth2_server.storage.protocols import RefreshRotation, SessionWriter
 from oauth2_server.storage.tokens import CodeRecord, RefreshTokenRecord
 from oauth2_server.storage.users import UserRecord, get_user
 
@@ -95,9 +100,32 @@ class RefreshView(TokenMixin):
         return self.record.scope
 
 
-def _active_user(db: Any, user_id: int) -> UserRecord | None:
+def _active_user(db: Session, user_id: int) -> UserRecord | None:
     user = get_user(db, user_id)
     return user if user is not None and user.active else None
+
+
+@dataclass(frozen=True)
+class CodeLifetime:
+    """Authlib grant extension: this server's authorization codes live `seconds`
+    (`OAUTH2_AUTHORIZATION_CODE_TTL`; RFC 6749 §4.1.2, at most 60 here). Set on each
+    grant instance, so two servers in one process keep their own lifetime."""
+
+    seconds: int
+
+    def __call__(self, grant: AuthorizationCodeGrant) -> None:
+        grant.code_ttl = self.seconds
+
+
+@dataclass(frozen=True)
+class ReuseGrace:
+    """Authlib grant extension: this server's refresh reuse grace in seconds
+    (`OAUTH2_REFRESH_REUSE_GRACE`; RFC 9700 §4.14.2), set on each grant instance."""
+
+    seconds: float
+
+    def __call__(self, grant: RefreshTokenGrant) -> None:
+        grant.reuse_grace = self.seconds
 
 
 class ClientCredentialsGrant(grants.ClientCredentialsGrant):
@@ -120,6 +148,37 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
         return 200, token, self.TOKEN_RESPONSE_HEADER
 
 
+def detected_second_use(
+    request: Any,
+    client_id: str,
+    action: str,
+    grant_type: str,
+    digest: str,
+    first_use: datetime | None,
+    details: dict[str, Any],
+) -> None:
+    """Audit a second use of a single-use credential (RFC 6749 §4.1.2 code replay, RFC
+    9700 §4.14.2 refresh reuse) whose family the caller has revoked, scored by
+    `risk.second_use` (1.00, or 0.30 flagged `race` within 1 s of the first use, UTC), and
+    keep the transaction's changes although the request fails. `client_id` is the client
+    that presented it."""
+    now = request.context.received_at or utcnow()
+    assessment = second_use(action, first_use, now)
+    writer_of(request).record(
+        AuditEvent(
+            action,
+            request.context,
+            client_id=client_id,
+            grant_type=grant_type,
+            token_id=digest_prefix(digest),
+            risk_score=assessment.score,
+            flags=assessment.flags,
+            details=details,
+        )
+    )
+    request.token_context.keep_changes_on_error = True
+
+
 class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     """RFC 6749 §4.1 with PKCE S256 (registered with `S256CodeChallenge`).
 
@@ -130,13 +189,12 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     """
 
     TOKEN_ENDPOINT_AUTH_METHODS = ALL_METHODS
-    code_ttl = 60  # seconds; set from settings when registered
+    code_ttl = 60  # seconds; each server's `CodeLifetime` extension sets its own
 
     def save_authorization_code(self, code: str, request: Any) -> None:
         now = utcnow()
         data = request.payload.data
-        token_storage.save_authorization_code(
-            request.db,
+        issued = token_storage.NewAuthorizationCode(
             code_hash=token_digest(code),
             client_id=request.client.client_id,
             user_id=request.user.id,
@@ -144,56 +202,47 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             scope=request.scope or "",
             code_challenge=data["code_challenge"],
             code_challenge_method=data["code_challenge_method"],
-            now=now,
             expires_at=now + timedelta(seconds=self.code_ttl),
         )
+        token_storage.save_authorization_code(session_of(request), issued, now)
 
     def query_authorization_code(self, code: str, client: Any) -> CodeView | None:
         request = self.request
+        db = session_of(request)
         now = utcnow()
         digest = token_digest(code)
         family_id = str(uuid.uuid4())
-        found = token_storage.consume_authorization_code(request.db, digest, family_id, now)
+        found = token_storage.consume_authorization_code(db, digest, family_id, now)
         if found is not None:
             if found.client_id != client.client_id:
                 return None  # rolled back with the error: the code stays usable by its owner
-            request.family_id = family_id
+            request.token_context.family_id = family_id
             return CodeView(found)
-        stored = token_storage.find_authorization_code(request.db, digest)
+        stored = token_storage.find_authorization_code(db, digest)
         if stored is not None and stored.consumed_at is not None:
             revoked = (
-                token_storage.revoke_family(request.db, stored.family_id, now)
-                if stored.family_id
-                else 0
+                token_storage.revoke_family(db, stored.family_id, now) if stored.family_id else 0
             )
-            assessment = second_use(
-                "code_replay", stored.consumed_at, request.context.received_at or now
+            detected_second_use(
+                request,
+                client.client_id,
+                "code_replay",
+                self.GRANT_TYPE,
+                digest,
+                stored.consumed_at,
+                {
+                    "family_id": stored.family_id,
+                    "revoked": revoked,
+                    "code_client_id": stored.client_id,
+                },
             )
-            record(
-                request.db,
-                AuditEvent(
-                    "code_replay",
-                    request.context,
-                    client_id=client.client_id,
-                    grant_type=self.GRANT_TYPE,
-                    token_id=digest_prefix(digest),
-                    risk_score=assessment.score,
-                    flags=assessment.flags,
-                    details={
-                        "family_id": stored.family_id,
-                        "revoked": revoked,
-                        "code_client_id": stored.client_id,
-                    },
-                ),
-            )
-            request.keep_changes_on_error = True
         return None
 
     def delete_authorization_code(self, authorization_code: CodeView) -> None:
         """Nothing to do: the code was consumed atomically; the janitor removes it later."""
 
     def authenticate_user(self, authorization_code: CodeView) -> UserRecord | None:
-        return _active_user(self.request.db, authorization_code.record.user_id)
+        return _active_user(session_of(self.request), authorization_code.record.user_id)
 
 
 class RefreshTokenGrant(grants.RefreshTokenGrant):
@@ -219,16 +268,15 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
 
     TOKEN_ENDPOINT_AUTH_METHODS = ALL_METHODS
     INCLUDE_NEW_REFRESH_TOKEN = True
-    reuse_grace = 0.0  # seconds; set from settings when registered
+    reuse_grace = 0.0  # seconds; each server's `ReuseGrace` extension sets its own
 
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshView | None:
         request = self.request
+        rotation: RefreshRotation = SessionWriter(session_of(request))
         now = utcnow()
         digest = token_digest(refresh_token)
         client_id = request.client.client_id
-        use = token_storage.redeem_refresh_token(
-            request.db, digest, client_id, now, self.reuse_grace
-        )
+        use = rotation.redeem_refresh_token(digest, client_id, now, self.reuse_grace)
         if use.outcome in ("rotated", "grace"):
             assert use.token is not None
             if use.outcome == "grace":
@@ -238,28 +286,20 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             metrics.REFRESH_REUSE.inc()
             stored = use.token
             assert stored is not None
-            revoked = token_storage.revoke_family(request.db, stored.family_id, now)
-            assessment = second_use(
-                "refresh_reuse", stored.rotated_at, request.context.received_at or now
+            revoked = rotation.revoke_family(stored.family_id, now)
+            detected_second_use(
+                request,
+                client_id,
+                "refresh_reuse",
+                self.GRANT_TYPE,
+                digest,
+                stored.rotated_at,
+                {"family_id": stored.family_id, "revoked": revoked},
             )
-            record(
-                request.db,
-                AuditEvent(
-                    "refresh_reuse",
-                    request.context,
-                    client_id=client_id,
-                    grant_type=self.GRANT_TYPE,
-                    token_id=digest_prefix(digest),
-                    risk_score=assessment.score,
-                    flags=assessment.flags,
-                    details={"family_id": stored.family_id, "revoked": revoked},
-                ),
-            )
-            request.keep_changes_on_error = True
         return None
 
     def authenticate_user(self, refresh_token: RefreshView) -> UserRecord | None:
-        return _active_user(self.request.db, refresh_token.record.user_id)
+        return _active_user(session_of(self.request), refresh_token.record.user_id)
 
     def revoke_old_credential(self, refresh_token: RefreshView) -> None:
         """Nothing to do: `redeem_refresh_token` already marked it (or, for a grace use,

@@ -24,9 +24,10 @@ import asyncio
 import hashlib
 import hmac
 import time
-from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+
+from cachetools import TLRUCache
 
 from oauth2_server.audit.log import AuditBuffer, AuditEvent
 from oauth2_server.storage.auth_failures import FailureCounts, WindowCount
@@ -69,13 +70,15 @@ class FailureLimiter:
         window: float,
         secret: bytes,
         max_keys: int,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self.counts = counts
         self.limit = limit
         self.window = window
         self.max_blocked = max(1, max_keys // 4)
         self._secret = secret
-        self._blocked: OrderedDict[str, float] = OrderedDict()  # key hash → monotonic end
+        # key hash → when its window ends (`timer` seconds); gone once it has ended
+        self._blocked: TLRUCache[str, float] = TLRUCache(self.max_blocked, _ends, timer)
 
     def key_hash(self, key: str) -> str:
         """HMAC-SHA256 hex of a key's text (`kind:value`): what is stored and held."""
@@ -84,21 +87,16 @@ class FailureLimiter:
         ).hexdigest()
 
     def _locally_blocked(self, hashes: Mapping[str, str]) -> Attempt | None:
-        now = time.monotonic()
+        if not self._blocked.currsize:
+            return None  # the common case: nothing blocked here
         for kind, key in hashes.items():
             end = self._blocked.get(key)
-            if end is None:
-                continue
-            if end > now:
-                return Attempt(end - now, kind, key)
-            del self._blocked[key]
+            if end is not None:
+                return Attempt(max(end - self._blocked.timer(), 0.001), kind, key)
         return None
 
     def _block(self, key: str, remaining: float) -> None:
-        self._blocked[key] = time.monotonic() + remaining
-        self._blocked.move_to_end(key)
-        while len(self._blocked) > self.max_blocked:
-            self._blocked.popitem(last=False)
+        self._blocked[key] = self._blocked.timer() + remaining
 
     async def count(self, keys: Mapping[str, str]) -> Attempt:
         """Count one attempt for every key ({kind: "kind:value"}); refused when one of
@@ -132,6 +130,11 @@ class FailureLimiter:
         return len(self.counts) + len(self._blocked)
 
 
+def _ends(_key: str, end: float, _now: float) -> float:
+    """A blocked key is held until its window ends."""
+    return end
+
+
 def memory_counter_cap(max_keys: int) -> int:
     """How many counters `MemoryCounts` may hold within a limiter of `max_keys` keys."""
     return max(1, max_keys - max(1, max_keys // 4))
@@ -150,7 +153,7 @@ class RefusalLog:
     def __init__(self, audit_buffer: AuditBuffer, max_keys: int) -> None:
         self.audit_buffer = audit_buffer
         self.max_keys = max_keys
-        self._open: OrderedDict[str, _Open] = OrderedDict()
+        self._open: dict[str, _Open] = {}  # open windows, oldest first (insertion order)
 
     def refused(self, key: str, window_remaining: float, event: AuditEvent) -> None:
         """Record one refusal for `key` (a limiter key hash or a fixed name) whose window

@@ -21,9 +21,9 @@ branch not connected, or whose grant needs new consent → `invalid_grant` namin
 branch; provider timeout/5xx → `temporarily_unavailable` (503).
 
 Two halves, because Authlib runs synchronously inside the database bridge and the
-provider must be called with async httpx: `TokenExchangeGrant` (sync) validates and
-authorises, and answers when the stored token is fresh; when it is not, it raises
-`RefreshRequired` (nothing written) and `TokenExchange` (async) has
+provider must be called with async httpx: `TokenExchangeGrant` (sync, this module)
+validates and authorises, and answers when the stored token is fresh; when it is not, it
+raises `RefreshRequired` (nothing written) and `oauth.exchange_flow.TokenExchange` (async) has
 `upstream.service.UpstreamService.ensure_fresh` refresh the grant under its row lock,
 then runs the grant once more. A synchronous HTTP client inside the grant would block
 the event loop for the whole provider round trip; this way the grant stays pure
@@ -37,7 +37,6 @@ the exchange succeeds (the same commit rule as every grant).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -50,28 +49,19 @@ from authlib.oauth2.rfc6749 import (
     UnauthorizedClientError,
 )
 from authlib.oauth2.rfc6749.grants.base import BaseGrant, TokenEndpointMixin
-from authlib.oauth2.rfc6749.util import extract_basic_authorization
-from sqlalchemy.orm import Session
-from starlette.responses import Response
 
-from oauth2_server.audit.log import AuditEvent, record
+from oauth2_server.audit.log import AuditEvent
 from oauth2_server.crypto.keyring import DecryptionError, Keyring
-from oauth2_server.oauth.bridge import OAuthRequest, is_prefetched
+from oauth2_server.oauth.bridge import session_of, writer_of
 from oauth2_server.oauth.grants import CONFIDENTIAL_METHODS
 from oauth2_server.oauth.tokens import AccessTokenCodec
 from oauth2_server.storage import tokens as token_storage
 from oauth2_server.storage import utcnow
 from oauth2_server.storage.exchange import ExchangePrefetch, exchange_target
-from oauth2_server.storage.fastpath import FastStore
 from oauth2_server.storage.upstream import CredentialRow
 from oauth2_server.upstream.providers import provider_names
 from oauth2_server.upstream.sealing import ACCESS, open_token
 from oauth2_server.upstream.service import (
-    CredentialGone,
-    NeedsConsent,
-    RefreshMisconfigured,
-    RefreshUnavailable,
-    UpstreamService,
     printable,
 )
 
@@ -149,13 +139,13 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):
 
     def _prefetched(self, jti: str, client_id: str) -> ExchangePrefetch | None:
         """The rows TokenExchange read up front, if they are for exactly this request."""
-        pre = self.request.prefetched
-        if not is_prefetched(pre) or not isinstance(pre, ExchangePrefetch):
+        pre = self.request.token_context.exchange
+        if pre is None:
             return None
         data = self.request.payload.data
         if pre.matches(jti, client_id, data.get("branch_id", ""), data.get("audience", "")):
             return pre
-        if not isinstance(self.request.db, Session):  # deferred path: nothing to read with
+        if self.request.db is None:  # deferred path: nothing to read with
             raise InvalidRequestError("the client is identified inconsistently")
         return None
 
@@ -173,7 +163,7 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):
         row = (
             self.prefetch.access
             if self.prefetch is not None
-            else token_storage.get_access_token(self.request.db, claims["jti"])
+            else token_storage.get_access_token(session_of(self.request), claims["jti"])
         )
         if row is None or row.client_id != client_id:
             raise InvalidRequestError("subject_token is not known to this server")
@@ -183,15 +173,9 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):
             raise InvalidRequestError("subject_token has expired")
         return claims
 
-    def validate_token_request(self) -> None:
-        request = self.request
-        client = self.authenticate_token_endpoint_client()
-        request.client = client
-        if not client.check_grant_type(self.GRANT_TYPE):
-            raise UnauthorizedClientError(
-                "the client is not registered for the token-exchange grant type"
-            )
-        data = request.payload.data
+    def _check_parameters(self) -> tuple[str, str, str]:
+        """RFC 8693 §2.1 parameters: (subject_token, audience, branch_id)."""
+        data = self.request.payload.data
         if data.get("actor_token") or data.get("actor_token_type"):
             raise InvalidRequestError("delegation (actor_token) is not supported")
         subject_token = self._param("subject_token")
@@ -201,10 +185,11 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):
         requested = data.get("requested_token_type")
         if requested and requested != ACCESS_TOKEN_TYPE:
             raise InvalidRequestError(f"requested_token_type must be {ACCESS_TOKEN_TYPE}")
-        audience = self._param("audience")
-        branch_id = self._param("branch_id")
-        self.claims = self._subject_claims(subject_token, client.client_id)
-        if data.get("resource"):
+        return subject_token, self._param("audience"), self._param("branch_id")
+
+    def _check_audience(self, client: Any, audience: str) -> None:
+        """RFC 8693 §2.2.2 `invalid_target`: a known provider this client may use."""
+        if self.request.payload.data.get("resource"):
             raise InvalidTargetError("'resource' is not supported: name the provider in audience")
         if audience not in provider_names():
             raise InvalidTargetError(
@@ -216,10 +201,14 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):
                 f"this client may not obtain {audience} tokens "
                 f"(it needs scope {UPSTREAM_SCOPE_PREFIX}{audience})"
             )
+
+    def _credential(self, client_id: str, branch_id: str, audience: str) -> CredentialRow:
+        """The branch's upstream grant, if the client may use the branch and the grant is
+        connected and consented (`invalid_target`, `invalid_grant` otherwise)."""
         target = (
             self.prefetch.target
             if self.prefetch is not None
-            else exchange_target(request.db, client.client_id, branch_id, audience)
+            else exchange_target(session_of(self.request), client_id, branch_id, audience)
         )
         if target is None or not target.granted:
             raise InvalidTargetError(
@@ -239,23 +228,45 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):
                 f"({printable(credential.consent_error or 'grant refused')}); "
                 + reconnect_hint(branch_id, audience)
             )
-        granted = credential.scope.split()
-        requested_scope = (request.payload.scope or "").split()
-        beyond = [s for s in requested_scope if s not in granted]
-        if beyond:
-            raise InvalidScopeError(
-                f"scope exceeds what branch '{branch_id}' granted at {audience}: "
-                + printable(" ".join(beyond))
-            )
+        return credential
+
+    def _check_fresh(
+        self, credential: CredentialRow, client_id: str, branch_id: str, audience: str
+    ) -> None:
+        """Raise RefreshRequired when the stored upstream token has less than `min_ttl`
+        seconds left (once refreshed, any remaining life will do)."""
         remaining = credential.access_expires_at - utcnow()
         fresh = remaining >= timedelta(seconds=self.config.min_ttl)
-        refreshed_now = getattr(request, "upstream_refreshed", False)
+        refreshed_now = self.request.token_context.upstream_refreshed
         if not fresh and not (refreshed_now and remaining > timedelta(seconds=0)):
             if refreshed_now:
                 raise TemporarilyUnavailableError(
                     f"{audience} issued an already expired token; try again later"
                 )
-            raise RefreshRequired(credential.id, client.client_id, branch_id, audience)
+            raise RefreshRequired(credential.id, client_id, branch_id, audience)
+
+    def validate_token_request(self) -> None:
+        """RFC 8693 §2.1: authenticate the client, check the parameters, the subject
+        token, the audience, the branch and its upstream grant, and the scope."""
+        request = self.request
+        client = self.authenticate_token_endpoint_client()
+        request.client = client
+        if not client.check_grant_type(self.GRANT_TYPE):
+            raise UnauthorizedClientError(
+                "the client is not registered for the token-exchange grant type"
+            )
+        subject_token, audience, branch_id = self._check_parameters()
+        self.claims = self._subject_claims(subject_token, client.client_id)
+        self._check_audience(client, audience)
+        credential = self._credential(client.client_id, branch_id, audience)
+        granted = credential.scope.split()
+        beyond = [s for s in (request.payload.scope or "").split() if s not in granted]
+        if beyond:
+            raise InvalidScopeError(
+                f"scope exceeds what branch '{branch_id}' granted at {audience}: "
+                + printable(" ".join(beyond))
+            )
+        self._check_fresh(credential, client.client_id, branch_id, audience)
         self.audience = audience
         self.branch_id = branch_id
         self.credential = credential
@@ -280,8 +291,7 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):
             ) from None
         expires_in = int((credential.access_expires_at - utcnow()).total_seconds())
         request = self.request
-        record(
-            request.db,
+        writer_of(request).record(
             AuditEvent(
                 "exchanged",
                 request.context,
@@ -306,102 +316,3 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):
             "scope": credential.scope,
         }
         return 200, body, self.TOKEN_RESPONSE_HEADER
-
-
-AuthenticatedCall = Callable[..., Awaitable[Response]]
-
-
-def claimed_client_id(request: OAuthRequest) -> str | None:
-    """The client id the request names (HTTP Basic, else the body), before authentication."""
-    try:
-        client_id, _ = extract_basic_authorization(request.headers)
-    except UnicodeDecodeError:
-        return None
-    return client_id or request.form.get("client_id")
-
-
-class TokenExchange:
-    """The async half: read what the grant needs in one statement, run the grant (on the
-    bridge's deferred-write path when that read succeeded: no session, the `exchanged`
-    audit row written in one statement); if the grant needs a fresh upstream token,
-    refresh through `UpstreamService.ensure_fresh` (own transaction, row lock) and run
-    the grant again.
-
-    `server` is the Authlib server the grant is registered on (for its error responses);
-    `fast` the bridge's FastStore (None: always the session path).
-    """
-
-    def __init__(
-        self,
-        server: Any,
-        upstream: UpstreamService,
-        config: TokenExchangeConfig,
-        fast: FastStore | None = None,
-    ) -> None:
-        self.server = server
-        self.upstream = upstream
-        self.config = config
-        self.fast = fast
-
-    async def _prefetch(self, request: OAuthRequest) -> bool:
-        """Read the subject token's row and the target up front; True if done."""
-        form = request.form
-        subject, branch_id = form.get("subject_token", ""), form.get("branch_id")
-        audience, client_id = form.get("audience"), claimed_client_id(request)
-        if self.fast is None or not (branch_id and audience and client_id):
-            return False
-        if subject.count(".") != 2:
-            return False
-        claims = self.config.codec.decode(subject)
-        if claims is None:
-            return False
-        request.prefetched = await self.fast.prefetch_exchange(
-            claims["jti"], client_id, branch_id, audience
-        )
-        return True
-
-    async def _run(self, request: OAuthRequest, call: AuthenticatedCall) -> Response:
-        deferred = await self._prefetch(request)
-        return await call(
-            request, lambda: self.server.create_token_response(request), deferred=deferred
-        )
-
-    async def token(self, request: OAuthRequest, call: AuthenticatedCall) -> Response:
-        """Answer one token-exchange request; `call(request, fn, deferred=…)` authenticates
-        the client and runs `fn` through the bridge (OAuthService._authenticated_call)."""
-        try:
-            return await self._run(request, call)
-        except RefreshRequired as needed:
-            need = needed
-        error: OAuth2Error
-        try:
-            await self.upstream.ensure_fresh(
-                need.credential_id,
-                client_id=need.client_id,
-                branch_id=need.branch_id,
-                context=request.context,
-            )
-        except NeedsConsent as exc:
-            error = InvalidGrantError(
-                f"branch '{need.branch_id}' needs a new {need.provider} consent "
-                f"({printable(exc)}); " + reconnect_hint(need.branch_id, need.provider)
-            )
-        except CredentialGone:
-            error = InvalidGrantError(
-                f"branch '{need.branch_id}' is no longer connected to {need.provider}"
-            )
-        except RefreshUnavailable as exc:
-            error = TemporarilyUnavailableError(
-                f"{need.provider} is unavailable ({printable(exc)}); try again later"
-            )
-        except RefreshMisconfigured as exc:
-            error = ServerError(printable(exc, 300))
-        else:
-            request.upstream_refreshed = True  # type: ignore[attr-defined]
-            try:
-                return await self._run(request, call)
-            except RefreshRequired:
-                error = TemporarilyUnavailableError(
-                    f"branch '{need.branch_id}' could not be refreshed; try again later"
-                )
-        return self.server.handle_error_response(request, error)

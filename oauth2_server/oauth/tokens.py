@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
+from cachetools import TLRUCache
 
 from oauth2_server.crypto.hashing import new_opaque_token
 from oauth2_server.oauth.keys import ALG, KeyStore
@@ -42,13 +43,22 @@ class AccessTokenCodec:
     """Signs and verifies RFC 9068 access tokens with the issuer's `KeyStore`."""
 
     def __init__(
-        self, keys: KeyStore, issuer: str, audience: str, cache_size: int = 10_000
+        self,
+        keys: KeyStore,
+        issuer: str,
+        audience: str,
+        cache_size: int = 10_000,
+        timer: Callable[[], float] = time.time,
     ) -> None:
         self.keys = keys
         self.issuer = issuer
         self.audience = audience
         self.cache_size = cache_size
-        self._verified: OrderedDict[bytes, tuple[dict[str, Any], str]] = OrderedDict()
+        # SHA-256 of a token → (claims, kid); each entry lives until the token's `exp`
+        # (epoch seconds: `timer` is the wall clock), at most `cache_size` of them.
+        self._verified: TLRUCache[bytes, tuple[dict[str, Any], str]] = TLRUCache(
+            maxsize=cache_size, ttu=_until_expiry, timer=timer
+        )
 
     def encode(self, claims: dict[str, Any]) -> str:
         """Sign `claims` (plus `iss`/`aud`) with the current key; header carries kid and typ."""
@@ -68,22 +78,23 @@ class AccessTokenCodec:
         unknown kid, wrong issuer or `typ`, malformed). RFC 9068 §4.
 
         A verified token's claims are remembered (keyed by the SHA-256 of the exact token
-        string, bounded LRU) until it expires or its key leaves the key set, so a resource
+        string; a `cachetools.TLRUCache` of `cache_size` entries, least recently used
+        dropped first) until it expires or its key leaves the key set, so a resource
         server introspecting the same token on every call does not pay an ES256
         verification each time. Revocation is not cached: callers still read the `jti` row.
         """
         key = hashlib.sha256(token.encode()).digest()
-        cached = self._verified.get(key)
-        if cached is not None:
-            claims, kid = cached
-            if kid in self.keys.public_keys and claims["exp"] > time.time():
+        try:  # a hit is the common case: one cache lookup (`get` would take two)
+            claims, kid = self._verified[key]
+        except KeyError:
+            pass
+        else:
+            if kid in self.keys.public_keys:
                 return claims
             del self._verified[key]
         claims = self._verify(token)
         if claims is not None:
             self._verified[key] = (claims, claims.pop("_kid"))
-            while len(self._verified) > self.cache_size:
-                self._verified.popitem(last=False)
         return claims
 
     def _verify(self, token: str) -> dict[str, Any] | None:
@@ -112,6 +123,11 @@ class AccessTokenCodec:
             return None
         claims["_kid"] = header["kid"]
         return claims
+
+
+def _until_expiry(_key: bytes, value: tuple[dict[str, Any], str], _now: float) -> float:
+    """A verified token's cache entry expires with the token (`exp`, epoch seconds)."""
+    return float(value[0]["exp"])
 
 
 class TokenGenerator:

@@ -8,8 +8,9 @@ its window. Two implementations of `FailureCounts`:
   9). One statement per call over the hot path's asyncpg pool:
   `INSERT … ON CONFLICT (key_hash) DO UPDATE … RETURNING count`, keys in sorted order (so
   concurrent calls lock rows in one order), with PostgreSQL's clock, so instances agree.
-- `MemoryCounts`: per process, at most `max_keys` keys (the least recently counted go
-  first); the embedded SQLite default uses it, so there each worker counts its own.
+- `MemoryCounts`: per process, a `cachetools.TLRUCache` of at most `max_keys` keys (the
+  least recently counted go first, ended windows at once); the embedded SQLite default
+  uses it, so there each worker counts its own.
 
 The janitor deletes rows whose window has ended (`delete_ended`).
 """
@@ -17,12 +18,12 @@ The janitor deletes rows whose window has ended (`delete_ended`).
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
+from cachetools import TLRUCache
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -118,38 +119,40 @@ class PostgresCounts:
         return 0
 
 
+class _Window(NamedTuple):
+    """One key's window in `MemoryCounts` (`timer` seconds) and its attempts."""
+
+    start: float
+    end: float
+    count: int
+
+
+def _window_end(_key: str, window: _Window, _now: float) -> float:
+    return window.end
+
+
 class MemoryCounts:
     """`FailureCounts` in this process: at most `max_keys` keys, least recently counted
-    dropped first; ended windows are dropped as they reach the front."""
+    dropped first; a key's window is gone once it has ended (`timer`: monotonic seconds)."""
 
-    def __init__(self, max_keys: int) -> None:
+    def __init__(self, max_keys: int, timer: Callable[[], float] = time.monotonic) -> None:
         self.max_keys = max_keys
-        self._rows: OrderedDict[str, tuple[float, float, int]] = OrderedDict()  # start, end, n
+        self._rows: TLRUCache[str, _Window] = TLRUCache(max_keys, _window_end, timer)
 
     async def add(self, key_hashes: Sequence[str], window: float) -> list[WindowCount]:
-        now = time.monotonic()
+        now = self._rows.timer()
         found = []
         for key in dict.fromkeys(key_hashes):
-            start, end, count = self._rows.pop(key, (now, now + window, 0))
-            if end <= now:
-                start, end, count = now, now + window, 0
-            self._rows[key] = (start, end, count + 1)
-            found.append(WindowCount(key, count + 1, end - now, start))
-        self._prune(now)
+            row = self._rows.get(key) or _Window(now, now + window, 0)
+            self._rows[key] = row = row._replace(count=row.count + 1)
+            found.append(WindowCount(key, row.count, row.end - now, row.start))
         return found
 
     async def subtract(self, counts: Sequence[WindowCount]) -> None:
         for counted in counts:
             row = self._rows.get(counted.key_hash)
-            if row is not None and row[0] == counted.window_start and row[2] > 0:
-                self._rows[counted.key_hash] = (row[0], row[1], row[2] - 1)
-
-    def _prune(self, now: float) -> None:
-        while self._rows:
-            key, (_, end, _) = next(iter(self._rows.items()))
-            if end > now and len(self._rows) <= self.max_keys:
-                return
-            del self._rows[key]
+            if row is not None and row.start == counted.window_start and row.count > 0:
+                self._rows[counted.key_hash] = row._replace(count=row.count - 1)
 
     def __len__(self) -> int:
         return len(self._rows)

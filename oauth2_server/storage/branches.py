@@ -2,27 +2,25 @@
 (`oauth2_client_branches`; DESIGN.md "Upstream brokering").
 
 A client may exchange for a branch's upstream token only if it is granted that branch
-explicitly, or every branch (`*`).
+explicitly, or every branch (`*`). The rules (ids, names, which client and branch exist)
+are `registry.branches`; this module reads and writes rows.
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from oauth2_server.db.models import Branch, Client, ClientBranchGrant
+from oauth2_server.db.models import Branch, ClientBranchGrant
 from oauth2_server.storage import utcnow
 
 ALL_BRANCHES = "*"
-_BRANCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
-
-
-class BranchError(ValueError):
-    """A branch or branch grant request is invalid; the message names the problem."""
+UPDATABLE = ("name", "contact_email", "google_account_id", "google_location_id", "active")
 
 
 @dataclass(frozen=True)
@@ -51,17 +49,6 @@ BRANCH_COLUMNS = (  # the fields of BranchRecord, in order
 )
 
 
-def validate_branch_id(branch_id: str) -> str:
-    """Return `branch_id` if it is 1–100 characters of letters, digits and `._:-` starting
-    with a letter or digit; raise BranchError otherwise."""
-    if not _BRANCH_ID.fullmatch(branch_id or ""):
-        raise BranchError(
-            f"branch id {branch_id!r} must be 1-100 letters, digits or ._:- "
-            "starting with a letter or digit"
-        )
-    return branch_id
-
-
 def create_branch(
     session: Session,
     *,
@@ -71,19 +58,13 @@ def create_branch(
     google_account_id: str | None = None,
     google_location_id: str | None = None,
 ) -> BranchRecord:
-    """Create an active branch. Raises BranchError on a bad or taken id or empty name."""
-    validate_branch_id(branch_id)
-    if not name.strip():
-        raise BranchError("name must not be empty")
-    if contact_email is not None and "@" not in contact_email:
-        raise BranchError(f"contact email {contact_email!r} is not an email address")
-    if get_branch(session, branch_id) is not None:
-        raise BranchError(f"branch {branch_id!r} already exists")
+    """Insert an active branch whose data the caller validated (`registry.branches`);
+    empty optional fields are stored as NULL."""
     now = utcnow()
     session.execute(
         insert(Branch).values(
             branch_id=branch_id,
-            name=name.strip(),
+            name=name,
             contact_email=contact_email or None,
             google_account_id=google_account_id or None,
             google_location_id=google_location_id or None,
@@ -103,33 +84,34 @@ def get_branch(session: Session, branch_id: str) -> BranchRecord | None:
     return BranchRecord(*row) if row else None
 
 
-def list_branches(session: Session) -> list[BranchRecord]:
-    """Every branch, by external id."""
-    rows = session.execute(select(*BRANCH_COLUMNS).order_by(Branch.branch_id)).all()
-    return [BranchRecord(*row) for row in rows]
+def list_branches(
+    session: Session, after: str | None = None, limit: int | None = None
+) -> list[BranchRecord]:
+    """Branches by external id: every one, or up to `limit` after `after` (a page)."""
+    stmt = select(*BRANCH_COLUMNS).order_by(Branch.branch_id).limit(limit)
+    if after is not None:
+        stmt = stmt.where(Branch.branch_id > after)
+    return [BranchRecord(*row) for row in session.execute(stmt)]
+
+
+def update_branch(session: Session, branch_id: str, changes: dict[str, Any]) -> BranchRecord | None:
+    """Apply validated `changes` (keys from UPDATABLE); None if the branch is unknown."""
+    values = {key: changes[key] for key in UPDATABLE if key in changes}
+    result = session.execute(
+        update(Branch).where(Branch.branch_id == branch_id).values(**values, updated_at=utcnow())
+    )
+    return get_branch(session, branch_id) if result.rowcount else None
 
 
 def set_branch_active(session: Session, branch_id: str, active: bool) -> bool:
     """Activate or deactivate a branch (an inactive branch is refused by token exchange);
     True if it exists."""
-    result = session.execute(
-        update(Branch)
-        .where(Branch.branch_id == branch_id)
-        .values(active=active, updated_at=utcnow())
-    )
-    return result.rowcount > 0
+    return update_branch(session, branch_id, {"active": active}) is not None
 
 
 def grant_branch(session: Session, client_id: str, branch_id: str) -> bool:
-    """Let `client_id` broker tokens for `branch_id` (or `*`: every branch).
-
-    Returns False if it already had the grant. Raises BranchError for an unknown client
-    or branch.
-    """
-    if session.scalar(select(Client.id).where(Client.client_id == client_id)) is None:
-        raise BranchError(f"client {client_id!r} not found")
-    if branch_id != ALL_BRANCHES and get_branch(session, branch_id) is None:
-        raise BranchError(f"branch {branch_id!r} not found")
+    """Let `client_id` broker tokens for `branch_id` (or `*`: every branch), both known
+    (checked by the caller, `registry.branches`). False if it already had the grant."""
     exists = session.scalar(
         select(ClientBranchGrant.id).where(
             ClientBranchGrant.client_id == client_id, ClientBranchGrant.branch_id == branch_id
@@ -179,3 +161,38 @@ def branch_grants(session: Session) -> dict[str, list[str]]:
     for branch_id, client_id in rows:
         grants.setdefault(branch_id, []).append(client_id)
     return grants
+
+
+def branches_of_clients(session: Session, client_ids: Sequence[str]) -> dict[str, list[str]]:
+    """client id → branch ids it is granted (`*` for every branch), sorted."""
+    grants: dict[str, list[str]] = {client_id: [] for client_id in client_ids}
+    if client_ids:
+        rows = session.execute(
+            select(ClientBranchGrant.client_id, ClientBranchGrant.branch_id)
+            .where(ClientBranchGrant.client_id.in_(client_ids))
+            .order_by(ClientBranchGrant.branch_id)
+        )
+        for client_id, branch_id in rows:
+            grants[client_id].append(branch_id)
+    return grants
+
+
+def unknown_branches(session: Session, branch_ids: Iterable[str]) -> list[str]:
+    """The ids among `branch_ids` (other than `*`) that name no branch."""
+    wanted = {b for b in branch_ids if b != ALL_BRANCHES}
+    if not wanted:
+        return []
+    known = set(session.scalars(select(Branch.branch_id).where(Branch.branch_id.in_(wanted))))
+    return sorted(wanted - known)
+
+
+def set_client_branches(session: Session, client_id: str, branch_ids: Sequence[str]) -> None:
+    """Make the client's branch grants exactly `branch_ids` (validated by the caller)."""
+    session.execute(
+        delete(ClientBranchGrant).where(
+            ClientBranchGrant.client_id == client_id,
+            ClientBranchGrant.branch_id.not_in(list(branch_ids)),
+        )
+    )
+    for branch_id in dict.fromkeys(branch_ids):
+        grant_branch(session, client_id, branch_id)

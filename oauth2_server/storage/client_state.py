@@ -1,12 +1,13 @@
 """Checking a cached client against its row, in the statement that acts on it (DESIGN.md
-invariant 9): the types and statements `storage.fastpath` uses.
+invariant 9): the types and statement `storage.fastpath` uses.
 
-Every change of a client row bumps its `version` (`storage.client_registry`). A request
+Every change of a client row bumps its `version` (`storage.clients`). A request
 answered from a worker's cached `ClientRecord` carries a `ClientGuard` (client id, the
 cached version): its writes go in only `WHERE EXISTS` the client row still active at that
-version (`guarded_write_sql` on PostgreSQL, `guarded_insert` on SQLite), and
-introspection's read returns, with the token row, the token's client's `active` flag and
-the asking client's current `ClientState`.
+version (`guarded_write_sql` on PostgreSQL; on SQLite `storage.fastpath` reads the row
+in the transaction of the writes), and introspection's read (`storage.introspection`)
+returns, with the token row, the token's client's `active` flag and the asking client's
+current `ClientState`.
 """
 
 from __future__ import annotations
@@ -14,12 +15,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import Table, bindparam, exists, select
+from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql
 
-from oauth2_server.db.models import AccessToken, Client
 from oauth2_server.storage.tokens import AccessTokenRecord
 
 
@@ -112,54 +111,3 @@ def guarded_write_sql(requests: int, groups: Sequence[tuple[Table, tuple[str, ..
             " WHERE v.n IN (SELECT n FROM ok))"
         )
     return f"WITH {', '.join(ctes)} SELECT n FROM ok"  # noqa: S608 (parts built above)
-
-
-def guarded_insert(table: Table, columns: Sequence[str]) -> Any:
-    """SQLite: `INSERT INTO t (…) SELECT :p_a, … WHERE EXISTS (the client active at the
-    version)`. Parameters: `p_<column>` per column, `guard_client_id`, `guard_version`
-    (`guarded_params`)."""
-    current = exists().where(
-        Client.client_id == bindparam("guard_client_id"),
-        Client.active.is_(True),
-        Client.version == bindparam("guard_version"),
-    )
-    values = [bindparam(f"p_{name}", type_=table.c[name].type) for name in columns]
-    return table.insert().from_select(list(columns), select(*values).where(current))
-
-
-def guarded_params(row: dict[str, Any], guard: ClientGuard) -> dict[str, Any]:
-    """The parameters of `guarded_insert` for `row` under `guard`."""
-    return {
-        **{f"p_{name}": value for name, value in row.items()},
-        "guard_client_id": guard.client_id,
-        "guard_version": guard.version,
-    }
-
-
-ACCESS_COLUMNS = list(AccessTokenRecord.__dataclass_fields__)
-# SQLite: the token row and its client's `active` flag (NULL: no such client).
-SELECT_ACCESS = (
-    select(*(AccessToken.__table__.c[c] for c in ACCESS_COLUMNS), Client.active)
-    .select_from(AccessToken)
-    .outerjoin(Client, Client.client_id == AccessToken.client_id)
-    .where(AccessToken.jti == bindparam("jti"))
-)
-SELECT_STATE = select(Client.active, Client.version).where(
-    Client.client_id == bindparam("client_id")
-)
-SELECT_CURRENT = select(Client.id).where(
-    Client.client_id == bindparam("client_id"),
-    Client.active.is_(True),
-    Client.version == bindparam("version"),
-)
-SELECT_CURRENT_PG = "SELECT 1 FROM oauth2_clients WHERE client_id = $1 AND active AND version = $2"
-# PostgreSQL, coalesced: per (jti, caller) key, the token row, its client's `active` flag
-# and the caller's `active` and `version` (NULLs where there is no such row).
-SELECT_INTROSPECTION_PG = (
-    f"SELECT k.jti, k.caller, {', '.join('t.' + c for c in ACCESS_COLUMNS)},"  # noqa: S608
-    " tc.active, cc.active, cc.version"
-    " FROM unnest($1::varchar[], $2::varchar[]) AS k(jti, caller)"
-    " LEFT JOIN oauth2_access_tokens t ON t.jti = k.jti"
-    " LEFT JOIN oauth2_clients tc ON tc.client_id = t.client_id"
-    " LEFT JOIN oauth2_clients cc ON cc.client_id = k.caller"
-)

@@ -1,39 +1,42 @@
-"""Registered clients (RFC 6749 §2; RFC 7591 metadata names)."""
+"""Client rows (`oauth2_clients`; RFC 6749 §2, RFC 7591 metadata names).
+
+The rules a client's metadata must follow are `registry.clients`; this module reads and
+writes rows. Secrets are generated here (≥ 256 bits from `secrets`) and stored as their
+`sha256$` hash (`crypto.hashing.hash_client_secret`); `ClientView`, what admins see,
+never carries the hash.
+
+Every change of a client row goes through this module: it adds one to the row's `version`
+in the same UPDATE and queues a `NOTIFY` in the same transaction
+(`storage.client_notify`), so no worker acts on the old row once the change has committed
+(DESIGN.md invariant 9; README "Client changes take effect at once").
+"""
 
 from __future__ import annotations
 
-import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from urllib.parse import urlsplit
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from oauth2_server.crypto.hashing import hash_client_secret
-from oauth2_server.db.models import Client
+from oauth2_server.db.models import AuthorizationCode, Client
 from oauth2_server.storage import utcnow
 from oauth2_server.storage.client_notify import note_client_changed
-from oauth2_server.storage.subjects import IDENTIFIER, SubjectTaken, claim_subject
+from oauth2_server.storage.subjects import claim_subject
 
-AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
-GRANT_TYPES = (
-    "authorization_code",
-    "refresh_token",
-    "client_credentials",
-    "urn:ietf:params:oauth:grant-type:token-exchange",
-)
-
-
-class ClientRegistrationError(ValueError):
-    """Registration metadata is invalid; the message names the field."""
+ADMIN_SCOPE = "admin"
+PUBLIC_METHOD = "none"  # noqa: S105 (an auth method name, RFC 7591 §2)
+UPDATABLE = ("name", "grant_types", "redirect_uris", "scope", "active")
 
 
 @dataclass(frozen=True)
 class ClientRecord:
     """An immutable snapshot of a client row, safe to cache between changes: `version` is
-    the row's version when read (every change bumps it; `storage.client_registry`)."""
+    the row's version when read (every change bumps it)."""
 
     client_id: str
     name: str
@@ -47,12 +50,36 @@ class ClientRecord:
     version: int = 1
 
     @property
-    def is_public(self) -> bool:
-        return self.token_endpoint_auth_method == "none"  # noqa: S105 (a method name)
-
-    @property
     def scopes(self) -> frozenset[str]:
         return frozenset(self.scope.split())
+
+
+@dataclass(frozen=True)
+class ClientView:
+    """A client as the admin API shows it: everything but the secret hash."""
+
+    client_id: str
+    name: str
+    token_endpoint_auth_method: str
+    grant_types: list[str]
+    redirect_uris: list[str]
+    scope: str
+    active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+_VIEW_COLUMNS = (  # the fields of ClientView, in order
+    Client.client_id,
+    Client.name,
+    Client.token_endpoint_auth_method,
+    Client.grant_types,
+    Client.redirect_uris,
+    Client.scope,
+    Client.active,
+    Client.created_at,
+    Client.updated_at,
+)
 
 
 def new_client_id() -> str:
@@ -86,136 +113,57 @@ def get_client(session: Session, client_id: str) -> ClientRecord | None:
     return _record(row) if row else None
 
 
+def get_client_view(session: Session, client_id: str) -> ClientView | None:
+    """The admin view of the client with this id, or None."""
+    row = session.execute(select(*_VIEW_COLUMNS).where(Client.client_id == client_id)).first()
+    return ClientView(*row) if row else None
+
+
 def count_clients(session: Session) -> int:
     """Number of registered clients (the first-run bootstrap checks for zero)."""
     return session.scalar(select(func.count()).select_from(Client)) or 0
 
 
-MAX_REDIRECT_URI_LENGTH = 2000
-LOOPBACK_HOSTS = ("127.0.0.1", "[::1]")  # RFC 8252 §7.3 loopback IP literals
-# RFC 3986 §3.1 scheme, reverse-domain form (RFC 8252 §7.1): labels joined by periods.
-_PRIVATE_SCHEME = re.compile(r"[a-z][a-z0-9+-]*(\.[a-z0-9+-]+)+")
-_URI_CHARS = re.compile(r"[\x21-\x7e]+")  # RFC 3986: visible ASCII, no spaces
+def list_clients(
+    session: Session, after_id: int | None, limit: int
+) -> list[tuple[int, ClientView]]:
+    """Up to `limit` clients in registration order after row id `after_id`, as
+    (row id, view) pairs (the row id is the keyset position)."""
+    stmt = select(Client.id, *_VIEW_COLUMNS).order_by(Client.id).limit(limit)
+    if after_id is not None:
+        stmt = stmt.where(Client.id > after_id)
+    return [(row[0], ClientView(*row[1:])) for row in session.execute(stmt)]
 
 
-def validate_redirect_uri(uri: str) -> None:
-    """A redirect URI a client may register (RFC 6749 §3.1.2, RFC 9700 §2.1, RFC 8252 §7):
-
-    - `https://host/…`: web clients and claimed https URIs of native apps (RFC 8252 §7.2);
-    - `http://127.0.0.1[:port]/…` or `http://[::1][:port]/…`: native apps' loopback
-      redirect (RFC 8252 §7.3; any port matches at request time, `OAuthClient`);
-      `http://localhost` is refused (RFC 8252 §8.3: NOT RECOMMENDED, it may resolve off
-      the machine), as is any other `http` host;
-    - a private-use scheme in reverse-domain form, e.g. `com.example.app:/oauth/callback`
-      (RFC 8252 §7.1); a scheme without a period (`myapp:`, `javascript:`, `data:`) is
-      refused (RFC 8252 §8.4: "any private-use URI scheme that doesn't contain a period
-      character SHOULD be rejected").
-
-    Never a fragment (RFC 6749 §3.1.2), user information, whitespace, non-ASCII, or more
-    than MAX_REDIRECT_URI_LENGTH characters. Raises ClientRegistrationError naming the URI
-    and the rule.
-    """
-    shown = uri if len(uri) <= 200 else uri[:200] + "..."
-    if not uri or len(uri) > MAX_REDIRECT_URI_LENGTH or not _URI_CHARS.fullmatch(uri):
-        raise ClientRegistrationError(
-            f"redirect_uri {shown!r} must be 1-{MAX_REDIRECT_URI_LENGTH} visible ASCII "
-            "characters (RFC 3986)"
-        )
-    parts = urlsplit(uri)
-    if "#" in uri:
-        raise ClientRegistrationError(
-            f"redirect_uri {shown!r} must not contain a fragment (RFC 6749 section 3.1.2)"
-        )
-    scheme = parts.scheme
-    if not scheme or not uri.startswith(scheme + ":"):  # urlsplit lower-cases the scheme
-        raise ClientRegistrationError(
-            f"redirect_uri {shown!r} must start with a lower-case scheme: https, loopback "
-            "http, or a reverse-domain private-use scheme (RFC 8252 section 7)"
-        )
-    if "@" in parts.netloc:
-        raise ClientRegistrationError(f"redirect_uri {shown!r} must not carry user information")
-    if scheme == "https":
-        if not parts.hostname:
-            raise ClientRegistrationError(f"redirect_uri {shown!r} must name a host")
-        return
-    if scheme == "http":
-        if loopback_host(parts.netloc) is None:
-            raise ClientRegistrationError(
-                f"redirect_uri {shown!r} must use https; plain http only for the loopback IP "
-                "literals 127.0.0.1 and [::1] (RFC 8252 section 7.3; localhost is not "
-                "accepted, section 8.3)"
-            )
-        return
-    if not _PRIVATE_SCHEME.fullmatch(scheme) or scheme.startswith(("http.", "https.")):
-        raise ClientRegistrationError(
-            f"redirect_uri {shown!r}: scheme {scheme!r} is neither https, loopback http, nor "
-            "a private-use scheme in reverse-domain form such as com.example.app "
-            "(RFC 8252 sections 7.1 and 8.4)"
-        )
-    if not parts.path and not parts.netloc:
-        raise ClientRegistrationError(
-            f"redirect_uri {shown!r} needs a path after the scheme, e.g. "
-            f"{scheme}:/oauth/callback (RFC 8252 section 7.1)"
-        )
-
-
-def loopback_host(netloc: str) -> str | None:
-    """The host of an RFC 8252 §7.3 loopback authority (`127.0.0.1` or `[::1]`, with an
-    optional port 1-65535), else None."""
-    for host in LOOPBACK_HOSTS:
-        if netloc == host:
-            return host
-        if netloc.startswith(host + ":"):
-            port = netloc[len(host) + 1 :]
-            if port.isdigit() and len(port) <= 5 and 0 < int(port) <= 65535:
-                return host
-    return None
+def client_name_taken(session: Session, name: str, except_client_id: str | None = None) -> bool:
+    """True if another client has this name (case-insensitive)."""
+    stmt = select(Client.id).where(func.lower(Client.name) == name.lower())
+    if except_client_id is not None:
+        stmt = stmt.where(Client.client_id != except_client_id)
+    return session.scalars(stmt.limit(1)).first() is not None
 
 
 def create_client(
     session: Session,
     *,
     name: str,
-    grant_types: list[str],
-    redirect_uris: list[str],
+    grant_types: Sequence[str],
+    redirect_uris: Sequence[str],
     scope: str,
     public: bool = False,
     token_endpoint_auth_method: str | None = None,
     client_id: str | None = None,
 ) -> tuple[ClientRecord, str | None]:
-    """Register a client. Returns (record, client secret shown once; None for public).
+    """Insert a client row whose metadata the caller validated (`registry.clients`).
+    Returns (record, client secret to show once; None for a public client).
 
-    Raises ClientRegistrationError on unknown grant types or auth methods, a public
-    client asking for client_credentials, an authorization-code client without a
-    valid redirect URI, or a `client_id` that is taken by a client or a user's subject
-    (RFC 9700 §4.15, `storage.subjects`).
-    """
-    method = token_endpoint_auth_method or ("none" if public else "client_secret_basic")
-    if method not in AUTH_METHODS:
-        raise ClientRegistrationError(f"token_endpoint_auth_method {method!r} is not supported")
-    if public != (method == "none"):
-        raise ClientRegistrationError("public clients use token_endpoint_auth_method 'none'")
-    for grant in grant_types:
-        if grant not in GRANT_TYPES:
-            raise ClientRegistrationError(f"grant type {grant!r} is not supported")
-    if not grant_types:
-        raise ClientRegistrationError("grant_types must not be empty")
-    if public and "client_credentials" in grant_types:
-        raise ClientRegistrationError("public clients cannot use client_credentials")
-    if "authorization_code" in grant_types and not redirect_uris:
-        raise ClientRegistrationError("authorization_code clients need a redirect_uri")
-    for uri in redirect_uris:
-        validate_redirect_uri(uri)
-    if not name.strip():
-        raise ClientRegistrationError("name must not be empty")
+    The method defaults by `public` (`none` or `client_secret_basic`); `client_id` to a
+    new random one. Raises SubjectTaken when `client_id` is a user's subject or another
+    client's id (ASCII case ignored; RFC 9700 §4.15, `storage.subjects`)."""
+    method = token_endpoint_auth_method or (PUBLIC_METHOD if public else "client_secret_basic")
     client_id = client_id or new_client_id()
-    if not IDENTIFIER.fullmatch(client_id):
-        raise ClientRegistrationError("client_id may use only A-Z a-z 0-9 . _ ~ - (1-64)")
-    try:
-        claim_subject(session, client_id)  # RFC 9700 §4.15: one `sub` namespace
-    except SubjectTaken as taken:
-        raise ClientRegistrationError(str(taken)) from None
-    secret = None if public else secrets.token_urlsafe(32)
+    claim_subject(session, client_id)
+    secret = None if method == PUBLIC_METHOD else secrets.token_urlsafe(32)
     now = utcnow()
     row = Client(
         client_id=client_id,
@@ -224,7 +172,7 @@ def create_client(
         token_endpoint_auth_method=method,
         grant_types=list(grant_types),
         redirect_uris=list(redirect_uris),
-        scope=" ".join(dict.fromkeys(scope.split())),
+        scope=scope,
         active=True,
         created_at=now,
         updated_at=now,
@@ -234,15 +182,78 @@ def create_client(
     return _record(row), secret
 
 
-def set_client_active(session: Session, client_id: str, active: bool) -> bool:
-    """Activate or deactivate a client (bumping its `version` and notifying every worker,
-    like `storage.client_registry`); True if it exists."""
+def _change(session: Session, client_id: str, *where: Any, **values: Any) -> bool:
+    """UPDATE one client row with `values`, bump its `version` and notify every worker;
+    True if the row (matching `where` too) was updated."""
     result = session.execute(
         update(Client)
-        .where(Client.client_id == client_id)
-        .values(active=active, updated_at=utcnow(), version=Client.version + 1)
+        .where(Client.client_id == client_id, *where)
+        .values(**values, version=Client.version + 1)
     )
     if not result.rowcount:
+        return False
+    note_client_changed(session, client_id)
+    return True
+
+
+def update_client(session: Session, client_id: str, changes: dict[str, Any]) -> ClientView | None:
+    """Apply validated `changes` (keys from UPDATABLE). None if the client is unknown."""
+    values = {key: changes[key] for key in UPDATABLE if key in changes}
+    if not _change(session, client_id, updated_at=utcnow(), **values):
+        return None
+    return get_client_view(session, client_id)
+
+
+def set_client_active(session: Session, client_id: str, active: bool) -> bool:
+    """Activate or deactivate a client; True if it exists."""
+    return update_client(session, client_id, {"active": active}) is not None
+
+
+def rotate_client_secret(session: Session, client_id: str) -> str | None:
+    """Give a confidential client a new secret (≥ 256 bits; its hash replaces the old);
+    the new secret, to show once, or None if the client is unknown."""
+    secret = secrets.token_urlsafe(32)
+    hashed = hash_client_secret(secret)
+    return secret if _change(session, client_id, secret_hash=hashed, updated_at=utcnow()) else None
+
+
+def upgrade_secret_hash(session: Session, client_id: str, old_hash: str, new_hash: str) -> bool:
+    """Replace a legacy argon2id secret hash by its `sha256$` form after a successful
+    verification: one UPDATE guarded by the old value, so a rotation that happened
+    meanwhile is never overwritten. `updated_at` is kept (the secret did not change);
+    `version` is bumped and other workers notified, so they drop the argon2 hash too.
+    True if the row was updated."""
+    return _change(session, client_id, Client.secret_hash == old_hash, secret_hash=new_hash)
+
+
+def lock_active_admin_clients(session: Session) -> list[str]:
+    """Ids of the active clients whose scope includes `admin`, in registration order.
+
+    The rows are locked until the transaction ends, so two transactions each removing
+    one of the last two admin clients run one after the other and the second sees the
+    first's change: `SELECT … FOR UPDATE` on PostgreSQL; on SQLite, whose driver reads
+    outside a write transaction, a no-op UPDATE of those rows first takes the database's
+    write lock (a concurrent caller waits for the commit, up to the busy timeout).
+    """
+    admin_rows = (Client.active.is_(True), Client.scope.contains(ADMIN_SCOPE))
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(update(Client).where(*admin_rows).values(active=Client.active))
+    rows = session.execute(
+        select(Client.client_id, Client.scope)
+        .where(*admin_rows)
+        .order_by(Client.id)
+        .with_for_update()
+    )
+    return [client_id for client_id, scope in rows if ADMIN_SCOPE in scope.split()]
+
+
+def delete_client(session: Session, client_id: str) -> bool:
+    """Delete a client, its consents (cascade) and its pending authorization codes.
+    True if it existed (then every worker is notified). Revoke its tokens first
+    (`storage.revocation`); a token written concurrently by a request that read the client
+    before this commits reads as inactive at introspection (no client row)."""
+    session.execute(delete(AuthorizationCode).where(AuthorizationCode.client_id == client_id))
+    if not session.execute(delete(Client).where(Client.client_id == client_id)).rowcount:
         return False
     note_client_changed(session, client_id)
     return True

@@ -1,30 +1,30 @@
-"""Token exchange's reads (RFC 8693; DESIGN.md "Upstream brokering" 3): for one
-(client, branch, provider), the branch's state, the client's grant of it and the branch's
-upstream grant, in one round trip; on the hot path together with the subject token's row,
-in one statement outside any transaction.
+"""Token exchange's read (RFC 8693 §2.1; DESIGN.md "Upstream brokering" 3), defined once
+(`_exchange_read`): per (`jti`, client, branch, provider) key, the subject token's row,
+the branch's state, the client's grant of it and the branch's upstream grant (the branch
+join is `storage.upstream.join_branch_grant`), in one statement. Two forms of the same
+builder: one key as bound parameters (`EXCHANGE_READ`, SQLAlchemy, any backend; also the
+session path's `exchange_target`) and many keys as arrays (`EXCHANGE_READ_MANY`,
+PostgreSQL's coalesced read).
 """
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import String, and_, bindparam, exists, func, literal, select
+from sqlalchemy import Select, String, bindparam, exists, func, literal, select
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
 from oauth2_server.db.models import (
     AccessToken,
     Branch,
-    BranchUpstreamLink,
     ClientBranchGrant,
-    UpstreamCredential,
 )
 from oauth2_server.storage.branches import ALL_BRANCHES
-from oauth2_server.storage.tokens import AccessTokenRecord
-from oauth2_server.storage.upstream import CREDENTIAL_COLUMNS, CredentialRow
+from oauth2_server.storage.tokens import ACCESS_TOKEN_COLUMNS, AccessTokenRecord
+from oauth2_server.storage.upstream import CREDENTIAL_COLUMNS, CredentialRow, join_branch_grant
 
 
 @dataclass(frozen=True)
@@ -37,55 +37,6 @@ class ExchangeTarget:
     branch_active: bool
     granted: bool
     credential: CredentialRow | None
-
-
-_GRANTED = (
-    exists()
-    .where(
-        ClientBranchGrant.client_id == bindparam("client_id"),
-        ClientBranchGrant.branch_id.in_([bindparam("branch_id"), ALL_BRANCHES]),
-    )
-    .label("granted")
-)
-_EXCHANGE_TARGET = (
-    select(Branch.active, _GRANTED, *CREDENTIAL_COLUMNS)
-    .select_from(Branch)
-    .outerjoin(
-        BranchUpstreamLink,
-        and_(
-            BranchUpstreamLink.branch_id == Branch.branch_id,
-            BranchUpstreamLink.provider == bindparam("provider"),
-        ),
-    )
-    .outerjoin(UpstreamCredential, UpstreamCredential.id == BranchUpstreamLink.credential_id)
-    .where(Branch.branch_id == bindparam("branch_id"))
-)
-
-
-def exchange_target(
-    session: Session, client_id: str, branch_id: str, provider: str
-) -> ExchangeTarget | None:
-    """Branch state, the client's grant of it, and the branch's grant at `provider`, in
-    one round trip. None if the branch does not exist."""
-    row = (
-        session.connection()
-        .execute(
-            _EXCHANGE_TARGET,
-            {"client_id": client_id, "branch_id": branch_id, "provider": provider},
-        )
-        .first()
-    )
-    if row is None:
-        return None
-    active, granted, *credential = row
-    return ExchangeTarget(
-        branch_active=bool(active),
-        granted=bool(granted),
-        credential=CredentialRow(*credential) if credential[0] is not None else None,
-    )
-
-
-# -- token exchange's hot path: both reads in one statement, outside any transaction -----
 
 
 @dataclass(frozen=True)
@@ -113,76 +64,64 @@ class ExchangePrefetch:
         )
 
 
-_ACCESS_TABLE = AccessToken.__table__
-_ACCESS_COLUMNS = [_ACCESS_TABLE.c[name] for name in AccessTokenRecord.__dataclass_fields__]
-_ONE = select(literal(1).label("one")).subquery("one")
-_PREFETCH = (
-    select(*_ACCESS_COLUMNS, Branch.branch_id, Branch.active, _GRANTED, *CREDENTIAL_COLUMNS)
-    .select_from(_ONE)
-    .outerjoin(_ACCESS_TABLE, _ACCESS_TABLE.c.jti == bindparam("jti"))
-    .outerjoin(Branch, Branch.branch_id == bindparam("branch_id"))
-    .outerjoin(
-        BranchUpstreamLink,
-        and_(
-            BranchUpstreamLink.branch_id == Branch.branch_id,
-            BranchUpstreamLink.provider == bindparam("provider"),
-        ),
-    )
-    .outerjoin(UpstreamCredential, UpstreamCredential.id == BranchUpstreamLink.credential_id)
-)
-
-
+PrefetchKey = tuple[str, str, str, str]  # (jti, client_id, branch_id, provider)
 _KEY_NAMES = ("jti", "client_id", "branch_id", "provider")
-_KEYS = (
+
+
+def _exchange_read(keys: Any) -> Select[Any]:
+    """THE exchange read, defined once over a source of keys (`jti`, `client_id`,
+    `branch_id`, `provider`): per key, the key, the subject token's row, the branch's
+    id and `active` flag, whether the client is granted the branch (or `*`), and the
+    branch's upstream grant at the provider (NULLs where an outer join found nothing)."""
+    granted = (
+        exists()
+        .where(
+            ClientBranchGrant.client_id == keys.c.client_id,
+            ClientBranchGrant.branch_id.in_([keys.c.branch_id, literal(ALL_BRANCHES)]),
+        )
+        .label("granted")
+    )
+    stmt = (
+        select(
+            *(keys.c[name] for name in _KEY_NAMES),
+            *ACCESS_TOKEN_COLUMNS,
+            Branch.branch_id,
+            Branch.active,
+            granted,
+            *CREDENTIAL_COLUMNS,
+        )
+        .select_from(keys)
+        .outerjoin(AccessToken, AccessToken.jti == keys.c.jti)
+        .outerjoin(Branch, Branch.branch_id == keys.c.branch_id)
+    )
+    return join_branch_grant(stmt, keys.c.provider)
+
+
+# One key as bound parameters (SQLAlchemy, any backend).
+_ONE_KEY = select(*(bindparam(name, type_=String).label(name) for name in _KEY_NAMES)).subquery(
+    "keys"
+)
+EXCHANGE_READ = _exchange_read(_ONE_KEY)
+# Many keys as arrays (PostgreSQL: `unnest`), for coalesced reads.
+_MANY_KEYS = (
     func.unnest(*(bindparam(f"{name}s", type_=ARRAY(String)) for name in _KEY_NAMES))
     .table_valued(*_KEY_NAMES)
     .render_derived(name="keys")
 )
-_PREFETCH_MANY = (
-    select(
-        *(_KEYS.c[name] for name in _KEY_NAMES),
-        *_ACCESS_COLUMNS,
-        Branch.branch_id,
-        Branch.active,
-        exists()
-        .where(
-            ClientBranchGrant.client_id == _KEYS.c.client_id,
-            ClientBranchGrant.branch_id.in_([_KEYS.c.branch_id, literal(ALL_BRANCHES)]),
-        )
-        .label("granted"),
-        *CREDENTIAL_COLUMNS,
-    )
-    .select_from(_KEYS)
-    .outerjoin(_ACCESS_TABLE, _ACCESS_TABLE.c.jti == _KEYS.c.jti)
-    .outerjoin(Branch, Branch.branch_id == _KEYS.c.branch_id)
-    .outerjoin(
-        BranchUpstreamLink,
-        and_(
-            BranchUpstreamLink.branch_id == Branch.branch_id,
-            BranchUpstreamLink.provider == _KEYS.c.provider,
-        ),
-    )
-    .outerjoin(UpstreamCredential, UpstreamCredential.id == BranchUpstreamLink.credential_id)
-)
+EXCHANGE_READ_MANY = _exchange_read(_MANY_KEYS)
 
 
-@functools.cache
-def _prefetch_many_pg() -> tuple[str, tuple[str, ...], dict[str, Any]]:
-    """`_PREFETCH_MANY` compiled once for raw asyncpg: SQL, parameter order, constants."""
-    from sqlalchemy.dialects.postgresql.asyncpg import dialect
-
-    compiled = _PREFETCH_MANY.compile(dialect=dialect())
-    return str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params)
+def exchange_params(keys: list[PrefetchKey]) -> dict[str, list[str]]:
+    """`EXCHANGE_READ_MANY`'s parameters: one array per key part."""
+    return {f"{name}s": [key[i] for key in keys] for i, name in enumerate(_KEY_NAMES)}
 
 
-PrefetchKey = tuple[str, str, str, str]  # (jti, client_id, branch_id, provider)
-
-
-def _prefetched(key: PrefetchKey, values: list[Any]) -> ExchangePrefetch:
-    """An ExchangePrefetch from the columns after the key: access token, branch, grant,
-    credential (all NULL where the outer joins found nothing)."""
-    access_values = values[: len(_ACCESS_COLUMNS)]
-    branch, active, granted, *credential = values[len(_ACCESS_COLUMNS) :]
+def exchange_prefetch(row: Sequence[Any]) -> ExchangePrefetch:
+    """An ExchangePrefetch from one row of either form of the exchange read."""
+    width = len(_KEY_NAMES)
+    jti, client_id, branch_id, provider = row[:width]
+    access_values = row[width : width + len(ACCESS_TOKEN_COLUMNS)]
+    branch, active, granted, *credential = row[width + len(ACCESS_TOKEN_COLUMNS) :]
     access = AccessTokenRecord(*access_values) if access_values[0] is not None else None
     target = None
     if branch is not None:
@@ -191,38 +130,16 @@ def _prefetched(key: PrefetchKey, values: list[Any]) -> ExchangePrefetch:
             granted=bool(granted),
             credential=CredentialRow(*credential) if credential[0] is not None else None,
         )
-    return ExchangePrefetch(*key, access, target)
+    return ExchangePrefetch(jti, client_id, branch_id, provider, access, target)
 
 
-async def prefetch_exchange(
-    engine: AsyncEngine, *, jti: str, client_id: str, branch_id: str, provider: str
-) -> ExchangePrefetch:
-    """Read the subject token's row and the exchange target in one statement through
-    `engine` (the embedded database's hot path; on PostgreSQL, FastStore batches
-    concurrent requests with `prefetch_exchanges`)."""
-    key = (jti, client_id, branch_id, provider)
-    params = {"jti": jti, "client_id": client_id, "branch_id": branch_id, "provider": provider}
-    async with engine.connect() as connection:
-        row = (await connection.execute(_PREFETCH, params)).first()
-    assert row is not None  # FROM (SELECT 1): always one row
-    return _prefetched(key, list(row))
-
-
-async def prefetch_exchanges(
-    pool: Any, keys: list[PrefetchKey]
-) -> dict[PrefetchKey, ExchangePrefetch]:
-    """`prefetch_exchange` for several requests in one statement on PostgreSQL (asyncpg
-    `pool`): one row per key, from `unnest` of the keys joined like `_PREFETCH`.
-    Returns {(jti, client_id, branch_id, provider): ExchangePrefetch}."""
-    sql, order, constants = _prefetch_many_pg()
-    arrays = {f"{name}s": [key[i] for key in keys] for i, name in enumerate(_KEY_NAMES)}
-    values = {**constants, **arrays}
-    async with pool.acquire() as connection:
-        rows = await connection.fetch(sql, *(values[name] for name in order))
-    found: dict[PrefetchKey, ExchangePrefetch] = {}
-    width = len(_KEY_NAMES)
-    for row in rows:
-        values_ = list(row)
-        key: PrefetchKey = (values_[0], values_[1], values_[2], values_[3])
-        found[key] = _prefetched(key, values_[width:])
-    return found
+def exchange_target(
+    session: Session, client_id: str, branch_id: str, provider: str
+) -> ExchangeTarget | None:
+    """Branch state, the client's grant of it, and the branch's grant at `provider`, in
+    one round trip (the exchange read without a subject token). None if the branch does
+    not exist."""
+    params = {"jti": None, "client_id": client_id, "branch_id": branch_id, "provider": provider}
+    row = session.execute(EXCHANGE_READ, params).first()
+    assert row is not None  # FROM one key: always one row
+    return exchange_prefetch(list(row)).target

@@ -4,10 +4,11 @@ An access token's `sub` is the user's `subject` (authorization code, refresh) or
 client's `client_id` (client_credentials, RFC 9068 §2.2). A client whose `client_id`
 equals a user's `subject` would get tokens a resource server cannot tell from that
 user's, so the two sets never meet: `claim_subject` is the one rule, called by every
-registration of a client (`client_registry.register_client`, `clients.create_client`)
-and of a user (`user_registry.register_user`, `users.create_user`) in the transaction
-that inserts the row. Comparison ignores ASCII case, so a resource server that folds
-case cannot be confused either (client ids and subjects are ASCII).
+registration of a client (`storage.clients.create_client`) and of a user
+(`storage.users.insert_user`) in the transaction that inserts the row; the services
+`registry.clients` and `registry.users` turn its SubjectTaken into a 409 naming the field.
+Comparison ignores ASCII case, so a resource server that folds case cannot be confused
+either (client ids and subjects are ASCII).
 
 Race: `claim_subject` first takes the namespace lock, so two registrations (a client
 and a user, or two of either) run their check-and-insert one after the other:

@@ -23,10 +23,12 @@ from oauth2_server.db.models import AccessToken, AuthorizationCode, RefreshToken
 
 
 @dataclass(frozen=True)
-class CodeRecord:
-    """A stored authorization code (RFC 6749 §4.1.2) with its PKCE challenge (RFC 7636)."""
+class NewAuthorizationCode:
+    """An authorization code as issued (RFC 6749 §4.1.2) with its PKCE challenge
+    (RFC 7636 §4.3): stored by its SHA-256 digest `code_hash`, never the code.
+    `expires_at` is UTC."""
 
-    id: int
+    code_hash: str
     client_id: str
     user_id: int
     redirect_uri: str | None
@@ -34,51 +36,35 @@ class CodeRecord:
     code_challenge: str
     code_challenge_method: str
     expires_at: datetime
+
+
+@dataclass(frozen=True)
+class CodeRecord(NewAuthorizationCode):
+    """A stored authorization code: as issued, plus its row id and redemption state
+    (`consumed_at` UTC, and the token family it started)."""
+
+    id: int
     consumed_at: datetime | None
     family_id: str | None
 
 
-_CODE_COLUMNS = (
-    AuthorizationCode.id,
-    AuthorizationCode.client_id,
-    AuthorizationCode.user_id,
-    AuthorizationCode.redirect_uri,
-    AuthorizationCode.scope,
-    AuthorizationCode.code_challenge,
-    AuthorizationCode.code_challenge_method,
-    AuthorizationCode.expires_at,
-    AuthorizationCode.consumed_at,
-    AuthorizationCode.family_id,
-)
+def _columns(table: Any, record: type) -> tuple[Any, ...]:
+    """`table`'s columns named by the fields of the dataclass `record`, in field order
+    (so `record(*row)` reads a row selected with them)."""
+    return tuple(table.c[name] for name in record.__dataclass_fields__)
 
 
-def save_authorization_code(
-    session: Session,
-    *,
-    code_hash: str,
-    client_id: str,
-    user_id: int,
-    redirect_uri: str | None,
-    scope: str,
-    code_challenge: str,
-    code_challenge_method: str,
-    now: datetime,
-    expires_at: datetime,
-) -> None:
-    """Store a new code by its SHA-256 digest."""
-    session.execute(
-        insert(AuthorizationCode).values(
-            code_hash=code_hash,
-            client_id=client_id,
-            user_id=user_id,
-            redirect_uri=redirect_uri,
-            scope=scope,
-            code_challenge=code_challenge,
-            code_challenge_method=code_challenge_method,
-            created_at=now,
-            expires_at=expires_at,
-        )
-    )
+def _values(record: Any) -> dict[str, Any]:
+    """The column values of a row dataclass, by field name, as an INSERT binds them."""
+    return {name: getattr(record, name) for name in record.__dataclass_fields__}
+
+
+_CODE_COLUMNS = _columns(AuthorizationCode.__table__, CodeRecord)
+
+
+def save_authorization_code(session: Session, code: NewAuthorizationCode, now: datetime) -> None:
+    """Store a new code by its SHA-256 digest, created at `now` (UTC)."""
+    session.execute(insert(AuthorizationCode).values(created_at=now, **_values(code)))
 
 
 def consume_authorization_code(
@@ -127,65 +113,53 @@ class AccessTokenRecord:
     revoked_at: datetime | None
 
 
-_ACCESS_COLUMNS = (
-    AccessToken.jti,
-    AccessToken.client_id,
-    AccessToken.subject,
-    AccessToken.user_id,
-    AccessToken.scope,
-    AccessToken.grant_type,
-    AccessToken.family_id,
-    AccessToken.issued_at,
-    AccessToken.expires_at,
-    AccessToken.revoked_at,
-)
+# The access-token row's columns, defined once (the fields of `AccessTokenRecord`): every
+# read of the row selects these, every write binds `access_token_values`.
+ACCESS_TOKEN_COLUMNS = _columns(AccessToken.__table__, AccessTokenRecord)
+INSERT_ACCESS_TOKEN = AccessToken.__table__.insert()
+_SELECT_ACCESS = select(*ACCESS_TOKEN_COLUMNS).where(AccessToken.jti == bindparam("jti"))
 
 
-# Hot-path statements are constants on the Table with bound parameters: compiled once,
-# executed on the session's connection without ORM machinery.
-_INSERT_ACCESS = AccessToken.__table__.insert()
-_SELECT_ACCESS = select(*_ACCESS_COLUMNS).where(AccessToken.jti == bindparam("jti"))
+def access_token_values(record: AccessTokenRecord) -> dict[str, Any]:
+    """The access-token row's column values, as every writer binds them (the session's
+    insert and the PostgreSQL hot path's coalesced statement)."""
+    return _values(record)
 
 
 def insert_access_token(session: Session, record: AccessTokenRecord) -> None:
-    """Store the row for a newly issued access token."""
-    session.connection().execute(
-        _INSERT_ACCESS,
-        {
-            "jti": record.jti,
-            "client_id": record.client_id,
-            "subject": record.subject,
-            "user_id": record.user_id,
-            "scope": record.scope,
-            "grant_type": record.grant_type,
-            "family_id": record.family_id,
-            "issued_at": record.issued_at,
-            "expires_at": record.expires_at,
-        },
-    )
+    """Store the row for a newly issued access token, in the session's transaction."""
+    session.execute(INSERT_ACCESS_TOKEN, access_token_values(record))
 
 
 def get_access_token(session: Session, jti: str) -> AccessTokenRecord | None:
     """The access-token row by `jti`, or None."""
-    row = session.connection().execute(_SELECT_ACCESS, {"jti": jti}).first()
+    row = session.execute(_SELECT_ACCESS, {"jti": jti}).first()
     return AccessTokenRecord(*row) if row else None
 
 
 def revoke_access_token(session: Session, jti: str, now: datetime) -> bool:
     """Revoke one access token; True if this call revoked it."""
+    return _revoke(session, AccessToken, now, AccessToken.jti == jti) > 0
+
+
+def _revoke(session: Session, model: Any, now: datetime, *where: Any) -> int:
+    """Set `revoked_at` to `now` (UTC) on `model`'s rows matching `where` that are not
+    revoked yet, in one UPDATE; returns how many this call revoked (a concurrent
+    revocation never counts a token twice)."""
     result = session.execute(
-        update(AccessToken)
-        .where(AccessToken.jti == jti, AccessToken.revoked_at.is_(None))
-        .values(revoked_at=now)
+        update(model).where(*where, model.revoked_at.is_(None)).values(revoked_at=now)
     )
-    return result.rowcount > 0
+    return result.rowcount
 
 
 @dataclass(frozen=True)
-class RefreshTokenRecord:
-    """A refresh token row (RFC 6749 §6) in its family (RFC 9700 §4.14.2)."""
+class NewRefreshToken:
+    """A refresh token as issued (RFC 6749 §6) in its family (RFC 9700 §4.14.2): stored
+    by its SHA-256 digest `token_hash`, never the token; `parent_id` is the row it
+    rotated (None for the family's first). `family_expires_at` is the family's absolute
+    end (None: no limit). Times are UTC."""
 
-    id: int
+    token_hash: str
     family_id: str
     parent_id: int | None
     client_id: str
@@ -193,56 +167,34 @@ class RefreshTokenRecord:
     scope: str
     issued_at: datetime
     expires_at: datetime
-    rotated_at: datetime | None
-    revoked_at: datetime | None
     family_expires_at: datetime | None = None
 
 
-_REFRESH_COLUMNS = (
-    RefreshToken.id,
-    RefreshToken.family_id,
-    RefreshToken.parent_id,
-    RefreshToken.client_id,
-    RefreshToken.user_id,
-    RefreshToken.scope,
-    RefreshToken.issued_at,
-    RefreshToken.expires_at,
-    RefreshToken.rotated_at,
-    RefreshToken.revoked_at,
-    RefreshToken.family_expires_at,
-)
+@dataclass(frozen=True, kw_only=True)
+class RefreshTokenRecord(NewRefreshToken):
+    """A stored refresh token: as issued, plus its row id and whether it was rotated or
+    revoked (UTC)."""
+
+    id: int
+    rotated_at: datetime | None
+    revoked_at: datetime | None
 
 
-def insert_refresh_token(
-    session: Session,
-    *,
-    token_hash: str,
-    family_id: str,
-    parent_id: int | None,
-    client_id: str,
-    user_id: int,
-    scope: str,
-    issued_at: datetime,
-    expires_at: datetime,
-    family_expires_at: datetime | None = None,
-) -> None:
+_REFRESH_COLUMNS = _columns(RefreshToken.__table__, RefreshTokenRecord)
+
+
+def _refresh_record(row: Any) -> RefreshTokenRecord | None:
+    """The record of a row selected with `_REFRESH_COLUMNS`, or None."""
+    return RefreshTokenRecord(**row._mapping) if row else None
+
+
+def insert_refresh_token(session: Session, token: NewRefreshToken) -> None:
     """Store a new refresh token by its SHA-256 digest. Its `expires_at` is capped at
     `family_expires_at`, the family's absolute end (None: no limit), UTC."""
-    if family_expires_at is not None:
-        expires_at = min(expires_at, family_expires_at)
-    session.execute(
-        insert(RefreshToken).values(
-            token_hash=token_hash,
-            family_id=family_id,
-            parent_id=parent_id,
-            client_id=client_id,
-            user_id=user_id,
-            scope=scope,
-            issued_at=issued_at,
-            expires_at=expires_at,
-            family_expires_at=family_expires_at,
-        )
-    )
+    values = _values(token)
+    if token.family_expires_at is not None:
+        values["expires_at"] = min(token.expires_at, token.family_expires_at)
+    session.execute(insert(RefreshToken).values(**values))
 
 
 def rotate_refresh_token(
@@ -266,7 +218,7 @@ def rotate_refresh_token(
         .returning(*_REFRESH_COLUMNS)
     )
     row = session.execute(stmt).first()
-    return RefreshTokenRecord(*row) if row else None
+    return _refresh_record(row)
 
 
 RedemptionOutcome = Literal["rotated", "grace", "reuse", "invalid"]
@@ -362,7 +314,7 @@ def _supersede_current_child(
         .returning(*_REFRESH_COLUMNS)
     )
     row = session.execute(stmt).first()
-    return RefreshTokenRecord(*row) if row else None
+    return _refresh_record(row)
 
 
 def _has_current_child(session: Session, parent: RefreshTokenRecord, now: datetime) -> bool:
@@ -376,19 +328,12 @@ def find_refresh_token(session: Session, token_hash: str) -> RefreshTokenRecord 
     row = session.execute(
         select(*_REFRESH_COLUMNS).where(RefreshToken.token_hash == token_hash)
     ).first()
-    return RefreshTokenRecord(*row) if row else None
+    return _refresh_record(row)
 
 
 def revoke_family(session: Session, family_id: str, now: datetime) -> int:
     """Revoke every refresh and access token of one grant. Returns tokens newly revoked."""
-    refresh = session.execute(
-        update(RefreshToken)
-        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
-        .values(revoked_at=now)
+    return sum(
+        _revoke(session, model, now, model.family_id == family_id)
+        for model in (RefreshToken, AccessToken)
     )
-    access = session.execute(
-        update(AccessToken)
-        .where(AccessToken.family_id == family_id, AccessToken.revoked_at.is_(None))
-        .values(revoked_at=now)
-    )
-    return refresh.rowcount + access.rowcount

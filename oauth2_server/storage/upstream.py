@@ -5,15 +5,18 @@ One grant per (provider, account `sub`), linked to many branches. Tokens arrive 
 already encrypted (`upstream.sealing`); nothing in this module sees a token in clear.
 Security-relevant steps cannot race: a refresh holds `lock_credential` (`SELECT … FOR
 UPDATE` on PostgreSQL; on SQLite, a first write that takes the database's single writer
-lock) until its transaction ends. Token exchange's reads are `storage.exchange`.
+lock) until its transaction ends. Token exchange's reads are `storage.exchange`; the
+join of branches to their grants they share with the status listing is
+`join_branch_grant`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Select, and_, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from oauth2_server.db.models import Branch, BranchUpstreamLink, UpstreamCredential
@@ -63,16 +66,18 @@ CREDENTIAL_COLUMNS = (
 )
 
 
-def _credential(row: object | None) -> CredentialRow | None:
-    return CredentialRow(*row) if row is not None else None  # type: ignore[misc]
-
-
-def get_credential(session: Session, credential_id: str) -> CredentialRow | None:
-    """The grant by id, without locking."""
-    row = session.execute(
-        select(*CREDENTIAL_COLUMNS).where(UpstreamCredential.id == credential_id)
-    ).first()
-    return _credential(row)
+def join_branch_grant(stmt: Select[Any], provider: ColumnElement[str] | None = None) -> Select[Any]:
+    """`stmt`, whose FROM holds `Branch`, outer-joined to the branch's upstream links (only
+    the link to `provider` when given: a column or bound parameter) and each link's grant
+    (`UpstreamCredential`). A branch without a link keeps its row, with NULL link and grant
+    columns. The one branch-grant join of the status listing and token exchange's reads
+    (`storage.exchange`); DESIGN.md "Upstream brokering"."""
+    linked = BranchUpstreamLink.branch_id == Branch.branch_id
+    if provider is not None:
+        linked = and_(linked, BranchUpstreamLink.provider == provider)
+    return stmt.outerjoin(BranchUpstreamLink, linked).outerjoin(
+        UpstreamCredential, UpstreamCredential.id == BranchUpstreamLink.credential_id
+    )
 
 
 def lock_credential(session: Session, credential_id: str) -> CredentialRow | None:
@@ -92,7 +97,7 @@ def lock_credential(session: Session, credential_id: str) -> CredentialRow | Non
     row = session.execute(
         select(*CREDENTIAL_COLUMNS).where(UpstreamCredential.id == credential_id).with_for_update()
     ).first()
-    return _credential(row)
+    return CredentialRow(*row) if row is not None else None
 
 
 def find_credential(session: Session, provider: str, account_sub: str) -> CredentialRow | None:
@@ -120,24 +125,25 @@ def insert_credential(
     now: datetime,
 ) -> None:
     """Store a new grant (its id is part of the tokens' associated data)."""
-    session.execute(
-        insert(UpstreamCredential).values(
-            id=credential_id,
-            provider=provider,
-            account_sub=account_sub,
-            account_email=account_email,
-            scope=scope,
-            encryption_key_id=sealed.key_id,
-            access_token_ciphertext=sealed.access,
-            refresh_token_ciphertext=sealed.refresh,
-            access_expires_at=access_expires_at,
-            needs_consent=False,
-            consent_error=None,
-            last_refreshed_at=None,
-            created_at=now,
-            updated_at=now,
-        )
-    )
+    values = _token_values(sealed, access_expires_at, scope, now)
+    values.update(id=credential_id, provider=provider, account_sub=account_sub)
+    values.update(account_email=account_email, created_at=now)
+    values.update(needs_consent=False, consent_error=None, last_refreshed_at=None)
+    session.execute(insert(UpstreamCredential).values(values))
+
+
+def _token_values(
+    sealed: SealedTokens, access_expires_at: datetime, scope: str, now: datetime
+) -> dict[str, object]:
+    """The columns every new token response sets (new grant, new consent, refresh)."""
+    return {
+        "encryption_key_id": sealed.key_id,
+        "access_token_ciphertext": sealed.access,
+        "refresh_token_ciphertext": sealed.refresh,
+        "access_expires_at": access_expires_at,
+        "scope": scope,
+        "updated_at": now,
+    }
 
 
 def store_tokens(
@@ -153,14 +159,7 @@ def store_tokens(
 ) -> None:
     """Replace a grant's tokens (after a refresh, or a new consent which also clears
     `needs_consent`). `refreshed` sets `last_refreshed_at`."""
-    values: dict[str, object] = {
-        "encryption_key_id": sealed.key_id,
-        "access_token_ciphertext": sealed.access,
-        "refresh_token_ciphertext": sealed.refresh,
-        "access_expires_at": access_expires_at,
-        "scope": scope,
-        "updated_at": now,
-    }
+    values = _token_values(sealed, access_expires_at, scope, now)
     if refreshed:
         values["last_refreshed_at"] = now
     else:
@@ -172,14 +171,14 @@ def store_tokens(
     )
 
 
-def mark_needs_consent(session: Session, credential_id: str, reason: str, now: datetime) -> bool:
-    """Flag a grant the provider refused: its branches need a new consent. True if set."""
-    result = session.execute(
+def mark_needs_consent(session: Session, credential_id: str, reason: str, now: datetime) -> None:
+    """Flag a grant the provider refused: its branches need a new consent (`reason`, cut
+    to its column's 400 characters, says why)."""
+    session.execute(
         update(UpstreamCredential)
         .where(UpstreamCredential.id == credential_id)
         .values(needs_consent=True, consent_error=reason[:400], updated_at=now)
     )
-    return result.rowcount > 0
 
 
 def delete_credential(session: Session, credential_id: str) -> None:
@@ -263,24 +262,22 @@ def connection_status(session: Session, branch_id: str | None = None) -> list[Co
         .group_by(BranchUpstreamLink.credential_id)
         .subquery()
     )
+    stmt = select(
+        Branch.branch_id,
+        Branch.name,
+        Branch.active,
+        BranchUpstreamLink.provider,
+        UpstreamCredential.id,
+        UpstreamCredential.account_email,
+        UpstreamCredential.scope,
+        UpstreamCredential.access_expires_at,
+        UpstreamCredential.last_refreshed_at,
+        UpstreamCredential.needs_consent,
+        UpstreamCredential.consent_error,
+        sharing.c.n,
+    ).select_from(Branch)
     stmt = (
-        select(
-            Branch.branch_id,
-            Branch.name,
-            Branch.active,
-            BranchUpstreamLink.provider,
-            UpstreamCredential.id,
-            UpstreamCredential.account_email,
-            UpstreamCredential.scope,
-            UpstreamCredential.access_expires_at,
-            UpstreamCredential.last_refreshed_at,
-            UpstreamCredential.needs_consent,
-            UpstreamCredential.consent_error,
-            sharing.c.n,
-        )
-        .select_from(Branch)
-        .outerjoin(BranchUpstreamLink, BranchUpstreamLink.branch_id == Branch.branch_id)
-        .outerjoin(UpstreamCredential, UpstreamCredential.id == BranchUpstreamLink.credential_id)
+        join_branch_grant(stmt)
         .outerjoin(sharing, sharing.c.credential_id == UpstreamCredential.id)
         .order_by(Branch.branch_id, BranchUpstreamLink.provider)
     )

@@ -6,7 +6,7 @@ one `DELETE … RETURNING`, so of two concurrent callbacks one gets it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 
 from sqlalchemy import delete, insert
@@ -17,8 +17,9 @@ from oauth2_server.db.models import UpstreamAuthorizationState
 
 @dataclass(frozen=True)
 class StateRow:
-    """A consumed connection attempt: the branch, provider, redirect URI and requested
-    scope, the encrypted PKCE verifier, and when it expired (UTC)."""
+    """A pending connection attempt: the SHA-256 of its `state`, the provider, branch,
+    redirect URI and requested scope, the encrypted PKCE verifier (key id, ciphertext),
+    and when it expires (UTC)."""
 
     state_hash: str = field(repr=False)
     provider: str
@@ -30,52 +31,23 @@ class StateRow:
     expires_at: datetime
 
 
-def save_state(
-    session: Session,
-    *,
-    state_hash: str,
-    provider: str,
-    branch_id: str,
-    redirect_uri: str,
-    scope: str,
-    encryption_key_id: str,
-    code_verifier_ciphertext: bytes,
-    now: datetime,
-    expires_at: datetime,
-) -> None:
-    """Store a pending connection by the SHA-256 of its `state`."""
-    session.execute(
-        insert(UpstreamAuthorizationState).values(
-            state_hash=state_hash,
-            provider=provider,
-            branch_id=branch_id,
-            redirect_uri=redirect_uri,
-            scope=scope,
-            encryption_key_id=encryption_key_id,
-            code_verifier_ciphertext=code_verifier_ciphertext,
-            created_at=now,
-            expires_at=expires_at,
-        )
-    )
+# the columns of a StateRow, in its field order
+_COLUMNS = tuple(getattr(UpstreamAuthorizationState, f.name) for f in fields(StateRow))
+
+
+def save_state(session: Session, pending: StateRow, now: datetime) -> None:
+    """Store a pending connection by the SHA-256 of its `state`, created `now` (UTC)."""
+    values = {column.key: getattr(pending, column.key) for column in _COLUMNS}
+    session.execute(insert(UpstreamAuthorizationState).values({**values, "created_at": now}))
 
 
 def consume_state(session: Session, state_hash: str) -> StateRow | None:
     """Delete a pending connection and return it (expired or not: the caller checks).
     One `DELETE … RETURNING`: of two concurrent callbacks, one gets the row."""
-    t = UpstreamAuthorizationState
     row = session.execute(
-        delete(t)
-        .where(t.state_hash == state_hash)
-        .returning(
-            t.state_hash,
-            t.provider,
-            t.branch_id,
-            t.redirect_uri,
-            t.scope,
-            t.encryption_key_id,
-            t.code_verifier_ciphertext,
-            t.expires_at,
-        )
+        delete(UpstreamAuthorizationState)
+        .where(UpstreamAuthorizationState.state_hash == state_hash)
+        .returning(*_COLUMNS)
     ).first()
     return StateRow(*row) if row is not None else None
 

@@ -4,7 +4,10 @@
 - `client`: this server as an OAuth client of a provider (async httpx);
 - `sealing`: AES-256-GCM of stored tokens and PKCE verifiers under the keyring;
 - `connect`: starting a branch's connection (state, PKCE, authorization URL);
-- `service`: finishing a connection, disconnecting, and refreshing under a row lock.
+- `linking`: finishing it (the provider's callback): one grant per account, many branches;
+- `disconnect`: unlinking a branch, revoking the grant with its last branch (RFC 7009);
+- `refresh`: refreshing a grant under its row lock before token exchange hands it out;
+- `service`: `UpstreamService`, all of the above for the app and the command line.
 
 Token exchange itself (RFC 8693) is `oauth.token_exchange`.
 """

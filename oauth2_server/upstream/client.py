@@ -16,6 +16,7 @@ No message carries a token; provider error descriptions are cut to 200 character
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,16 +107,22 @@ class UpstreamClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _post(self, provider: Provider, url: str, data: dict[str, str]) -> httpx.Response:
-        data = {**data, "client_id": provider.client_id, "client_secret": provider.client_secret}
+    @staticmethod
+    async def _send(label: str, request: Awaitable[httpx.Response]) -> httpx.Response:
+        """The answer to `request`; UpstreamUnavailable naming `label` (the provider, or
+        its userinfo endpoint) on a timeout or a network error."""
         try:
-            response = await self._http.post(url, data=data)
+            return await request
         except httpx.TimeoutException:
-            raise UpstreamUnavailable(f"{provider.name} did not answer in time") from None
+            raise UpstreamUnavailable(f"{label} did not answer in time") from None
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable(
-                f"{provider.name} could not be reached ({type(exc).__name__})"
+                f"{label} could not be reached ({type(exc).__name__})"
             ) from None
+
+    async def _post(self, provider: Provider, url: str, data: dict[str, str]) -> httpx.Response:
+        data = {**data, "client_id": provider.client_id, "client_secret": provider.client_secret}
+        response = await self._send(provider.name, self._http.post(url, data=data))
         if response.status_code >= 500:
             raise UpstreamUnavailable(f"{provider.name} answered HTTP {response.status_code}")
         return response
@@ -197,16 +204,12 @@ class UpstreamClient:
         """OIDC Core §5.3 claims of the connected account (`sub`, `email`)."""
         if provider.userinfo_endpoint is None:
             raise UpstreamUnavailable(f"{provider.name} has no userinfo endpoint configured")
-        try:
-            response = await self._http.get(
+        response = await self._send(
+            f"{provider.name} userinfo",
+            self._http.get(
                 provider.userinfo_endpoint, headers={"Authorization": f"Bearer {access_token}"}
-            )
-        except httpx.TimeoutException:
-            raise UpstreamUnavailable(f"{provider.name} userinfo did not answer in time") from None
-        except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(
-                f"{provider.name} userinfo could not be reached ({type(exc).__name__})"
-            ) from None
+            ),
+        )
         if response.status_code != 200:
             raise UpstreamUnavailable(
                 f"{provider.name} userinfo answered HTTP {response.status_code}"

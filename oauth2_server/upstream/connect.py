@@ -84,18 +84,10 @@ def begin_connection(
     redirect_uri = callback_uri(issuer_url, provider.name)
     scope = " ".join(provider.scopes)
     expires_at = now + timedelta(seconds=state_ttl)
-    upstream_storage.save_state(
-        session,
-        state_hash=state_hash,
-        provider=provider.name,
-        branch_id=branch_id,
-        redirect_uri=redirect_uri,
-        scope=scope,
-        encryption_key_id=key_id,
-        code_verifier_ciphertext=sealed,
-        now=now,
-        expires_at=expires_at,
+    pending = upstream_storage.StateRow(
+        state_hash, provider.name, branch_id, redirect_uri, scope, key_id, sealed, expires_at
     )
+    upstream_storage.save_state(session, pending, now)
     params = [
         ("response_type", "code"),
         ("client_id", provider.client_id),

@@ -1,14 +1,14 @@
-"""Finishing a branch's connection (the provider's callback) and disconnecting it
-(DESIGN.md "Upstream brokering" 1–2): one grant per (provider, account `sub`), linked to
-many branches; a grant is revoked at the provider and deleted only with its last branch.
+"""Finishing a branch's connection (the provider's callback; DESIGN.md "Upstream
+brokering" 1–2): one grant per (provider, account `sub`), linked to many branches. A grant
+the branch used before is revoked at the provider and deleted only with its last branch.
+Starting a connection is `upstream.connect`; disconnecting, `upstream.disconnect`.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,12 +30,7 @@ from oauth2_server.upstream.connect import (
     begin_connection,
     id_token_claims,
 )
-from oauth2_server.upstream.providers import (
-    Provider,
-    ProviderNotConfigured,
-    UnknownProvider,
-    provider_names,
-)
+from oauth2_server.upstream.providers import Provider, ProviderNotConfigured, UnknownProvider
 from oauth2_server.upstream.sealing import REFRESH, open_verifier, seal_tokens
 
 log = logging.getLogger(__name__)
@@ -56,28 +51,21 @@ class ConnectResult:
 
 
 @dataclass(frozen=True)
-class DisconnectResult:
-    """A disconnected branch; `grant_deleted` when it was the grant's last branch, then
-    `revoked` says whether the provider revoked it (None: not attempted / no endpoint)."""
+class _Callback:
+    """What a provider's callback established, to be stored for `branch_id`: the
+    account, its token response and the granted scope."""
 
+    provider: Provider
     branch_id: str
-    provider: str
-    credential_id: str
-    grant_deleted: bool
-    revoked: bool | None
-    note: str
-    remaining_branches: list[str]
-
-    def summary(self) -> dict[str, Any]:
-        """What an admin sees, and the audit row records, of it: every field but the
-        internal `credential_id`."""
-        answer = asdict(self)
-        answer.pop("credential_id")
-        return answer
+    account: Account
+    tokens: TokenResponse
+    scope: str
+    context: RequestContext
 
 
 class Linking(UpstreamBase):
-    """Connecting and disconnecting branches."""
+    """Connecting branches (`UpstreamService` combines it with disconnecting and
+    refreshing)."""
 
     # -- connecting (DESIGN.md "Upstream brokering" 1–2) ---------------------------------
 
@@ -193,7 +181,7 @@ class Linking(UpstreamBase):
             )
         account = await self._account(provider, tokens)
         return await self._store_connection(
-            provider, pending.branch_id, account, tokens, granted, context
+            _Callback(provider, pending.branch_id, account, tokens, granted, context)
         )
 
     async def _account(self, provider: Provider, tokens: TokenResponse) -> Account:
@@ -220,20 +208,10 @@ class Linking(UpstreamBase):
             raise ConnectError(f"{provider.name} did not say which account connected", 502)
         return account
 
-    async def _store_connection(
-        self,
-        provider: Provider,
-        branch_id: str,
-        account: Account,
-        tokens: TokenResponse,
-        scope: str,
-        context: RequestContext,
-    ) -> ConnectResult:
+    async def _store_connection(self, callback: _Callback) -> ConnectResult:
         for attempt in range(2):
             try:
-                result, orphan = await self._write(
-                    lambda db: self._link(db, provider, branch_id, account, tokens, scope, context)
-                )
+                result, orphan = await self._write(lambda db: self._link(db, callback))
                 break
             except IntegrityError:
                 # Two callbacks for one new account inserted at once: the second retries
@@ -241,23 +219,69 @@ class Linking(UpstreamBase):
                 if attempt:
                     raise
         if orphan is not None:
-            await self._revoke_quietly(provider, orphan)
+            await self._revoke_quietly(callback.provider, orphan)
         return result
 
-    def _link(
-        self,
-        db: Session,
-        provider: Provider,
-        branch_id: str,
-        account: Account,
-        tokens: TokenResponse,
-        scope: str,
-        context: RequestContext,
-    ) -> tuple[ConnectResult, str | None]:
+    def _link(self, db: Session, callback: _Callback) -> tuple[ConnectResult, str | None]:
+        """Store the account's grant and point the branch at it, in one transaction, with
+        its audit rows. Returns the result and, when the branch's previous grant lost its
+        last branch (and was deleted), that grant's refresh token to revoke, else None."""
         now = utcnow()
+        provider, branch_id, account = callback.provider, callback.branch_id, callback.account
         if get_branch(db, branch_id) is None:
             raise ConnectError(f"branch {branch_id!r} was deleted meanwhile", 404)
         existing = storage.find_credential(db, provider.name, account.sub)
+        credential_id, expires_at = self._save_grant(db, callback, existing, now)
+        previous = storage.link_branch(db, branch_id, provider.name, credential_id, now)
+        details = {
+            "provider": provider.name,
+            "credential_id": credential_id,
+            "account_email": account.email,
+            "scope": callback.scope,
+            "reused_grant": existing is not None,
+            "replaced_credential_id": previous,
+        }
+        events = [
+            AuditEvent("upstream_linked", callback.context, branch_id=branch_id, details=details)
+        ]
+        orphan = None
+        if previous is not None and not storage.linked_branches(db, previous):
+            old = storage.lock_credential(db, previous)
+            if old is not None:
+                orphan = self._open_or_none(old)
+                storage.delete_credential(db, previous)
+                details = {"provider": provider.name, "credential_id": previous}
+                details.update(grant_deleted=True, replaced_by=credential_id)
+                events.append(
+                    AuditEvent(
+                        "upstream_unlinked", callback.context, branch_id=branch_id, details=details
+                    )
+                )
+        record(db, *events)
+        result = ConnectResult(
+            branch_id=branch_id,
+            provider=provider.name,
+            credential_id=credential_id,
+            account_email=account.email,
+            scope=callback.scope,
+            access_expires_at=expires_at,
+            reused_grant=existing is not None,
+            branches=storage.linked_branches(db, credential_id),
+        )
+        return result, orphan
+
+    def _save_grant(
+        self,
+        db: Session,
+        callback: _Callback,
+        existing: storage.CredentialRow | None,
+        now: datetime,
+    ) -> tuple[str, datetime]:
+        """Store the callback's tokens, sealed, as a new grant or over the account's
+        `existing` one (keeping its refresh token when the provider sent none). Returns
+        the grant id and the access token's expiry (UTC). Raises ConnectError without
+        any refresh token."""
+        provider, account, tokens = callback.provider, callback.account, callback.tokens
         credential_id = existing.id if existing is not None else str(uuid.uuid4())
         refresh_token = tokens.refresh_token
         if refresh_token is None and existing is not None:
@@ -276,76 +300,19 @@ class Linking(UpstreamBase):
             refresh_token=refresh_token,
         )
         expires_at = now + timedelta(seconds=tokens.expires_in)
-        if existing is None:
+        stored: dict[str, Any] = {"sealed": sealed, "access_expires_at": expires_at, "now": now}
+        stored.update(scope=callback.scope, account_email=account.email)
+        if existing is not None:
+            storage.store_tokens(db, credential_id, refreshed=False, **stored)
+        else:
             storage.insert_credential(
                 db,
                 credential_id=credential_id,
                 provider=provider.name,
                 account_sub=account.sub,
-                account_email=account.email,
-                scope=scope,
-                sealed=sealed,
-                access_expires_at=expires_at,
-                now=now,
+                **stored,
             )
-        else:
-            storage.store_tokens(
-                db,
-                credential_id,
-                sealed=sealed,
-                access_expires_at=expires_at,
-                scope=scope,
-                now=now,
-                refreshed=False,
-                account_email=account.email,
-            )
-        previous = storage.link_branch(db, branch_id, provider.name, credential_id, now)
-        events = [
-            AuditEvent(
-                "upstream_linked",
-                context,
-                branch_id=branch_id,
-                details={
-                    "provider": provider.name,
-                    "credential_id": credential_id,
-                    "account_email": account.email,
-                    "scope": scope,
-                    "reused_grant": existing is not None,
-                    "replaced_credential_id": previous,
-                },
-            )
-        ]
-        orphan = None
-        if previous is not None and not storage.linked_branches(db, previous):
-            old = storage.lock_credential(db, previous)
-            if old is not None:
-                orphan = self._open_or_none(old)
-                storage.delete_credential(db, previous)
-                events.append(
-                    AuditEvent(
-                        "upstream_unlinked",
-                        context,
-                        branch_id=branch_id,
-                        details={
-                            "provider": provider.name,
-                            "credential_id": previous,
-                            "grant_deleted": True,
-                            "replaced_by": credential_id,
-                        },
-                    )
-                )
-        record(db, *events)
-        result = ConnectResult(
-            branch_id=branch_id,
-            provider=provider.name,
-            credential_id=credential_id,
-            account_email=account.email,
-            scope=scope,
-            access_expires_at=expires_at,
-            reused_grant=existing is not None,
-            branches=storage.linked_branches(db, credential_id),
-        )
-        return result, orphan
+        return credential_id, expires_at
 
     async def _revoke_quietly(self, provider: Provider, refresh_token: str) -> bool | None:
         try:
@@ -353,111 +320,3 @@ class Linking(UpstreamBase):
         except (UpstreamUnavailable, UpstreamRejected) as exc:
             log.warning("revoking a replaced %s grant failed: %s", provider.name, exc)
             return None
-
-    # -- disconnecting -------------------------------------------------------------------
-
-    async def disconnect(
-        self,
-        branch_id: str,
-        provider_name: str,
-        *,
-        force: bool = False,
-        audit: Callable[[DisconnectResult], AuditEvent] | None = None,
-    ) -> DisconnectResult:
-        """Unlink a branch from its `provider` grant. When it was the grant's last branch,
-        revoke the grant at the provider (RFC 7009) and delete its tokens.
-
-        The unlink, its `upstream_unlinked` audit row and the row `audit(result)` returns
-        (the acting admin's, e.g. `admin_branch_disconnected`) commit in one transaction.
-
-        The revocation happens first, holding the grant's lock: if the provider cannot be
-        reached (or is not configured) nothing changes and ConnectError says so, unless
-        `force`, which deletes the stored tokens anyway. Raises ConnectError when the
-        branch is not connected to `provider`.
-        """
-        if provider_name not in provider_names():
-            raise ConnectError(str(UnknownProvider(provider_name)))
-        async with self.sessionmaker() as session, session.begin():
-
-            def unlink(db: Session) -> tuple[str, list[str], storage.CredentialRow | None]:
-                if get_branch(db, branch_id) is None:
-                    raise ConnectError(f"branch {branch_id!r} not found", 404)
-                credential_id = storage.unlink_branch(db, branch_id, provider_name)
-                if credential_id is None:
-                    raise ConnectError(f"branch {branch_id!r} is not connected to {provider_name}")
-                remaining = storage.linked_branches(db, credential_id)
-                row = None if remaining else storage.lock_credential(db, credential_id)
-                return credential_id, remaining, row
-
-            credential_id, remaining, row = await session.run_sync(unlink)
-            revoked: bool | None = None
-            note = ""
-            provider: Provider | None = None
-            if row is not None:
-                try:
-                    provider = self.provider(provider_name)
-                except ProviderNotConfigured as exc:
-                    if not force:
-                        raise ConnectError(
-                            f"{exc}; cannot revoke the grant (use --force to only delete the "
-                            "stored tokens)",
-                            500,
-                        ) from None
-                refresh_token = self._open_or_none(row)
-                if provider is None:
-                    note = "provider not configured: stored tokens deleted without revocation"
-                elif refresh_token is None:
-                    note = "stored refresh token does not decrypt: deleted without revocation"
-                else:
-                    try:
-                        revoked = await self.client.revoke(provider, refresh_token)
-                    except (UpstreamUnavailable, UpstreamRejected) as exc:
-                        if not force:
-                            raise ConnectError(
-                                f"revoking at {provider_name} failed ({printable(exc)}); "
-                                "nothing changed: retry, or use --force to only delete the "
-                                "stored tokens",
-                                502,
-                            ) from None
-                        note = f"revocation failed ({printable(exc)}); stored tokens deleted"
-                    else:
-                        note = (
-                            f"grant revoked at {provider_name}; stored tokens deleted"
-                            if revoked
-                            else f"{provider_name} has no revocation endpoint; stored tokens "
-                            "deleted (the grant stays valid there until it lapses)"
-                        )
-            else:
-                note = f"grant kept: still used by {', '.join(remaining)}"
-            result = DisconnectResult(
-                branch_id=branch_id,
-                provider=provider_name,
-                credential_id=credential_id,
-                grant_deleted=row is not None,
-                revoked=revoked,
-                note=note,
-                remaining_branches=remaining,
-            )
-
-            def finish(db: Session) -> None:
-                if row is not None:
-                    storage.delete_credential(db, credential_id)
-                record(
-                    db,
-                    AuditEvent(
-                        "upstream_unlinked",
-                        branch_id=branch_id,
-                        details={
-                            "provider": provider_name,
-                            "credential_id": credential_id,
-                            "grant_deleted": row is not None,
-                            "revoked": revoked,
-                            "remaining_branches": remaining,
-                        },
-                    ),
-                )
-                if audit is not None:
-                    record(db, audit(result))
-
-            await session.run_sync(finish)
-        return result

@@ -136,20 +136,10 @@ class Refreshing(UpstreamBase):
             branch_id=branch_id,
             details={"provider": row.provider, "credential_id": row.id},
         )
-        try:
-            provider = self.provider(row.provider)
-            refresh_token = self._open(row, REFRESH)
-        except (ProviderNotConfigured, UnknownProvider) as exc:
-            event.details["reason"] = printable(exc)
-            metrics.UPSTREAM_REFRESHES.labels(row.provider, "misconfigured").inc()
-            return RefreshMisconfigured(printable(exc)), event
-        except DecryptionError:
-            event.details["reason"] = "stored refresh token does not decrypt"
-            metrics.UPSTREAM_REFRESHES.labels(row.provider, "undecryptable").inc()
-            return RefreshMisconfigured(
-                f"the stored {row.provider} grant of branch {branch_id} does not decrypt "
-                "(tampered, or its encryption key is gone); reconnect the branch"
-            ), event
+        opened = self._provider_and_token(row, branch_id, event)
+        if isinstance(opened, RefreshError):
+            return opened, event
+        provider, refresh_token = opened
         started = time.perf_counter()
         try:
             tokens = await self.client.refresh(provider, refresh_token)
@@ -164,21 +154,7 @@ class Refreshing(UpstreamBase):
                 "needs_consent" if exc.error == "invalid_grant" else "refused",
                 started,
             )
-            if exc.error != "invalid_grant":
-                event.details["reason"] = printable(exc)
-                return RefreshMisconfigured(
-                    f"{row.provider} refused this server's refresh request ({printable(exc)})"
-                ), event
-            reason = f"{row.provider} refused the refresh: {printable(exc)}"
-            event.details["reason"] = reason
-            event.flags.append("needs_consent")
-
-            def mark(db: Session) -> None:
-                storage.mark_needs_consent(db, row.id, reason, now)
-                record(db, event)
-
-            await session.run_sync(mark)
-            return NeedsConsent(reason), event
+            return await self._refused(session, row, exc, event, now), event
         _observe(row.provider, "ok", started)
         await session.run_sync(
             lambda db: self._store_refresh(
@@ -186,6 +162,52 @@ class Refreshing(UpstreamBase):
             )
         )
         return None, None
+
+    def _provider_and_token(
+        self, row: storage.CredentialRow, branch_id: str, event: AuditEvent
+    ) -> tuple[Provider, str] | RefreshError:
+        """The grant's provider and its refresh token in clear, or the RefreshMisconfigured
+        failure (with its reason in `event`) when either is not to be had."""
+        try:
+            return self.provider(row.provider), self._open(row, REFRESH)
+        except (ProviderNotConfigured, UnknownProvider) as exc:
+            event.details["reason"] = printable(exc)
+            metrics.UPSTREAM_REFRESHES.labels(row.provider, "misconfigured").inc()
+            return RefreshMisconfigured(printable(exc))
+        except DecryptionError:
+            event.details["reason"] = "stored refresh token does not decrypt"
+            metrics.UPSTREAM_REFRESHES.labels(row.provider, "undecryptable").inc()
+            return RefreshMisconfigured(
+                f"the stored {row.provider} grant of branch {branch_id} does not decrypt "
+                "(tampered, or its encryption key is gone); reconnect the branch"
+            )
+
+    async def _refused(
+        self,
+        session: AsyncSession,
+        row: storage.CredentialRow,
+        exc: UpstreamRejected,
+        event: AuditEvent,
+        now: datetime,
+    ) -> RefreshError:
+        """The failure for a refresh the provider refused (RFC 6749 §5.2). `invalid_grant`
+        marks the grant as needing consent, with its audit row, in `session`: NeedsConsent;
+        any other error changes nothing: RefreshMisconfigured."""
+        if exc.error != "invalid_grant":
+            event.details["reason"] = printable(exc)
+            return RefreshMisconfigured(
+                f"{row.provider} refused this server's refresh request ({printable(exc)})"
+            )
+        reason = f"{row.provider} refused the refresh: {printable(exc)}"
+        event.details["reason"] = reason
+        event.flags.append("needs_consent")
+
+        def mark(db: Session) -> None:
+            storage.mark_needs_consent(db, row.id, reason, now)
+            record(db, event)
+
+        await session.run_sync(mark)
+        return NeedsConsent(reason)
 
     def _store_refresh(
         self,

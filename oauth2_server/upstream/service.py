@@ -19,12 +19,12 @@ failures that change nothing go through the audit buffer when there is one.
 
 from __future__ import annotations
 
-from oauth2_server.upstream.base import UpstreamBase, printable
-from oauth2_server.upstream.linking import ConnectResult, DisconnectResult, Linking
+from oauth2_server.upstream.base import printable
+from oauth2_server.upstream.disconnect import Disconnecting, DisconnectResult
+from oauth2_server.upstream.linking import ConnectResult, Linking
 from oauth2_server.upstream.refresh import (
     CredentialGone,
     NeedsConsent,
-    RefreshError,
     Refreshing,
     RefreshMisconfigured,
     RefreshUnavailable,
@@ -35,16 +35,14 @@ __all__ = [
     "CredentialGone",
     "DisconnectResult",
     "NeedsConsent",
-    "RefreshError",
     "RefreshMisconfigured",
     "RefreshUnavailable",
-    "UpstreamBase",
     "UpstreamService",
     "printable",
 ]
 
 
-class UpstreamService(Linking, Refreshing):
+class UpstreamService(Linking, Disconnecting, Refreshing):
     """Connections and refreshes against upstream providers (one per app or CLI run).
 
     `UpstreamService(settings, sessionmaker, keyring, audit_buffer=None, transport=None)`:

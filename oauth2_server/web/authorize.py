@@ -29,8 +29,14 @@ from oauth2_server.oauth.authorization import (
     LoginThrottled,
 )
 from oauth2_server.oauth.server import OAuthService
-from oauth2_server.storage.clients import loopback_host
-from oauth2_server.web.forms import BadRequest, oauth_request, parse_params, read_form
+from oauth2_server.registry.redirect_uris import loopback_host
+from oauth2_server.web.forms import (
+    BadRequest,
+    oauth_request,
+    parse_params,
+    read_form,
+    request_context,
+)
 
 
 class LoginSessionMiddleware:
@@ -126,7 +132,9 @@ async def _login_again(
     """The login page after a refused attempt (wrong password, throttled, busy), still
     naming the client and the redirect target of the request in the query string."""
     prompt = None
-    oauth = oauth_request(request, service.issuer, parse_params(request.url.query))
+    oauth = oauth_request(
+        request, service.issuer, parse_params(request.url.query), service.allow_http
+    )
     try:
         result, _user = await service.authorization.begin(oauth, None)
     except AuthorizationPageError:
@@ -174,7 +182,7 @@ async def authorize(request: Request) -> Response:
             )
     if action == "logout":
         return _sign_out(request)
-    oauth = oauth_request(request, service.issuer, query)
+    oauth = oauth_request(request, service.issuer, query, service.allow_http)
     force_consent = "consent" in query.get("prompt", [""])[0].split()
     try:
         if action == "login":
@@ -216,7 +224,7 @@ async def _login(request: Request, service: OAuthService, form: dict[str, list[s
     new trusted-device cookie for this username."""
     username = form.get("username", [""])[0]
     password = form.get("password", [""])[0]
-    context = oauth_request(request, service.issuer, {}).context
+    context = request_context(request)
     flow = service.authorization
     device = flow.trusted_device(request.cookies.get(DEVICE_COOKIE), username)
     try:

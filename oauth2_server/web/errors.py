@@ -109,6 +109,15 @@ async def database_unavailable(request: Request, exc: Exception) -> Response:
     return unavailable_answer(request)
 
 
+def _log_failure(request: Request, exc: Exception, message: str) -> None:
+    """One ERROR line for a failed request (`message` takes the exception's class name,
+    the method, the route template and the request id); the traceback only at DEBUG."""
+    log.error(
+        message, type(exc).__name__, request.method[:16], _route(request), _request_id(request)
+    )
+    log.debug("traceback of request %s", _request_id(request), exc_info=exc)
+
+
 async def unhandled(request: Request, exc: Exception) -> Response:
     """The last resort: 500 `server_error`, one log line, the traceback only at DEBUG
     (503 for a raw driver error of an outage that bypassed the storage layer's mapping;
@@ -118,14 +127,7 @@ async def unhandled(request: Request, exc: Exception) -> Response:
         if availability is not None:
             availability.note(exc)
         return unavailable_answer(request)
-    log.error(
-        "unhandled %s on %s %s (request %s); answered 500 server_error",
-        type(exc).__name__,
-        request.method[:16],
-        _route(request),
-        _request_id(request),
-    )
-    log.debug("traceback of request %s", _request_id(request), exc_info=exc)
+    _log_failure(request, exc, "unhandled %s on %s %s (request %s); answered 500 server_error")
     return error_answer(request, 500, "server_error", "the server failed to handle the request")
 
 
@@ -163,14 +165,7 @@ class LastResort:
         except Exception as exc:
             request = Request(scope, receive)
             if started:
-                log.error(
-                    "%s after the response started on %s %s (request %s)",
-                    type(exc).__name__,
-                    request.method[:16],
-                    _route(request),
-                    _request_id(request),
-                )
-                log.debug("traceback of request %s", _request_id(request), exc_info=exc)
+                _log_failure(request, exc, "%s after the response started on %s %s (request %s)")
                 return
             response = await self.handler(request, exc)
             await response(scope, receive, sender)

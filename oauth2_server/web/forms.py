@@ -116,10 +116,20 @@ def new_request_id(presented: str | None) -> str:
     return uuid.uuid4().hex
 
 
-def oauth_request(request: Request, issuer: str, params: dict[str, list[str]]) -> OAuthRequest:
+def oauth_request(
+    request: Request, issuer: str, params: dict[str, list[str]], allow_http: bool = False
+) -> OAuthRequest:
     """Build Authlib's request; its URI is the issuer's, so a TLS-terminating proxy does
-    not make Authlib see plain http."""
+    not make Authlib see plain http. `allow_http`: this app serves development over an
+    `http://` issuer (`OAuthService.allow_http`; see `OAuthRequest`)."""
     uri = issuer + request.url.path
     if request.url.query:
         uri += "?" + request.url.query
-    return OAuthRequest(request.method, uri, request.headers, params, request_context(request))
+    return OAuthRequest(
+        request.method,
+        uri,
+        request.headers,
+        params,
+        request_context(request),
+        allow_http=allow_http,
+    )

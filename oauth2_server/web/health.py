@@ -66,8 +66,7 @@ def sampled_figures(state: Any) -> dict[Any, float]:
         figures[metrics_module.AUDIT_BUFFER_ROWS] = oauth.audit_buffer.depth
         figures[metrics_module.LIMITER_KEYS] = oauth.limiter.held_keys()
         figures[metrics_module.LIMITER_REFUSAL_WINDOWS] = len(oauth.refusals)
-        fast = oauth.bridge.fast
-        pool = getattr(fast, "pool", None)
+        pool = oauth.bridge.fast.pool  # asyncpg's on PostgreSQL, else None
         if pool is not None:
             idle = pool.get_idle_size()
             figures[(metrics_module.DB_POOL_IN_USE, ("asyncpg",))] = pool.get_size() - idle

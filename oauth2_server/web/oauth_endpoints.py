@@ -11,8 +11,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from oauth2_server.logs import note_client
+from oauth2_server.oauth.authlib_server import oauth_error_response
 from oauth2_server.oauth.bridge import OAuthRequest
-from oauth2_server.oauth.server import OAuthService, oauth_error_response
+from oauth2_server.oauth.server import OAuthService
 from oauth2_server.web.forms import BadRequest, oauth_request, read_form
 
 
@@ -32,7 +33,7 @@ async def _handle(
         params = await read_form(request, service.settings.max_body_bytes)
     except BadRequest as exc:
         return oauth_error_response(exc.error, exc.description, exc.status)
-    oauth = oauth_request(request, service.issuer, params)
+    oauth = oauth_request(request, service.issuer, params, service.allow_http)
     response = await call(service, oauth)
     if oauth.client is not None:  # authenticated (RFC 6749 §2.3): named in the access line
         note_client(request.state, oauth.client.client_id)

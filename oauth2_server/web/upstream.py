@@ -21,34 +21,42 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def _answer(
-    request: Request,
-    status: int,
-    result: ConnectResult | None = None,
-    error: str | None = None,
-    description: str | None = None,
+    request: Request, status: int, body: dict[str, Any], result: ConnectResult | None = None
 ) -> Response:
+    """`body` as JSON when the browser asks for it, else the result page (`result` on
+    success; the error and its description from `body` otherwise); never cached."""
     if "application/json" in request.headers.get("accept", ""):
-        body: dict[str, Any]
-        if result is not None:
-            body = {
-                "branch_id": result.branch_id,
-                "provider": result.provider,
-                "account_email": result.account_email,
-                "scope": result.scope,
-                "expires_at": int(result.access_expires_at.timestamp()),
-                "reused_grant": result.reused_grant,
-                "branches": result.branches,
-            }
-        else:
-            body = {"error": error, "error_description": description}
         return JSONResponse(body, status_code=status, headers=NO_STORE)
     return request.app.state.templates.TemplateResponse(
         request,
         "upstream_result.html",
-        {"result": result, "error": error, "description": description},
+        {
+            "result": result,
+            "error": body.get("error"),
+            "description": body.get("error_description"),
+        },
         status_code=status,
         headers=NO_STORE,
     )
+
+
+def _error(request: Request, status: int, error: str, description: str) -> Response:
+    """An RFC 6749 §5.2 shaped refusal (JSON, or the result page saying why)."""
+    return _answer(request, status, {"error": error, "error_description": description})
+
+
+def _connected(request: Request, result: ConnectResult) -> Response:
+    """The branch is connected: what was stored (never a token); `expires_at` epoch s."""
+    body = {
+        "branch_id": result.branch_id,
+        "provider": result.provider,
+        "account_email": result.account_email,
+        "scope": result.scope,
+        "expires_at": int(result.access_expires_at.timestamp()),
+        "reused_grant": result.reused_grant,
+        "branches": result.branches,
+    }
+    return _answer(request, 200, body, result)
 
 
 async def callback(request: Request) -> Response:
@@ -57,11 +65,11 @@ async def callback(request: Request) -> Response:
     try:
         params = {k: v[0] for k, v in parse_params(request.url.query).items()}
     except BadRequest as exc:
-        return _answer(request, exc.status, error=exc.error, description=exc.description)
+        return _error(request, exc.status, exc.error, exc.description)
     try:
         result = await upstream.finish_connection(
             request.path_params["provider"], params, request_context(request)
         )
     except ConnectError as exc:
-        return _answer(request, exc.status, error=exc.error, description=str(exc))
-    return _answer(request, 200, result=result)
+        return _error(request, exc.status, exc.error, str(exc))
+    return _connected(request, result)

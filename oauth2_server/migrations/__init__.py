@@ -1,1 +1,0 @@
-"""Alembic migration scripts: one history for PostgreSQL and SQLite."""

@@ -1,0 +1,73 @@
+"""Per-request facts of one OAuth request, in one typed object (STYLE.md: "Per-request facts
+travel in a typed object handed to the grant, never as attributes set on a framework
+request").
+
+`OAuthRequest` creates one `TokenContext` per HTTP request (`request.token_context`);
+`OAuthService` fills in what it learned before the Authlib call (the pre-authenticated
+client, reads made up front), grants and endpoints read it and record what the service
+needs afterwards (the family a code starts, what introspection answered, whether the
+transaction must commit despite an error).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from authlib.oauth2.rfc6749 import OAuth2Error
+
+    from oauth2_server.oauth.clients import OAuthClient
+    from oauth2_server.oauth.presented import PresentedToken
+    from oauth2_server.storage.client_state import ClientState
+    from oauth2_server.storage.exchange import ExchangePrefetch
+    from oauth2_server.storage.protocols import IssueWriter
+
+
+@dataclass(frozen=True)
+class IntrospectionPrefetch:
+    """Introspection's read made before the Authlib call (RFC 7662 §2.2): the presented
+    token as stored (None: not ours, unknown), with its client's `active` flag."""
+
+    token: PresentedToken | None
+
+
+@dataclass(frozen=True)
+class Introspected:
+    """What the introspection endpoint answered, for the audit row and the metric."""
+
+    token: PresentedToken | None
+    active: bool
+
+
+@dataclass
+class TokenContext:
+    """What one token, introspection or revocation request carries besides its parameters.
+
+    - `preauth_client`: the client authenticated before the Authlib call (RFC 6749
+      §2.3.1), from a worker's cached record (`OAuthService._preauthenticate`).
+    - `client_state`: the asking client's current row state, when a read made for the
+      request returned it (introspection's); checked against `preauth_client`.
+    - `introspection`, `exchange`: reads made up front (RFC 7662, RFC 8693); None when
+      not made, so the endpoint or grant reads in its transaction.
+    - `writer`: where token issue and audit rows go: the request's session
+      (`SessionWriter`) or the hot path's `IssueBatch` (`Bridge`).
+    - `family_id`: the refresh-token family an authorization code starts (RFC 9700
+      §4.14.2), set by the grant that consumed the code.
+    - `upstream_refreshed`: token exchange has refreshed the upstream grant once.
+    - `introspected`: what introspection answered (set by the endpoint).
+    - `keep_changes_on_error`: a detected attack (code replay, refresh reuse) revokes
+      tokens and fails the request; its changes commit anyway.
+    - `oauth_error`: the RFC 6749 §5.2 error Authlib answered, if any.
+    """
+
+    preauth_client: OAuthClient | None = None
+    client_state: ClientState | None = None
+    introspection: IntrospectionPrefetch | None = None
+    exchange: ExchangePrefetch | None = None
+    writer: IssueWriter | None = None
+    family_id: str | None = None
+    upstream_refreshed: bool = False
+    introspected: Introspected | None = None
+    keep_changes_on_error: bool = False
+    oauth_error: OAuth2Error | None = None

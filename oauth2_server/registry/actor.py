@@ -1,0 +1,31 @@
+"""Who makes an admin change, as recorded in its `admin_*` audit row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from oauth2_server.audit.log import AuditEvent, RequestContext
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who makes an admin change: the admin client and its token's `jti` (API), or the
+    operator of the CLI. Audit rows of admin changes carry `client_id` = the admin
+    client (null from the CLI)."""
+
+    client_id: str | None
+    token_id: str | None
+    context: RequestContext = field(default_factory=RequestContext)
+    via: str = "api"
+    operator: str | None = None
+
+    def event(self, action: str, **kwargs: Any) -> AuditEvent:
+        """An `admin_*` audit event by this actor; `details` gets `via`, and `admin_jti`
+        (API) or `operator` (CLI, the OS user)."""
+        details = {"via": self.via, **kwargs.pop("details", {})}
+        if self.token_id:
+            details["admin_jti"] = self.token_id
+        if self.operator:
+            details["operator"] = self.operator
+        return AuditEvent(action, self.context, client_id=self.client_id, details=details, **kwargs)
