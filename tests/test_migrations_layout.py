@@ -114,7 +114,9 @@ def wheel(tmp_path_factory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, source / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+        # Build isolation, as a user's `pip wheel .` does: pip takes the build-system's
+        # setuptools from the package index (the venv's may be older, without bdist_wheel).
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps"]
         + ["-w", str(work / "dist"), str(source)],
         check=True,
         capture_output=True,
