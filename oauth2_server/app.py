@@ -7,6 +7,7 @@ hung on `app.state` for the life of the app.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 from collections.abc import AsyncIterator, Callable
@@ -124,6 +125,11 @@ def _lifespan(
                 )
                 await listener.start()
             app.state.templates = Jinja2Templates(directory=str(TEMPLATES))
+            # Everything built so far (modules, pydantic schemas, the OAuth service) lives
+            # as long as the worker: move it out of the collector's generations so full
+            # collections during requests only walk what requests allocate.
+            gc.collect()
+            gc.freeze()
             yield
             reload_task.cancel()
             if listener is not None:
