@@ -14,7 +14,8 @@
 - exchange read (RFC 8693 §2.1): `ExchangeReader`, the same two.
 
 Each row has one definition (`storage.tokens.access_token_values`, `AuditEvent.row()`)
-that every writer binds; each read is one statement builder (`storage.reads`).
+that every writer binds; each read is one statement builder (`storage.introspection`,
+`storage.exchange`).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from oauth2_server.oauth.authorization import (
     ConsentPrompt,
     LoginThrottled,
 )
+from oauth2_server.oauth.bridge import OAuthRequest
 from oauth2_server.oauth.server import OAuthService
 from oauth2_server.registry.redirect_uris import loopback_host
 from oauth2_server.web.forms import (
@@ -35,7 +36,6 @@ from oauth2_server.web.forms import (
     oauth_request,
     parse_params,
     read_form,
-    request_context,
 )
 
 
@@ -127,14 +127,11 @@ def _login_page(
 
 
 async def _login_again(
-    request: Request, service: OAuthService, status: int, error: str
+    request: Request, service: OAuthService, oauth: OAuthRequest, status: int, error: str
 ) -> Response:
     """The login page after a refused attempt (wrong password, throttled, busy), still
-    naming the client and the redirect target of the request in the query string."""
+    naming the client and the redirect target of the authorization request `oauth`."""
     prompt = None
-    oauth = oauth_request(
-        request, service.issuer, parse_params(request.url.query), service.allow_http
-    )
     try:
         result, _user = await service.authorization.begin(oauth, None)
     except AuthorizationPageError:
@@ -186,7 +183,7 @@ async def authorize(request: Request) -> Response:
     force_consent = "consent" in query.get("prompt", [""])[0].split()
     try:
         if action == "login":
-            return await _login(request, service, form)
+            return await _login(request, service, oauth, form)
         user_id = request.session.get(SESSION_USER)
         if action == "consent":
             if user_id is None:
@@ -218,13 +215,15 @@ def _consent_page(
     )
 
 
-async def _login(request: Request, service: OAuthService, form: dict[str, list[str]]) -> Response:
+async def _login(
+    request: Request, service: OAuthService, oauth: OAuthRequest, form: dict[str, list[str]]
+) -> Response:
     """The login form: 401 on a wrong password, 429 with Retry-After over a login limit,
     503 with Retry-After when the argon2 queue is full; on success a fresh session and a
     new trusted-device cookie for this username."""
     username = form.get("username", [""])[0]
     password = form.get("password", [""])[0]
-    context = request_context(request)
+    context = oauth.context
     flow = service.authorization
     device = flow.trusted_device(request.cookies.get(DEVICE_COOKIE), username)
     try:
@@ -232,17 +231,19 @@ async def _login(request: Request, service: OAuthService, form: dict[str, list[s
             await flow.login(username, password, context, device) if username and password else None
         )
     except LoginThrottled as exc:
-        response = await _login_again(request, service, 429, "Too many attempts; try again later.")
+        response = await _login_again(
+            request, service, oauth, 429, "Too many attempts; try again later."
+        )
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
     except Argon2Busy as exc:
         response = await _login_again(
-            request, service, 503, "The server is busy; try again in a moment."
+            request, service, oauth, 503, "The server is busy; try again in a moment."
         )
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
     if user is None:
-        return await _login_again(request, service, 401, "Wrong username or password.")
+        return await _login_again(request, service, oauth, 401, "Wrong username or password.")
     # A fresh session on sign-in: new CSRF token, nothing carried over.
     request.session.clear()
     request.session[SESSION_USER] = user.id
