@@ -52,7 +52,7 @@ async def create_branch(request: Request, actor: Actor, body: dict[str, Any]) ->
     """Create a branch (a location) that clients can be granted and that can be
     connected to an upstream provider."""
     bridge = _service(request).bridge
-    return json_response(await bridge.write(lambda s: registry.create_branch(s, actor, body)), 201)
+    return json_response(await bridge.write(lambda s: registry.create_branch(s, actor, body)))
 
 
 list_branches = listing(

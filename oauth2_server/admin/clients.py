@@ -36,7 +36,7 @@ async def create_client(request: Request, actor: Actor, body: dict[str, Any]) ->
     )
     if secret is not None:
         result["client_secret"] = secret
-    return json_response(result, 201)
+    return json_response(result)
 
 
 get_client = reading(

@@ -133,7 +133,8 @@ def admin_endpoint(
     """Wrap a handler `(request, actor)`, or `(request, actor, body)` when `body` names
     its model: authenticate, check path parameters, read and validate the body, and turn
     AdminError and the registry services' errors (`registry.errors`) into their JSON
-    answer. The arguments document the operation (`Operation`) in /admin/openapi.json."""
+    answer. The arguments document the operation (`Operation`) in /admin/openapi.json;
+    `status` is also the status of the handler's successful (200) answer."""
     operation = Operation(answer, status, body, errors, query or {}, tag)
 
     def decorate(handler: Callable[..., Awaitable[Response]]) -> Endpoint:
@@ -144,10 +145,14 @@ def admin_endpoint(
                 note_client(request.state, actor.client_id)  # for the access line
                 check_path_params(request)
                 if body is None:
-                    return await handler(request, actor)
-                return await handler(request, actor, await read_json(request, body))
+                    response = await handler(request, actor)
+                else:
+                    response = await handler(request, actor, await read_json(request, body))
             except (AdminError, RegistryError) as exc:
                 return error_response(exc)
+            if response.status_code == 200:
+                response.status_code = status  # the success status, declared once (above)
+            return response
 
         endpoint.operation = operation  # type: ignore[attr-defined]
         return endpoint

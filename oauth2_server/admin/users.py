@@ -38,7 +38,7 @@ async def create_user(request: Request, actor: Actor, body: dict[str, Any]) -> R
     """Create a user who can sign in with this username and password."""
     hashed = await _password_hash(body)
     result = await _bridge(request).write(lambda s: registry.create_user(s, actor, body, hashed))
-    return json_response(result, 201)
+    return json_response(result)
 
 
 list_users = listing(

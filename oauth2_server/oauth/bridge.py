@@ -7,7 +7,9 @@ ordinary `sqlalchemy.orm.Session` (as `request.db`, and wrapped as the request's
 `IssueWriter`, `storage.protocols.SessionWriter`), and each of its statements is awaited
 on the async driver underneath through SQLAlchemy's greenlet bridge. So:
 
-- no thread pool and no second connection per request: one session, one transaction;
+- no thread pool: one session, one transaction per request (on PostgreSQL the
+  access-token row is the exception: it goes through the hot path's statement just
+  before the commit, its one write path there; `storage.protocols`);
 - the hooks stay ordinary synchronous code, written and tested like Authlib documents;
 - the transaction is decided in one place: it commits when the response succeeded, or
   when a hook asked to keep its changes despite an error (replay and reuse detection
@@ -194,10 +196,12 @@ class Bridge:
     async def _run(self, request: OAuthRequest, call: Callable[[], T]) -> T:
         context = request.token_context
         async with self.sessionmaker() as session:
+            writer: SessionWriter | None = None
 
             def _in_greenlet(sync_session: Session) -> T:
+                nonlocal writer
                 request.db = sync_session
-                context.writer = SessionWriter(sync_session)
+                context.writer = writer = self.fast.session_writer(sync_session)
                 token = _current.set(request)
                 try:
                     return call()
@@ -214,8 +218,13 @@ class Bridge:
             failed = isinstance(result, Response) and result.status_code >= 400
             if failed and not context.keep_changes_on_error:
                 await session.rollback()
-            else:
-                await session.commit()
+                return result
+            collected = writer.access_tokens if writer is not None else None
+            if collected:
+                # This backend's one write path for the row (`storage.protocols`),
+                # before the commit: a token is never answered without its row.
+                await self.fast.issue(collected, None)
+            await session.commit()
             return result
 
     async def read(self, call: Callable[[Session], T]) -> T:

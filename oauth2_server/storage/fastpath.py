@@ -108,6 +108,11 @@ class FastStore:
                 )
                 return found.first() is not None
 
+    def session_writer(self, session: Session) -> SessionWriter:
+        """`IssueStore.session_writer`: every row in the session (this store writes a
+        batch through the same `SessionWriter`)."""
+        return SessionWriter(session)
+
     async def copy_rows(self, table: Table, rows: list[dict[str, Any]]) -> None:
         """Insert many rows of one shape in one transaction (the audit buffer's writer)."""
         if not rows:

@@ -29,6 +29,7 @@ from sqlalchemy import JSON, Executable, Table, TypeDecorator
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import Session
 
 from oauth2_server import metrics
 from oauth2_server.db.models import AccessToken, TokenLog
@@ -48,7 +49,7 @@ from oauth2_server.storage.introspection import (
     introspection_params,
     introspection_result,
 )
-from oauth2_server.storage.protocols import IssueBatch
+from oauth2_server.storage.protocols import IssueBatch, SessionWriter
 from oauth2_server.storage.tokens import access_token_values
 
 # At most this many coalesced INSERT statements in flight per worker. Two measured best in
@@ -205,6 +206,11 @@ class PgFastStore(FastStore):
                 r[0] for r in await connection.fetch(self._write_sql(len(issues), shape), *args)
             }
         return {issue: n in passed for n, issue in enumerate(issues)}
+
+    def session_writer(self, session: Session) -> SessionWriter:
+        """`IssueStore.session_writer`: access-token rows are collected for `issue`, the
+        row's one write path on PostgreSQL; every other row goes in the session."""
+        return SessionWriter(session, IssueBatch())
 
     async def client_current(self, guard: ClientGuard) -> bool:
         sql, _, _ = compiled(SELECT_CURRENT)

@@ -16,6 +16,14 @@
 Each row has one definition (`storage.tokens.access_token_values`, `AuditEvent.row()`)
 that every writer binds; each read is one statement builder (`storage.introspection`,
 `storage.exchange`).
+
+Each row has one write path per backend. The access-token row: on SQLite (and any
+engine but PostgreSQL) the session's INSERT (`storage.tokens.insert_access_token`), which
+`FastStore` also uses to write a collected batch; on PostgreSQL the hot path's statement
+(`PgFastStore.issue`), for every grant: a request that runs in a session (authorization
+code, refresh) collects its access-token row in `SessionWriter.access_tokens`, and
+`Bridge.run` writes it through `issue` before the session commits. If that commit then
+fails, the row stays without its grant: a token never handed out, which expires.
 """
 
 from __future__ import annotations
@@ -61,7 +69,8 @@ class RefreshRotation(Protocol):
 
 
 class IssueStore(Protocol):
-    """Writes an `IssueBatch` collected while Authlib ran without a session."""
+    """Writes an `IssueBatch` collected while Authlib ran without a session, and supplies
+    the `SessionWriter` of a request that runs in a session (`session_writer`)."""
 
     async def issue(self, batch: IssueBatch, guard: ClientGuard | None) -> bool:
         """Write the batch in one transaction if `guard` holds (the client active at the
@@ -71,6 +80,13 @@ class IssueStore(Protocol):
 
     async def client_current(self, guard: ClientGuard) -> bool:
         """True if the client is still active at the guarded version (no write)."""
+        ...
+
+    def session_writer(self, session: Session) -> SessionWriter:
+        """The writer of a request running in `session`: every row in the session, or,
+        where this store writes access-token rows itself, those rows collected in the
+        writer's `access_tokens` batch for `issue` (the caller writes them with
+        `issue(batch, None)` before it commits the session)."""
         ...
 
 
@@ -119,13 +135,20 @@ class IssueBatch:
 
 class SessionWriter:
     """`IssueWriter`, `AuditWriter` and `RefreshRotation` on the request's `Session`:
-    every write happens at once, in the request's transaction."""
+    every write happens at once, in the request's transaction, except access-token rows
+    when `access_tokens` is given: those are collected there for the backend's
+    `IssueStore`, which writes them before the session commits (`Bridge.run`), so that
+    on PostgreSQL the row has one write path, the hot path's statement."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, access_tokens: IssueBatch | None = None) -> None:
         self.session = session
+        self.access_tokens = access_tokens
 
     def insert_access_token(self, record: AccessTokenRecord) -> None:
-        token_storage.insert_access_token(self.session, record)
+        if self.access_tokens is not None:
+            self.access_tokens.insert_access_token(record)
+        else:
+            token_storage.insert_access_token(self.session, record)
 
     def record(self, *events: AuditEvent) -> None:
         record(self.session, *events)

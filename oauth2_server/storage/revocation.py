@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, tuple_, update
+from sqlalchemy import ColumnElement, select, tuple_
 from sqlalchemy.orm import Session
 
 from oauth2_server.db.models import AccessToken, RefreshToken, User
+from oauth2_server.storage.tokens import revoke_where
 
 
 @dataclass(frozen=True)
@@ -38,16 +39,8 @@ def _where(model: Any, f: TokenFilter) -> list[ColumnElement[bool]]:
 def revoke_tokens(session: Session, f: TokenFilter, now: datetime) -> int:
     """Revoke every unrevoked access and refresh token matching `f` (expired ones too,
     so nothing can be revived). Returns tokens newly revoked."""
-    count = 0
-    for model in (AccessToken, RefreshToken):
-        result = session.execute(
-            update(model)
-            .where(*_where(model, f), model.revoked_at.is_(None))
-            .values(revoked_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        count += result.rowcount
-    return count
+    models = (AccessToken, RefreshToken)
+    return sum(revoke_where(session, model, now, *_where(model, f)) for model in models)
 
 
 def family_exists(session: Session, family_id: str) -> bool:

@@ -139,15 +139,19 @@ def get_access_token(session: Session, jti: str) -> AccessTokenRecord | None:
 
 def revoke_access_token(session: Session, jti: str, now: datetime) -> bool:
     """Revoke one access token; True if this call revoked it."""
-    return _revoke(session, AccessToken, now, AccessToken.jti == jti) > 0
+    return revoke_where(session, AccessToken, now, AccessToken.jti == jti) > 0
 
 
-def _revoke(session: Session, model: Any, now: datetime, *where: Any) -> int:
-    """Set `revoked_at` to `now` (UTC) on `model`'s rows matching `where` that are not
-    revoked yet, in one UPDATE; returns how many this call revoked (a concurrent
-    revocation never counts a token twice)."""
+def revoke_where(session: Session, model: Any, now: datetime, *where: Any) -> int:
+    """Set `revoked_at` to `now` (UTC) on `model`'s rows (`AccessToken` or
+    `RefreshToken`) matching `where` that are not revoked yet, in one UPDATE; returns how
+    many this call revoked (a concurrent revocation never counts a token twice). Token
+    rows are never loaded as ORM objects, so the session has nothing to synchronize."""
     result = session.execute(
-        update(model).where(*where, model.revoked_at.is_(None)).values(revoked_at=now)
+        update(model)
+        .where(*where, model.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
     )
     return result.rowcount
 
@@ -334,6 +338,6 @@ def find_refresh_token(session: Session, token_hash: str) -> RefreshTokenRecord 
 def revoke_family(session: Session, family_id: str, now: datetime) -> int:
     """Revoke every refresh and access token of one grant. Returns tokens newly revoked."""
     return sum(
-        _revoke(session, model, now, model.family_id == family_id)
+        revoke_where(session, model, now, model.family_id == family_id)
         for model in (RefreshToken, AccessToken)
     )
