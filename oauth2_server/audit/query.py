@@ -285,26 +285,39 @@ def query_page(
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _csv_cell(value: Any) -> Any:
-    """CSV cell text; a leading formula character is escaped with `'` (OWASP CSV
-    injection) so a spreadsheet never evaluates attacker-controlled text."""
+# The CSV cell of a NULL value (PostgreSQL's COPY marker), so NULL and an empty string
+# differ; a text value equal to it is escaped like a formula.
+CSV_NULL = "\\N"
+
+
+def _csv_cell(value: Any, null: str = CSV_NULL) -> Any:
+    """CSV cell text: `null` for NULL; a leading formula character (OWASP CSV injection),
+    or a text equal to `null`, is escaped with `'` so a spreadsheet never evaluates
+    attacker-controlled text and NULL stays unambiguous."""
+    if value is None:
+        return null
     if isinstance(value, (dict, list)):
         value = json.dumps(value, separators=(",", ":"), sort_keys=True)
-    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+    if isinstance(value, str) and (value.startswith(FORMULA_PREFIXES) or value == null):
         return "'" + value
     return value
 
 
 class RowWriter:
-    """Writes rows as CSV (header first) or JSON Lines to a text stream."""
+    """Writes rows as CSV (header first; NULL as `null`, `CSV_NULL` by default; a UTF-8
+    byte-order mark first when `bom`, for spreadsheets) or JSON Lines (NULL is `null`)
+    to a text stream. Raises AuditQueryError for another format."""
 
-    def __init__(self, out: TextIO, fmt: str) -> None:
+    def __init__(self, out: TextIO, fmt: str, null: str = CSV_NULL, bom: bool = False) -> None:
         if fmt not in ("csv", "jsonl"):
             raise AuditQueryError("format", "format must be csv or jsonl")
         self.out = out
         self.fmt = fmt
+        self.null = null
         self._csv = csv.writer(out) if fmt == "csv" else None
         if self._csv is not None:
+            if bom:
+                out.write("\ufeff")
             self._csv.writerow(EXPORT_FIELDS)
 
     def write(self, rows: Sequence[Any]) -> None:
@@ -312,7 +325,7 @@ class RowWriter:
             item = row_json(row, with_hash=True)
             if self._csv is not None:
                 item["flags"] = " ".join(item["flags"] or [])
-                self._csv.writerow([_csv_cell(item[name]) for name in EXPORT_FIELDS])
+                self._csv.writerow([_csv_cell(item[name], self.null) for name in EXPORT_FIELDS])
             else:
                 self.out.write(json.dumps(item, ensure_ascii=False, separators=(",", ":")))
                 self.out.write("\n")

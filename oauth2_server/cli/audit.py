@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any, TextIO
 
 from oauth2_server.audit import chain as audit_chain
@@ -84,20 +86,34 @@ class ProgressBar:
         self.stream.flush()
 
 
+def _partial_path(output: str) -> Path:
+    """Where an export to `output` is written until it is complete: a hidden file beside
+    it (same directory, so the final rename is atomic)."""
+    final = Path(output)
+    return final.with_name(f".{final.name}.partial-{os.getpid()}")
+
+
 def cmd_audit_export(settings: Settings, args: Any) -> None:
+    """Stream the matching rows to stdout, or to `--output`: written to a partial file
+    beside it and renamed over it only once every row is written and flushed to disk, so
+    an export that fails or is killed never leaves a file at the final path (a killed
+    one leaves only its hidden `.NAME.partial-PID` file)."""
     f = _filter(args)
+    to_file = bool(args.output and args.output != "-")
+    partial = _partial_path(args.output) if to_file else None
     with ExitStack() as stack:
-        if args.output and args.output != "-":
+        if partial is not None:
             try:
                 out: TextIO = stack.enter_context(
-                    open(args.output, "w", newline="", encoding="utf-8")  # noqa: SIM115
+                    open(partial, "x", newline="", encoding="utf-8")  # noqa: SIM115
                 )
             except OSError as exc:
                 raise CommandFailed(f"--output: {exc}") from None
+            stack.callback(partial.unlink, missing_ok=True)  # gone once renamed
         else:
             out = sys.stdout
         show_bar = sys.stderr.isatty() and not (out is sys.stdout and sys.stdout.isatty())
-        writer = audit_query.RowWriter(out, args.format)
+        writer = audit_query.RowWriter(out, args.format, args.csv_null, args.bom)
 
         async def go(sessions: Sessions) -> int:
             bar = None
@@ -113,9 +129,15 @@ def cmd_audit_export(settings: Settings, args: Any) -> None:
         try:
             total = run_async(settings, go)
             out.flush()
+            if partial is not None:
+                os.fsync(out.fileno())
+                try:
+                    partial.replace(args.output)
+                except OSError as exc:
+                    raise CommandFailed(f"--output: {exc}") from None
         except BrokenPipeError:
             quiet_broken_pipe()
-    if args.output and args.output != "-":
+    if to_file:
         print(json.dumps({"rows": total, "output": args.output}), file=sys.stderr)
 
 
@@ -178,7 +200,18 @@ def register(sub: Any) -> None:
     a = audit_group.add_parser("export", help="stream every matching row as CSV or JSON Lines")
     _audit_filters(a)
     a.add_argument("--format", choices=["csv", "jsonl"], required=True, help="CSV, or JSON Lines")
-    a.add_argument("--output", help="file to write (default stdout)")
+    a.add_argument(
+        "--output",
+        help="file to write (default stdout); written as a hidden partial file beside it "
+        "and renamed once complete",
+    )
+    a.add_argument(
+        "--csv-null",
+        default=audit_query.CSV_NULL,
+        help=f"CSV text of a NULL value (default {audit_query.CSV_NULL}; an empty string is "
+        "an empty cell); a value equal to it is escaped with a leading '",
+    )
+    a.add_argument("--bom", action="store_true", help="CSV: start with a UTF-8 byte-order mark")
     a.add_argument("--batch-size", type=int, default=1000, help="rows per read")
     a.set_defaults(func=cmd_audit_export)
     a = audit_group.add_parser("verify", help="recompute the hash chain; exit 1 on tampering")

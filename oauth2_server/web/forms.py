@@ -98,20 +98,30 @@ async def read_form(request: Request, limit: int) -> dict[str, list[str]]:
     return parse_params(text)
 
 
+def header_text(value: str | None) -> str | None:
+    """A header's text as its sender most likely wrote it: the bytes (which Starlette
+    hands over decoded as Latin-1, RFC 9110 §5.5) decoded as UTF-8, each invalid
+    sequence replaced by U+FFFD. None stays None."""
+    if value is None or value.isascii():
+        return value
+    return value.encode("latin-1").decode("utf-8", "replace")
+
+
 def request_context(request: Request) -> RequestContext:
-    """IP (after uvicorn's trusted-proxy handling), user agent, request id and the time
-    the request arrived (UTC)."""
+    """IP (after uvicorn's trusted-proxy handling), user agent (`header_text`), request id
+    and the time the request arrived (UTC)."""
     return RequestContext(
         ip=request.client.host if request.client else None,
-        user_agent=request.headers.get("user-agent"),
+        user_agent=header_text(request.headers.get("user-agent")),
         request_id=request.state.request_id if hasattr(request.state, "request_id") else None,
         received_at=utcnow(),
     )
 
 
 def new_request_id(presented: str | None) -> str:
-    """Keep a caller's X-Request-ID if it is short and printable, else make one."""
-    if presented and len(presented) <= 64 and presented.isprintable():
+    """Keep a caller's X-Request-ID if it is short, printable ASCII (it is echoed in a
+    response header and stored in the audit trail), else make one."""
+    if presented and len(presented) <= 64 and presented.isascii() and presented.isprintable():
         return presented
     return uuid.uuid4().hex
 
