@@ -23,6 +23,7 @@ from oauth2_server.audit.query import (
     parse_filter,
     parse_limit,
     query_page,
+    read_audited,
 )
 from oauth2_server.web.forms import BadRequest, parse_params
 
@@ -38,7 +39,8 @@ QUERY = {
 @endpoint(answers.Page[answers.AuditRow], query=QUERY)
 async def query_audit(request: Request, actor: Actor) -> Response:
     """Query `oauth2_token_logs`: rows matching every filter given, oldest first (or
-    `order=desc`), `limit` per page; `next_cursor` fetches the next page."""
+    `order=desc`), `limit` per page; `next_cursor` fetches the next page. Each page read
+    writes an `audit_read` row (who, which filters, how many rows), committed with it."""
     try:
         params = parse_params(request.url.query, allow_repeats=True)
     except BadRequest as exc:  # malformed, or a control character (naming the parameter)
@@ -51,8 +53,8 @@ async def query_audit(request: Request, actor: Actor) -> Response:
         limit = parse_limit((params.get("limit") or [None])[0])
         cursor = (params.get("cursor") or [None])[0]
         codec = cursor_codec(request)
-        page = await request.app.state.oauth.bridge.read(
-            lambda s: query_page(s, codec, f, cursor, limit)
+        page = await request.app.state.oauth.bridge.write(
+            lambda s: read_audited(s, actor, lambda: query_page(s, codec, f, cursor, limit), f)
         )
     except AuditQueryError as exc:
         raise bad_request(exc.field, exc.message) from None

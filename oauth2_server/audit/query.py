@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from oauth2_server.audit.cursors import CursorCodec, CursorError, query_scope
+from oauth2_server.audit.log import record
 from oauth2_server.audit.rows import EXPORT_FIELDS, columns, row_json
 from oauth2_server.db.models import TokenLog
 
@@ -83,6 +84,23 @@ class AuditFilter:
     def scope(self) -> str:
         """The cursor scope of this query (its filters' digest)."""
         return query_scope("audit", asdict(self))
+
+    def described(self) -> dict[str, Any]:
+        """The filters given (times as ISO 8601 UTC), as an audit row records them."""
+        given: dict[str, Any] = {}
+        for name, value in asdict(self).items():
+            if value in (None, ()) or (name == "order" and value == "asc"):
+                continue
+            given[name] = value.isoformat() if isinstance(value, datetime) else value
+        return given
+
+
+# Actions of the rows that record who read the audit trail (issue #11: every read and
+# export is itself a row): one per page read (API or CLI), and one before and one after
+# each export.
+AUDIT_READ = "audit_read"
+AUDIT_EXPORT_STARTED = "audit_export_started"
+AUDIT_EXPORTED = "audit_exported"
 
 
 def parse_time(field: str, value: str) -> datetime:
@@ -266,6 +284,18 @@ def decode_position(codec: CursorCodec, cursor: str, f: AuditFilter) -> Position
         message = str(exc) if isinstance(exc, CursorError) else "cursor is invalid"
         raise AuditQueryError("cursor", message) from None
     return moment, row_id
+
+
+def read_audited(
+    session: Session, actor: Any, read: Callable[[], dict[str, Any]], f: AuditFilter
+) -> dict[str, Any]:
+    """`read()` (one page of the audit trail, a dict with `items`), recorded in the same
+    transaction as an `audit_read` row by `actor` (`registry.actor.Actor`): the filters
+    given, how many rows were returned, and whether a cursor continued a listing."""
+    page = read()
+    details = {"filters": f.described(), "rows": len(page["items"])}
+    record(session, actor.event(AUDIT_READ, details=details))
+    return page
 
 
 def query_page(

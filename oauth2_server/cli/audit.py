@@ -14,11 +14,13 @@ from typing import Any, TextIO
 from oauth2_server.audit import chain as audit_chain
 from oauth2_server.audit import janitor
 from oauth2_server.audit import query as audit_query
+from oauth2_server.audit.log import record
 from oauth2_server.cli.support import (
     CommandFailed,
     Sessions,
     add_json,
     add_paging,
+    cli_actor,
     options_body,
     print_json,
     quiet_broken_pipe,
@@ -59,9 +61,15 @@ def cmd_audit_query(settings: Settings, args: Any) -> None:
         raise CommandFailed(f"--limit: {exc.message}") from None
     codec = make_cursor_codec(load_keyring(settings))
 
+    actor = cli_actor()
+
     async def go(sessions: Sessions) -> Any:
-        async with sessions() as session:
-            return await session.run_sync(audit_query.query_page, codec, f, args.cursor, limit)
+        async with sessions() as session, session.begin():
+            return await session.run_sync(
+                lambda s: audit_query.read_audited(
+                    s, actor, lambda: audit_query.query_page(s, codec, f, args.cursor, limit), f
+                )
+            )
 
     print_json(run_async(settings, go))
 
@@ -84,6 +92,13 @@ class ProgressBar:
     def close(self) -> None:
         self.stream.write("\n")
         self.stream.flush()
+
+
+async def _record(sessions: Sessions, action: str, details: dict[str, Any]) -> None:
+    """Write one audit row by the CLI's operator (`cli_actor`), in its own transaction."""
+    event = cli_actor().event(action, details=details)
+    async with sessions() as session, session.begin():
+        await session.run_sync(lambda s: record(s, event))
 
 
 def _partial_path(output: str) -> Path:
@@ -114,8 +129,14 @@ def cmd_audit_export(settings: Settings, args: Any) -> None:
             out = sys.stdout
         show_bar = sys.stderr.isatty() and not (out is sys.stdout and sys.stdout.isatty())
         writer = audit_query.RowWriter(out, args.format, args.csv_null, args.bom)
+        described = {
+            "filters": f.described(),
+            "format": args.format,
+            "output": os.path.basename(args.output) if to_file else "stdout",
+        }
 
         async def go(sessions: Sessions) -> int:
+            await _record(sessions, audit_query.AUDIT_EXPORT_STARTED, described)
             bar = None
             if show_bar:
                 async with sessions() as session:
@@ -124,6 +145,7 @@ def cmd_audit_export(settings: Settings, args: Any) -> None:
             if bar is not None:
                 bar(total)
                 bar.close()
+            await _record(sessions, audit_query.AUDIT_EXPORTED, {**described, "rows": total})
             return total
 
         try:

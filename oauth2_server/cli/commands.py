@@ -13,7 +13,6 @@ commits (`storage.clients`); revocations are immediate too.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sys
 from collections.abc import Callable
@@ -22,12 +21,12 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from oauth2_server.audit.cursors import CursorError, query_scope
-from oauth2_server.audit.log import RequestContext
 from oauth2_server.cli import audit as audit_commands
 from oauth2_server.cli.support import (
     CommandFailed,
     add_json,
     add_paging,
+    cli_actor,
     options_body,
     print_json,
     read_password,
@@ -42,12 +41,6 @@ from oauth2_server.registry.errors import RegistryError
 from oauth2_server.registry.paging import MAX_PAGE, make_cursor_codec
 
 __all__ = ["CommandFailed", "cli_actor", "register"]
-
-
-def cli_actor() -> Actor:
-    """The actor of an admin change made from the command line: audit rows get
-    `client_id` null, `details.via` "cli" and `details.operator` the OS user."""
-    return Actor(None, None, RequestContext(), via="cli", operator=getpass.getuser())
 
 
 def _page(settings: Settings, name: str, filters: dict[str, Any], args: Any, call: Any) -> None:

@@ -20,6 +20,8 @@ import asyncio
 import json
 import logging
 import os
+import pwd
+import socket
 import sqlite3
 import sys
 from collections.abc import Callable
@@ -33,16 +35,39 @@ from sqlalchemy.orm import Session
 
 from oauth2_server.audit import query as audit_query
 from oauth2_server.audit.cursors import CursorError
+from oauth2_server.audit.log import RequestContext
 from oauth2_server.config import Settings, ensure_data_dir
 from oauth2_server.crypto.keyring import DecryptionError, keyring_source
 from oauth2_server.db import migrate
 from oauth2_server.db.engine import create_engine, create_sessionmaker
+from oauth2_server.registry.actor import Actor
 from oauth2_server.registry.errors import RegistryError
 from oauth2_server.storage.errors import DatabaseUnavailable, describe, is_unavailable
 from oauth2_server.upstream.client import UpstreamUnavailable
 
 T = TypeVar("T")
 log = logging.getLogger("oauth2_server.cli")
+
+
+def os_account() -> str:
+    """The OS account this process runs as (its effective uid's name, or the uid when
+    it has none). Not `getpass.getuser()`, which believes `LOGNAME` and `USER`."""
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def cli_actor() -> Actor:
+    """The actor of an admin change or audit read made from the command line: audit rows
+    get `client_id` null, `details.via` "cli", `details.operator` the OS account,
+    `details.host` this host's name and `details.authenticated` false."""
+    return Actor(
+        None, None, RequestContext(), via="cli", operator=os_account(), host=socket.gethostname()
+    )
+
+
 Sessions = async_sessionmaker[AsyncSession]
 
 
