@@ -158,7 +158,8 @@ def test_a_deleted_last_row_is_reported(db, chain):
     assert verify(db).ok
 
 
-def test_an_inserted_row_is_reported(db, chain):
+def insert_a_row_between_sealed_ones(db, chain) -> int:
+    """A new, unsealed row timed just after a sealed one."""
     middle = saved(db, chain[2])
     [inserted] = insert_log_rows(
         db,
@@ -170,17 +171,25 @@ def test_an_inserted_row_is_reported(db, chain):
             )
         ],
     )
-    try:
-        report = verify(db)
-        assert report.problem.kind == "inserted" and report.problem.log_id == inserted
-    finally:
-        execute(db, "DELETE FROM oauth2_token_logs WHERE id = :i", i=inserted)
-    assert verify(db).ok
+    return inserted
 
 
-def test_an_inserted_row_with_a_copied_seal_is_reported(db, chain):
+def insert_a_copy_with_its_seal(db, chain) -> int:
+    """A sealed row copied, seal and hash included, under a new id."""
     inserted = db.scalar("SELECT max(id) + 1000 FROM oauth2_token_logs")
     reinsert(db, {**saved(db, chain[2]), "id": inserted, "token_id": "copied"})
+    return inserted
+
+
+@pytest.mark.parametrize(
+    "insert_row",
+    [
+        pytest.param(insert_a_row_between_sealed_ones, id="unsealed-row"),
+        pytest.param(insert_a_copy_with_its_seal, id="row-with-a-copied-seal"),
+    ],
+)
+def test_an_inserted_row_is_reported(db, chain, insert_row):
+    inserted = insert_row(db, chain)
     try:
         report = verify(db)
         assert report.problem.kind == "inserted" and report.problem.log_id == inserted

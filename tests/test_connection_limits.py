@@ -18,6 +18,7 @@ import socket
 import time
 from urllib.parse import urlsplit
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -105,20 +106,23 @@ def issued_ip(db, client_id: str) -> str:
     )
 
 
-def test_forwarded_for_is_ignored_by_default(server, db, unique):
-    client_id, secret = db.create_client(name=unique("svc"))
-    response = server.post(
-        "/oauth2/token",
-        auth=(client_id, secret),
-        data={"grant_type": "client_credentials"},
-        headers={"X-Forwarded-For": "203.0.113.7"},
-    )
-    assert response.status_code == 200, response.text
-    assert issued_ip(db, client_id) == "127.0.0.1"
-
-
-def test_forwarded_for_from_a_configured_proxy_is_honoured(start_server, db, unique):
-    live = start_server(OAUTH2_FORWARDED_ALLOW_IPS="127.0.0.1")
+@pytest.mark.parametrize(
+    ("overrides", "recorded"),
+    [
+        pytest.param({}, "127.0.0.1", id="ignored-by-default"),
+        pytest.param(
+            {"OAUTH2_FORWARDED_ALLOW_IPS": "127.0.0.1"},
+            "203.0.113.7",
+            id="honoured-from-a-configured-proxy",
+        ),
+    ],
+)
+def test_forwarded_for_is_honoured_only_from_a_configured_proxy(
+    server, start_server, db, unique, overrides, recorded
+):
+    """RFC 9700 §4.13: the audit row's client IP comes from X-Forwarded-For only when the
+    peer is in `OAUTH2_FORWARDED_ALLOW_IPS` (empty by default: the shared server)."""
+    live = start_server(**overrides) if overrides else server
     client_id, secret = db.create_client(name=unique("svc"))
     response = live.post(
         "/oauth2/token",
@@ -127,7 +131,7 @@ def test_forwarded_for_from_a_configured_proxy_is_honoured(start_server, db, uni
         headers={"X-Forwarded-For": "203.0.113.7"},
     )
     assert response.status_code == 200, response.text
-    assert issued_ip(db, client_id) == "203.0.113.7"
+    assert issued_ip(db, client_id) == recorded
 
 
 def test_compose_puts_a_proxy_with_header_timeouts_in_front():

@@ -23,6 +23,20 @@ def service(db):
     return client_id, secret, rs_id, rs_secret
 
 
+def public_client_tokens(server, db, username, requested="read", **client):
+    """A public client registered with `client` (PKCE, refresh tokens) and the token
+    response a new user got through it for the `requested` scope: (client_id, tokens)."""
+    public_id, _ = db.create_client(
+        public=True,
+        grant_types=["authorization_code", "refresh_token"],
+        redirect_uris=[REDIRECT_URI],
+        **client,
+    )
+    user = db.create_user(username, PASSWORD)
+    code = authorize_with_pkce(server.base_url, public_id, user.username, PASSWORD, requested)
+    return public_id, exchange_code(server.base_url, code)
+
+
 def test_introspection_describes_active_access_token(server, service):
     client_id, secret, rs_id, rs_secret = service
     token = server.client_credentials_token(client_id, secret)
@@ -54,16 +68,8 @@ def test_public_client_cannot_introspect_even_its_own_tokens(server, db, unique)
     """RFC 7662 §2.1 asks for client authentication; a public client (`none`, RFC 6749
     §2.1) has none, so presenting only its `client_id` is `invalid_client`, and it learns
     nothing about its own tokens."""
-    public_id, _ = db.create_client(
-        name="public app",
-        public=True,
-        grant_types=["authorization_code", "refresh_token"],
-        redirect_uris=[REDIRECT_URI],
-        scope="read",
-    )
-    user = db.create_user(unique("paula"), PASSWORD)
-    tokens = exchange_code(
-        server.base_url, authorize_with_pkce(server.base_url, public_id, user.username, PASSWORD)
+    public_id, tokens = public_client_tokens(
+        server, db, unique("paula"), name="public app", scope="read"
     )
     for kind in ("access_token", "refresh_token"):
         response = server.post(
@@ -193,15 +199,7 @@ def test_revoking_unknown_token_is_200_and_changes_nothing(server, db, service):
 def test_revoking_refresh_token_revokes_its_family(server, db, service, unique):
     """RFC 7009 §2.1: revoking a refresh token also invalidates its access tokens."""
     _, _, rs_id, rs_secret = service
-    public_id, _ = db.create_client(
-        public=True,
-        grant_types=["authorization_code", "refresh_token"],
-        redirect_uris=[REDIRECT_URI],
-    )
-    user = db.create_user(unique("erin"), PASSWORD)
-    token = exchange_code(
-        server.base_url, authorize_with_pkce(server.base_url, public_id, user.username, PASSWORD)
-    )
+    public_id, token = public_client_tokens(server, db, unique("erin"))
     response = server.post(
         "/oauth2/revoke",
         data={
@@ -219,16 +217,8 @@ def test_revoking_refresh_token_revokes_its_family(server, db, service, unique):
 
 def test_refresh_token_introspection(server, db, service, unique):
     _, _, rs_id, rs_secret = service
-    public_id, _ = db.create_client(
-        public=True,
-        grant_types=["authorization_code", "refresh_token"],
-        redirect_uris=[REDIRECT_URI],
-        scope="read write",
-    )
-    user = db.create_user(unique("frank"), PASSWORD)
-    token = exchange_code(
-        server.base_url,
-        authorize_with_pkce(server.base_url, public_id, user.username, PASSWORD, scope="write"),
+    public_id, token = public_client_tokens(
+        server, db, unique("frank"), requested="write", scope="read write"
     )
     body = server.post(
         "/oauth2/introspect", auth=(rs_id, rs_secret), data={"token": token["refresh_token"]}

@@ -28,7 +28,8 @@ def plant(db, unique):
     live = {t: [] for t in TABLES}
     client = unique("jc")
     access, codes, refresh = [], [], []
-    for i in range(150):
+
+    def access_row(issued_at, expires_at):
         jti = str(uuid.uuid4())
         access.append(
             dict(
@@ -37,25 +38,13 @@ def plant(db, unique):
                 subject="s",
                 scope="",
                 grant_type="x",
-                issued_at=old,
-                expires_at=old + timedelta(hours=1),
+                issued_at=issued_at,
+                expires_at=expires_at,
             )
         )
-        expired["oauth2_access_tokens"].append(jti)
-        if i % 10 == 0:
-            jti = str(uuid.uuid4())
-            access.append(
-                dict(
-                    jti=jti,
-                    client_id=client,
-                    subject="s",
-                    scope="",
-                    grant_type="x",
-                    issued_at=now,
-                    expires_at=soon,
-                )
-            )
-            live["oauth2_access_tokens"].append(jti)
+        return jti
+
+    def code_row(created_at, expires_at):
         codes.append(
             dict(
                 code_hash=uuid.uuid4().hex * 2,
@@ -64,39 +53,12 @@ def plant(db, unique):
                 scope="",
                 code_challenge="c",
                 code_challenge_method="S256",
-                created_at=old,
-                expires_at=old + timedelta(seconds=60),
+                created_at=created_at,
+                expires_at=expires_at,
             )
         )
-        family = str(uuid.uuid4())
-        for j in range(2):  # a dead family: every token expired
-            refresh.append(
-                dict(
-                    token_hash=uuid.uuid4().hex * 2,
-                    family_id=family,
-                    client_id=client,
-                    user_id=user.id,
-                    scope="",
-                    issued_at=old,
-                    expires_at=old + timedelta(minutes=j + 1),
-                )
-            )
-    # a code that expired a moment ago is kept for replay detection
-    codes.append(
-        dict(
-            code_hash=uuid.uuid4().hex * 2,
-            client_id=client,
-            user_id=user.id,
-            scope="",
-            code_challenge="c",
-            code_challenge_method="S256",
-            created_at=now,
-            expires_at=now - timedelta(seconds=1),
-        )
-    )
-    # a live family whose first token expired: all of it stays
-    family = str(uuid.uuid4())
-    for expires in (old, soon):
+
+    def refresh_row(family, expires_at):
         refresh.append(
             dict(
                 token_hash=uuid.uuid4().hex * 2,
@@ -105,9 +67,24 @@ def plant(db, unique):
                 user_id=user.id,
                 scope="",
                 issued_at=old,
-                expires_at=expires,
+                expires_at=expires_at,
             )
         )
+
+    for i in range(150):
+        expired["oauth2_access_tokens"].append(access_row(old, old + timedelta(hours=1)))
+        if i % 10 == 0:
+            live["oauth2_access_tokens"].append(access_row(now, soon))
+        code_row(old, old + timedelta(seconds=60))
+        family = str(uuid.uuid4())
+        for j in range(2):  # a dead family: every token expired
+            refresh_row(family, old + timedelta(minutes=j + 1))
+    # a code that expired a moment ago is kept for replay detection
+    code_row(now, now - timedelta(seconds=1))
+    # a live family whose first token expired: all of it stays
+    family = str(uuid.uuid4())
+    for expires in (old, soon):
+        refresh_row(family, expires)
     with db.session() as session:
         session.execute(insert(AccessToken), access)
         session.execute(insert(AuthorizationCode), codes)

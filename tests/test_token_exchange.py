@@ -13,12 +13,14 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from oauth2_server.storage.branches import set_branch_active
 from tests.fake_google import (
     ACCESS_TOKEN_TYPE,
     BUSINESS_MANAGE,
@@ -240,42 +242,41 @@ def test_one_bad_parameter_is_refused_and_changes_nothing(
     assert_refused(response, error, status, mentions=mentions)
 
 
-def test_branch_not_granted_to_the_client_is_invalid_target(
-    upstream, db, google, stale_branch, unique
-):
-    other = unique("other")
-    ensure_branch(db, other)
-    client_id, secret = exchange_client(db, [other])
-    subject = upstream.client_credentials_token(client_id, secret)
-    with nothing_changes(db, google):
-        response = exchange(upstream, client_id, secret, subject, stale_branch)
-    assert_refused(response, "invalid_target", mentions=stale_branch)
+@dataclass(frozen=True)
+class Caller:
+    """A client registered for the exchange and granted the branch, and where to ask."""
+
+    upstream: Any
+    start_server: Any
+    db: Any
+    google: Any
+    branch_id: str
+    client_id: str
+    secret: str
+
+    def token(self, server: Any = None) -> str:
+        return (server or self.upstream).client_credentials_token(self.client_id, self.secret)
 
 
-def test_expired_subject_token_is_invalid_request(start_server, db, google, stale_branch):
-    """RFC 8693 §2.2.2: an invalid subject_token is invalid_request."""
-    short = start_server(OAUTH2_ACCESS_TOKEN_TTL="1", **google.env())
-    client_id, secret = exchange_client(db, [stale_branch])
-    subject = short.client_credentials_token(client_id, secret)
+# Each returns (server to ask, subject token) for a subject token spoiled one way.
+def expired_subject_token(caller: Caller) -> tuple[Any, str]:
+    short = caller.start_server(OAUTH2_ACCESS_TOKEN_TTL="1", **caller.google.env())
+    subject = caller.token(short)
     time.sleep(2.2)
-    with nothing_changes(db, google):
-        response = exchange(short, client_id, secret, subject, stale_branch)
-    assert_refused(response, "invalid_request", mentions="subject_token")
+    return short, subject
 
 
-def test_revoked_subject_token_is_invalid_request(upstream, db, google, stale_branch):
-    client_id, secret = exchange_client(db, [stale_branch])
-    subject = upstream.client_credentials_token(client_id, secret)
-    revoked = upstream.post("/oauth2/revoke", auth=(client_id, secret), data={"token": subject})
+def revoked_subject_token(caller: Caller) -> tuple[Any, str]:
+    subject = caller.token()
+    revoked = caller.upstream.post(
+        "/oauth2/revoke", auth=(caller.client_id, caller.secret), data={"token": subject}
+    )
     assert revoked.status_code == 200
-    with nothing_changes(db, google):
-        response = exchange(upstream, client_id, secret, subject, stale_branch)
-    assert_refused(response, "invalid_request", mentions="revoked")
+    return caller.upstream, subject
 
 
-def test_forged_subject_token_is_invalid_request(upstream, db, google, stale_branch):
-    client_id, secret = exchange_client(db, [stale_branch])
-    genuine = upstream.client_credentials_token(client_id, secret)
+def forged_subject_token(caller: Caller) -> tuple[Any, str]:
+    genuine = caller.token()
     header = jwt.get_unverified_header(genuine)
     claims = jwt.decode(genuine, options={"verify_signature": False})
     claims["jti"] = str(uuid.uuid4())
@@ -285,41 +286,81 @@ def test_forged_subject_token_is_invalid_request(upstream, db, google, stale_bra
         algorithm="ES256",
         headers={"kid": header["kid"], "typ": "at+jwt"},
     )
-    with nothing_changes(db, google):
-        response = exchange(upstream, client_id, secret, forged, stale_branch)
-    assert_refused(response, "invalid_request", mentions="subject_token")
+    return caller.upstream, forged
 
 
-def test_subject_token_of_another_client_is_invalid_request(upstream, db, google, stale_branch):
+def another_clients_subject_token(caller: Caller) -> tuple[Any, str]:
+    other_id, other_secret = exchange_client(caller.db, [caller.branch_id])
+    return caller.upstream, caller.upstream.client_credentials_token(other_id, other_secret)
+
+
+# RFC 8693 §2.2.2: an invalid subject_token is invalid_request; the id names how it is
+# invalid, the last column what the error_description says.
+SUBJECT_TOKEN_REFUSALS = [
+    pytest.param(expired_subject_token, "subject_token", id="expired"),
+    pytest.param(revoked_subject_token, "revoked", id="revoked"),
+    pytest.param(forged_subject_token, "subject_token", id="signed-by-another-key"),
+    pytest.param(
+        another_clients_subject_token, "not issued to this client", id="issued-to-another-client"
+    ),
+]
+
+
+@pytest.mark.parametrize(("spoil", "mentions"), SUBJECT_TOKEN_REFUSALS)
+def test_unusable_subject_token_is_invalid_request(
+    upstream, start_server, db, google, stale_branch, spoil, mentions
+):
+    """RFC 8693 §2.2.2: an expired, revoked, forged or foreign subject_token is
+    invalid_request, and nothing changes."""
     client_id, secret = exchange_client(db, [stale_branch])
-    other_id, other_secret = exchange_client(db, [stale_branch])
-    theirs = upstream.client_credentials_token(other_id, other_secret)
+    caller = Caller(upstream, start_server, db, google, stale_branch, client_id, secret)
+    server, subject = spoil(caller)
     with nothing_changes(db, google):
-        response = exchange(upstream, client_id, secret, theirs, stale_branch)
-    assert_refused(response, "invalid_request", mentions="not issued to this client")
+        response = exchange(server, client_id, secret, subject, stale_branch)
+    assert_refused(response, "invalid_request", mentions=mentions)
 
 
-def test_branch_not_connected_is_invalid_grant_naming_the_branch(upstream, db, google, unique):
+# Each returns (client_id, secret, branch asked for, what the error_description names)
+# for a branch the client may not broker a token for.
+def branch_granted_to_others(db, unique, stale_branch):
+    other = unique("other")
+    ensure_branch(db, other)
+    return (*exchange_client(db, [other]), stale_branch, (stale_branch,))
+
+
+def deactivated_branch(db, unique, stale_branch):
+    client = exchange_client(db, [stale_branch])
+    with db.session() as session:
+        set_branch_active(session, stale_branch, False)
+    return (*client, stale_branch, ("deactivated",))
+
+
+def unconnected_branch(db, unique, stale_branch):
     branch_id = unique("unconnected")
     ensure_branch(db, branch_id)
-    client_id, secret = exchange_client(db, [branch_id])
+    return (*exchange_client(db, [branch_id]), branch_id, (branch_id, "branches connect"))
+
+
+# RFC 8693 §2.2.2: a branch the client may not use is invalid_target; one it may use but
+# nobody has connected to Google yet is invalid_grant (RFC 6749 §5.2).
+BRANCH_REFUSALS = [
+    pytest.param(branch_granted_to_others, "invalid_target", id="branch-not-granted-to-the-client"),
+    pytest.param(deactivated_branch, "invalid_target", id="deactivated-branch"),
+    pytest.param(unconnected_branch, "invalid_grant", id="branch-not-connected"),
+]
+
+
+@pytest.mark.parametrize(("setup", "error"), BRANCH_REFUSALS)
+def test_branch_that_cannot_be_brokered_is_refused_naming_why(
+    upstream, db, google, stale_branch, unique, setup, error
+):
+    client_id, secret, branch_id, mentions = setup(db, unique, stale_branch)
     subject = upstream.client_credentials_token(client_id, secret)
     with nothing_changes(db, google):
         response = exchange(upstream, client_id, secret, subject, branch_id)
-    assert_refused(response, "invalid_grant", mentions=branch_id)
-    assert "branches connect" in response.json()["error_description"]
-
-
-def test_deactivated_branch_is_invalid_target(upstream, db, google, stale_branch):
-    from oauth2_server.storage.branches import set_branch_active
-
-    client_id, secret = exchange_client(db, [stale_branch])
-    subject = upstream.client_credentials_token(client_id, secret)
-    with db.session() as session:
-        set_branch_active(session, stale_branch, False)
-    with nothing_changes(db, google):
-        response = exchange(upstream, client_id, secret, subject, stale_branch)
-    assert_refused(response, "invalid_target", mentions="deactivated")
+    assert_refused(response, error)
+    for text in mentions:
+        assert text in response.json()["error_description"], response.text
 
 
 def test_benchmark_scenario_answers_200(upstream, db):

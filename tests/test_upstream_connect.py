@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 import requests
 
 from tests.fake_google import (
@@ -125,13 +126,8 @@ def test_account_is_read_from_userinfo_without_an_id_token(upstream, db, google,
     """OIDC Core §5.3 userinfo when the token response has no id_token."""
     branch_id = unique("userinfo")
     google.include_id_token = False
-    body = connect_branch(
-        upstream,
-        db,
-        google,
-        branch_id,
-        account=Account("400000000000000000004", "info@branch.example"),
-    )
+    info_account = Account("400000000000000000004", "info@branch.example")
+    body = connect_branch(upstream, db, google, branch_id, account=info_account)
     assert body["account_email"] == "info@branch.example"
     assert credential_of(db, branch_id)["account_sub"] == "400000000000000000004"
 
@@ -185,13 +181,8 @@ def test_disconnect_when_revocation_fails_changes_nothing_unless_forced(
     upstream, db, google, unique
 ):
     branch_id = unique("down")
-    connect_branch(
-        upstream,
-        db,
-        google,
-        branch_id,
-        account=Account("610000000000000000061", "down@branch.example"),
-    )
+    down_account = Account("610000000000000000061", "down@branch.example")
+    connect_branch(upstream, db, google, branch_id, account=down_account)
     before = credential_rows(db)
     google.revoke_mode = "error500"
     failed = cli(upstream, "branches", "disconnect", branch_id)
@@ -220,22 +211,12 @@ def test_reconnecting_with_another_account_replaces_and_revokes_the_old_grant(
     upstream, db, google, unique
 ):
     branch_id = unique("switch")
-    connect_branch(
-        upstream,
-        db,
-        google,
-        branch_id,
-        account=Account("700000000000000000007", "old@branch.example"),
-    )
+    old_account = Account("700000000000000000007", "old@branch.example")
+    connect_branch(upstream, db, google, branch_id, account=old_account)
     old_refresh = google.issued_refresh_tokens[-1]
     old_id = credential_of(db, branch_id)["id"]
-    connect_branch(
-        upstream,
-        db,
-        google,
-        branch_id,
-        account=Account("800000000000000000008", "new@branch.example"),
-    )
+    new_account = Account("800000000000000000008", "new@branch.example")
+    connect_branch(upstream, db, google, branch_id, account=new_account)
     assert credential_of(db, branch_id)["account_email"] == "new@branch.example"
     assert db.count("oauth2_upstream_credentials", "id = :i", i=old_id) == 0
     assert google.revocations == [old_refresh]
@@ -289,37 +270,37 @@ def test_callback_with_expired_state_is_refused(upstream, db, google, unique):
     assert credential_of(db, branch_id) is None
 
 
-def test_callback_with_a_provider_error_is_refused(upstream, db, google, unique):
-    """RFC 6749 §4.1.2.1: the provider answered `error=access_denied`."""
-    branch_id = unique("denied")
-    google.authorize_error = "access_denied"
+# What the fake Google answers instead of a usable grant; the id names the rule.
+PROVIDER_ANSWER_REFUSALS = [
+    # RFC 6749 §4.1.2.1: the provider redirected back with `error=access_denied`.
+    pytest.param("authorize_error", "access_denied", "access_denied", id="provider-error"),
+    # DESIGN.md: a user can untick business.manage; say so instead of storing a useless grant.
+    pytest.param(
+        "granted_scope", "openid email", "business.manage", id="consent-without-business-manage"
+    ),
+]
+
+
+@pytest.mark.parametrize(("setting", "value", "mentions"), PROVIDER_ANSWER_REFUSALS)
+def test_callback_with_an_unusable_provider_answer_is_refused_and_nothing_stored(
+    upstream, db, google, unique, setting, value, mentions
+):
+    """The callback is refused naming the reason, nothing is stored, and the failure is
+    audited (through the buffer: a refused callback changes nothing else)."""
+    branch_id = unique("refused")
+    setattr(google, setting, value)
     location = follow_consent(connection_url(upstream, db, branch_id))
     before = credential_rows(db)
     response = callback(location)
-    assert_callback_refused(response, "access_denied")
+    assert_callback_refused(response, mentions)
     assert credential_rows(db) == before
     assert credential_of(db, branch_id) is None
-    deadline = time.monotonic() + 5  # a failure changes nothing: audited through the buffer
+    deadline = time.monotonic() + 5
     while not db.count(
         "oauth2_token_logs", "action = 'upstream_link_failed' AND branch_id = :b", b=branch_id
     ):
         assert time.monotonic() < deadline, "no upstream_link_failed audit row"
         time.sleep(0.1)
-
-
-def test_consent_without_business_manage_is_refused_and_nothing_stored(
-    upstream, db, google, unique
-):
-    """DESIGN.md: a user can untick business.manage; say so instead of storing a useless
-    grant."""
-    branch_id = unique("unticked")
-    google.granted_scope = "openid email"
-    location = follow_consent(connection_url(upstream, db, branch_id))
-    before = credential_rows(db)
-    response = callback(location)
-    assert_callback_refused(response, "business.manage")
-    assert credential_rows(db) == before
-    assert credential_of(db, branch_id) is None
 
 
 def test_callback_page_is_html_for_browsers(upstream, db, google, unique):

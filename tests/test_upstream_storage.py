@@ -50,44 +50,26 @@ def test_ciphertexts_in_the_database_do_not_contain_the_tokens(upstream, db, goo
 def test_a_ciphertext_copied_to_another_row_fails_to_decrypt(upstream, db, google, unique):
     """The associated data binds a ciphertext to its row, provider and account."""
     victim, attacker = unique("victim"), unique("attacker")
-    connect_branch(
-        upstream,
-        db,
-        google,
-        victim,
-        account=Account("110000000000000000011", "victim@branch.example"),
-    )
+    victim_account = Account("110000000000000000011", "victim@branch.example")
+    connect_branch(upstream, db, google, victim, account=victim_account)
     victim_token = google.issued_access_tokens[-1]
-    connect_branch(
-        upstream,
-        db,
-        google,
-        attacker,
-        account=Account("120000000000000000012", "attacker@branch.example"),
-    )
+    attacker_account = Account("120000000000000000012", "attacker@branch.example")
+    connect_branch(upstream, db, google, attacker, account=attacker_account)
     source, target = credential_of(db, victim), credential_of(db, attacker)
 
     keyring = parse_keyring(db.keys)
-    with pytest.raises(DecryptionError):
-        open_token(
-            keyring,
-            key_id=source["encryption_key_id"],
-            ciphertext=source["access"],
-            credential_id=target["id"],
-            provider="google",
-            account_sub=target["account_sub"],
-            kind="access",
-        )
-    with pytest.raises(DecryptionError):  # nor as the other kind of token of its own row
-        open_token(
-            keyring,
-            key_id=source["encryption_key_id"],
-            ciphertext=source["access"],
-            credential_id=source["id"],
-            provider="google",
-            account_sub=source["account_sub"],
-            kind="refresh",
-        )
+    # The victim's access token read as the attacker's, nor as its own row's refresh token.
+    for row, kind in ((target, "access"), (source, "refresh")):
+        with pytest.raises(DecryptionError):
+            open_token(
+                keyring,
+                key_id=source["encryption_key_id"],
+                ciphertext=source["access"],
+                credential_id=row["id"],
+                provider="google",
+                account_sub=row["account_sub"],
+                kind=kind,
+            )
 
     with db.engine.begin() as connection:
         connection.execute(
@@ -131,21 +113,10 @@ def test_keyring_rotation_decrypts_old_rows_and_reencrypts_on_write(
     """A new primary key in OAUTH2_ENCRYPTION_KEYS: rows under the old key still decrypt;
     the next write (a refresh) re-encrypts them under the new key."""
     fresh, near = unique("rotate-fresh"), unique("rotate-near")
-    connect_branch(
-        upstream,
-        db,
-        google,
-        fresh,
-        account=Account("130000000000000000013", "fresh@branch.example"),
-    )
-    connect_branch(
-        upstream,
-        db,
-        google,
-        near,
-        expires_in=120,
-        account=Account("140000000000000000014", "near@branch.example"),
-    )
+    fresh_account = Account("130000000000000000013", "fresh@branch.example")
+    connect_branch(upstream, db, google, fresh, account=fresh_account)
+    near_account = Account("140000000000000000014", "near@branch.example")
+    connect_branch(upstream, db, google, near, expires_in=120, account=near_account)
     assert credential_of(db, fresh)["encryption_key_id"] == "test-1"
 
     new_key = generate_key_spec("test-2")
