@@ -28,27 +28,31 @@ def admin(server, db, unique):
     return admin_api(server, db, unique)
 
 
+def public_app(db, unique) -> str:
+    """A public client for the code flow with refresh tokens."""
+    client_id, _ = db.create_client(
+        name=unique("app"),
+        public=True,
+        grant_types=["authorization_code", "refresh_token"],
+        redirect_uris=[REDIRECT_URI],
+        scope="read",
+    )
+    return client_id
+
+
+def grant(server, app, user):
+    """`user` signs in to `app` and the code is exchanged: the token response."""
+    return exchange_code(
+        server.base_url, authorize_with_pkce(server.base_url, app, user.username, PASSWORD)
+    )
+
+
 @pytest.fixture
 def world(server, db, unique):
     """Two apps, two users, a service: tokens of every combination."""
-    apps = [
-        db.create_client(
-            name=unique("app"),
-            public=True,
-            grant_types=["authorization_code", "refresh_token"],
-            redirect_uris=[REDIRECT_URI],
-            scope="read",
-        )[0]
-        for _ in range(2)
-    ]
+    apps = [public_app(db, unique) for _ in range(2)]
     users = [db.create_user(unique("user"), PASSWORD) for _ in range(2)]
-    grants = {
-        (app, user.subject): exchange_code(
-            server.base_url, authorize_with_pkce(server.base_url, app, user.username, PASSWORD)
-        )
-        for app in apps
-        for user in users
-    }
+    grants = {(app, user.subject): grant(server, app, user) for app in apps for user in users}
     service_id, secret = db.create_client(name=unique("svc"))
     service_tokens = [server.client_credentials_token(service_id, secret) for _ in range(2)]
     return {"apps": apps, "users": users, "grants": grants, "service": (service_id, service_tokens)}
@@ -134,30 +138,22 @@ def test_listing_live_tokens_by_client_and_user(admin, world):
 @pytest.mark.parametrize(
     ("body", "status", "field"),
     [
-        ({}, 400, "body"),
-        ({"client_id": "{app}", "user": "{user}"}, 400, "user"),
-        ({"jti": "00000000-0000-0000-0000-000000000000"}, 404, "jti"),
-        ({"family_id": "no-such-family"}, 404, "family_id"),
-        ({"client_id": "no-such-client"}, 404, "client_id"),
-        ({"user": "no-such-user"}, 404, "user"),
-        ({"branch_id": "no-such-branch"}, 404, "branch_id"),
-        ({"everything": True}, 400, "everything"),
+        pytest.param({}, 400, "body", id="empty-body"),
+        pytest.param({"client_id": "{app}", "user": "{user}"}, 400, "user", id="two-selectors"),
+        pytest.param({"jti": "00000000-0000-0000-0000-000000000000"}, 404, "jti", id="unknown-jti"),
+        pytest.param({"family_id": "no-such-family"}, 404, "family_id", id="unknown-family"),
+        pytest.param({"client_id": "no-such-client"}, 404, "client_id", id="unknown-client"),
+        pytest.param({"user": "no-such-user"}, 404, "user", id="unknown-user"),
+        pytest.param({"branch_id": "no-such-branch"}, 404, "branch_id", id="unknown-branch"),
+        pytest.param({"everything": True}, 400, "everything", id="unknown-field"),
     ],
 )
 def test_bad_revocations_name_the_field_and_change_nothing(
     server, db, admin, unique, body, status, field
 ):
-    app = db.create_client(
-        name=unique("app"),
-        public=True,
-        grant_types=["authorization_code", "refresh_token"],
-        redirect_uris=[REDIRECT_URI],
-        scope="read",
-    )[0]
+    app = public_app(db, unique)
     user = db.create_user(unique("user"), PASSWORD)
-    exchange_code(
-        server.base_url, authorize_with_pkce(server.base_url, app, user.username, PASSWORD)
-    )
+    grant(server, app, user)
     body = {
         k: v.format(app=app, user=user.subject) if isinstance(v, str) else v
         for k, v in body.items()

@@ -36,6 +36,20 @@ def some_ip() -> str:
     return f"203.0.113.{random.randrange(1, 255)}"
 
 
+def signed_in(server, db, unique, name):
+    """A new user `name` signs in to a new public app and consents: (the app's client_id,
+    the authorization result with its code)."""
+    client_id, _ = db.create_client(
+        name=unique("app"),
+        public=True,
+        grant_types=["authorization_code", "refresh_token"],
+        redirect_uris=[REDIRECT_URI],
+        scope="read",
+    )
+    user = db.create_user(unique(name), PASSWORD)
+    return client_id, authorize_with_pkce(server.base_url, client_id, user.username, PASSWORD)
+
+
 def refresh_from(server, client_id, refresh_token, ip):
     response = server.post(
         "/oauth2/token",
@@ -50,26 +64,25 @@ def refresh_from(server, client_id, refresh_token, ip):
     return response.json()
 
 
-def test_refresh_from_a_new_ip_is_flagged(server, db, admin, unique):
-    client_id, _ = db.create_client(
-        name=unique("app"),
-        public=True,
-        grant_types=["authorization_code", "refresh_token"],
-        redirect_uris=[REDIRECT_URI],
-        scope="read",
-    )
-    user = db.create_user(unique("yara"), PASSWORD)
-    token = exchange_code(
-        server.base_url, authorize_with_pkce(server.base_url, client_id, user.username, PASSWORD)
-    )
-    elsewhere = some_ip()
-    token = refresh_from(server, client_id, token["refresh_token"], "127.0.0.1")
-    token = refresh_from(server, client_id, token["refresh_token"], elsewhere)
-    token = refresh_from(server, client_id, token["refresh_token"], elsewhere)
+def refreshed_from(server, db, unique, name, ips):
+    """A new app's grant, refreshed once from each of `ips` in turn: (the app's client_id,
+    its `refreshed` audit rows (ip, risk_score, flags) in order)."""
+    client_id, result = signed_in(server, db, unique, name)
+    token = exchange_code(server.base_url, result)
+    for ip in ips:
+        token = refresh_from(server, client_id, token["refresh_token"], ip)
     rows = db.rows(
         "SELECT ip, risk_score, flags FROM oauth2_token_logs WHERE client_id = :c "
         "AND action = 'refreshed' ORDER BY id",
         c=client_id,
+    )
+    return client_id, rows
+
+
+def test_refresh_from_a_new_ip_is_flagged(server, db, admin, unique):
+    elsewhere = some_ip()
+    client_id, rows = refreshed_from(
+        server, db, unique, "yara", ["127.0.0.1", elsewhere, elsewhere]
     )
     assert [(ip, float(score)) for ip, score, _ in rows] == [
         ("127.0.0.1", 0.0),
@@ -84,26 +97,9 @@ def test_refresh_from_a_new_ip_is_flagged(server, db, admin, unique):
 def test_over_long_ip_is_compared_as_stored_and_not_flagged_new(server, db, unique):
     """An IP longer than the `ip` column is stored cut (audit_bounds); the next refresh from
     the same IP is compared in that stored form, so it is not a `new_ip`."""
-    client_id, _ = db.create_client(
-        name=unique("app"),
-        public=True,
-        grant_types=["authorization_code", "refresh_token"],
-        redirect_uris=[REDIRECT_URI],
-        scope="read",
-    )
-    user = db.create_user(unique("yuri"), PASSWORD)
-    token = exchange_code(
-        server.base_url, authorize_with_pkce(server.base_url, client_id, user.username, PASSWORD)
-    )
     long_ip = "203.0.113." + "9" * 120
-    token = refresh_from(server, client_id, token["refresh_token"], long_ip)
-    token = refresh_from(server, client_id, token["refresh_token"], long_ip)
-    rows = db.rows(
-        "SELECT risk_score, flags FROM oauth2_token_logs WHERE client_id = :c "
-        "AND action = 'refreshed' ORDER BY id",
-        c=client_id,
-    )
-    assert [str(flags).count("new_ip") for _, flags in rows] == [1, 0]
+    _, rows = refreshed_from(server, db, unique, "yuri", [long_ip, long_ip])
+    assert [str(flags).count("new_ip") for *_, flags in rows] == [1, 0]
 
 
 def test_client_auth_failures_from_one_ip_raise_the_score(server, db, admin, unique):
@@ -131,15 +127,7 @@ def test_client_auth_failures_from_one_ip_raise_the_score(server, db, admin, uni
 
 
 def test_code_replay_scores_one_and_is_found_by_min_risk(server, db, admin, unique):
-    client_id, _ = db.create_client(
-        name=unique("app"),
-        public=True,
-        grant_types=["authorization_code", "refresh_token"],
-        redirect_uris=[REDIRECT_URI],
-        scope="read",
-    )
-    user = db.create_user(unique("zed"), PASSWORD)
-    result = authorize_with_pkce(server.base_url, client_id, user.username, PASSWORD)
+    client_id, result = signed_in(server, db, unique, "zed")
     exchange_code(server.base_url, result)
     time.sleep(RACE_WINDOW + 0.2)  # a replay, not the loser of a race (SECURITY.md)
     with pytest.raises(Exception):  # noqa: B017 (oauthlib raises its own invalid_grant)

@@ -172,18 +172,20 @@ def basic(raw: bytes) -> dict[str, str]:
 @pytest.mark.parametrize(
     ("headers", "form", "status"),
     [
-        ({"Authorization": "Basic "}, {}, 401),
-        ({"Authorization": "Basic"}, {}, 401),
-        ({"Authorization": "Basic !!!not-base64"}, {}, 401),
-        (basic(b"\xff\xfe:secret"), {}, 401),
-        (basic(b"abc"), {}, 401),
-        (basic(b"a\x00b:secret"), {}, 401),
-        (basic(b"a%00b:secret"), {}, 401),
-        (basic(b"a\x1bb:secret"), {}, 401),
-        (basic(b"x" * 200 + b":secret"), {}, 401),
-        ({}, {"client_id": "x" * 200, "client_secret": "s"}, 400),
-        ({}, {"client_id": "a\x00b", "client_secret": "s"}, 400),
-        ({}, {"client_id": "a\x00b"}, 400),
+        pytest.param({"Authorization": "Basic "}, {}, 401, id="basic-empty"),
+        pytest.param({"Authorization": "Basic"}, {}, 401, id="basic-no-credentials"),
+        pytest.param({"Authorization": "Basic !!!not-base64"}, {}, 401, id="basic-not-base64"),
+        pytest.param(basic(b"\xff\xfe:secret"), {}, 401, id="basic-not-utf8"),
+        pytest.param(basic(b"abc"), {}, 401, id="basic-no-colon"),
+        pytest.param(basic(b"a\x00b:secret"), {}, 401, id="basic-nul-in-id"),
+        pytest.param(basic(b"a%00b:secret"), {}, 401, id="basic-encoded-nul-in-id"),
+        pytest.param(basic(b"a\x1bb:secret"), {}, 401, id="basic-control-in-id"),
+        pytest.param(basic(b"x" * 200 + b":secret"), {}, 401, id="basic-over-long-id"),
+        pytest.param(
+            {}, {"client_id": "x" * 200, "client_secret": "s"}, 400, id="post-over-long-id"
+        ),
+        pytest.param({}, {"client_id": "a\x00b", "client_secret": "s"}, 400, id="post-nul-in-id"),
+        pytest.param({}, {"client_id": "a\x00b"}, 400, id="public-nul-in-id"),
     ],
 )
 def test_malformed_client_credentials_are_json_invalid_client(server, db, headers, form, status):
@@ -232,6 +234,17 @@ def web_client(db: Any) -> str:
     return client_id
 
 
+def concurrent_logins(
+    live: Any, db: Any, workers: int, attempts: list[tuple[str, str, str]]
+) -> list[requests.Response]:
+    """Post the (username, password, ip) `attempts` from `workers` threads to one login
+    page of a new web client, all in one browser session."""
+    browser = requests.Session()
+    page = login_page(live, web_client(db), browser)
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda attempt: submit(live, browser, page, *attempt), attempts))
+
+
 def test_guessing_elsewhere_never_locks_out_a_browser_with_its_device_cookie(
     start_server, db, unique
 ):
@@ -272,18 +285,10 @@ def test_guessing_elsewhere_never_locks_out_a_browser_with_its_device_cookie(
 
 def test_concurrent_wrong_logins_never_exceed_the_limit_in_argon2_runs(start_server, db, unique):
     live = start_server(OAUTH2_CLIENT_AUTH_FAILURE_LIMIT="5", **TRUST_PROXY)
-    client_id = web_client(db)
     user = db.create_user(unique("eve"), PASSWORD)
-    browser = requests.Session()
-    page = login_page(live, client_id, browser)
     before = metric(live, "oauth2_argon2_verifications_total")
-    with ThreadPoolExecutor(20) as pool:
-        answers = list(
-            pool.map(
-                lambda i: submit(live, browser, page, user.username, f"x{i}", "10.9.0.1"),
-                range(20),
-            )
-        )
+    attempts = [(user.username, f"x{i}", "10.9.0.1") for i in range(20)]
+    answers = concurrent_logins(live, db, 20, attempts)
     assert {a.status_code for a in answers} <= {401, 429}
     assert metric(live, "oauth2_argon2_verifications_total") - before <= 5
 
@@ -295,16 +300,8 @@ def test_full_argon2_queue_answers_503_with_retry_after(start_server, db, unique
         OAUTH2_CLIENT_AUTH_FAILURE_LIMIT="1000",
         **TRUST_PROXY,
     )
-    client_id = web_client(db)
-    browser = requests.Session()
-    page = login_page(live, client_id, browser)
-    with ThreadPoolExecutor(16) as pool:
-        answers = list(
-            pool.map(
-                lambda i: submit(live, browser, page, f"nobody-{i}", "pw", f"10.10.{i}.1"),
-                range(48),
-            )
-        )
+    attempts = [(f"nobody-{i}", "pw", f"10.10.{i}.1") for i in range(48)]
+    answers = concurrent_logins(live, db, 16, attempts)
     assert {a.status_code for a in answers} <= {401, 503}
     busy = [a for a in answers if a.status_code == 503]
     assert busy, "no request found the argon2 queue full"
@@ -314,18 +311,8 @@ def test_full_argon2_queue_answers_503_with_retry_after(start_server, db, unique
 
 def test_login_limiter_memory_is_capped_under_a_spray_of_usernames(start_server, db):
     live = start_server(OAUTH2_LIMITER_MAX_KEYS="40", OAUTH2_ARGON2_QUEUE="200", **TRUST_PROXY)
-    client_id = web_client(db)
-    browser = requests.Session()
-    page = login_page(live, client_id, browser)
-    with ThreadPoolExecutor(4) as pool:
-        answers = list(
-            pool.map(
-                lambda i: submit(
-                    live, browser, page, f"{i:04d}".ljust(60, "u"), "pw", f"10.11.{i}.1"
-                ),
-                range(120),
-            )
-        )
+    attempts = [(f"{i:04d}".ljust(60, "u"), "pw", f"10.11.{i}.1") for i in range(120)]
+    answers = concurrent_logins(live, db, 4, attempts)
     assert {a.status_code for a in answers} == {401}
     assert metric(live, "oauth2_limiter_keys") <= 40
 

@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from oauth2_server.storage.clients import new_client_id
 from tests.conftest import free_port, server_env
 
@@ -24,22 +26,17 @@ def cli(db, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess
     )
 
 
-def test_clients_create_prints_secret_once_and_client_works(server, db, unique):
-    name = unique("svc")
-    result = cli(
-        db,
-        "clients",
-        "create",
-        "--name",
-        name,
-        "--grant-type",
-        "client_credentials",
-        "--scope",
-        "read write",
-        "--json",
-    )
+def create_client(db, *args: str) -> dict:
+    """`clients create ARGS --json`, which must succeed: the printed registration."""
+    result = cli(db, "clients", "create", *args, "--json")
     assert result.returncode == 0, result.stderr
-    created = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def test_clients_create_prints_secret_once_and_client_works(server, db, unique):
+    created = create_client(
+        db, "--name", unique("svc"), "--grant-type", "client_credentials", "--scope", "read write"
+    )
     assert created["grant_types"] == ["client_credentials"]
     assert created["scope"] == "read write"
     assert created["token_endpoint_auth_method"] == "client_secret_basic"
@@ -67,45 +64,44 @@ def test_clients_create_prints_secret_once_and_client_works(server, db, unique):
 
 
 def test_public_client_has_no_secret(db, unique):
-    result = cli(
+    created = create_client(
         db,
-        "clients",
-        "create",
-        "--name",
-        unique("spa"),
-        "--public",
-        "--grant-type",
-        "authorization_code,refresh_token",
-        "--redirect-uri",
-        "http://127.0.0.1:7000/cb",
-        "--json",
+        *("--name", unique("spa"), "--public"),
+        *("--grant-type", "authorization_code,refresh_token"),
+        *("--redirect-uri", "http://127.0.0.1:7000/cb"),
     )
-    assert result.returncode == 0, result.stderr
-    created = json.loads(result.stdout)
     assert created["client_secret"] is None
     assert created["token_endpoint_auth_method"] == "none"
 
 
-def test_invalid_client_registration_exits_2_and_changes_nothing(db, unique):
-    before = db.count("oauth2_clients")
-    audited = db.count("oauth2_token_logs", "action = 'admin_client_created'")
-    cases = [
-        (
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        pytest.param(
             ["--grant-type", "authorization_code", "--redirect-uri", "http://app.example.com/cb"],
             "https",
+            id="http-redirect-uri",
         ),
-        (
+        pytest.param(
             ["--grant-type", "authorization_code", "--redirect-uri", "https://a.example/cb#x"],
             "fragment",
+            id="redirect-uri-with-fragment",
         ),
-        (["--grant-type", "authorization_code"], "redirect_uri"),
-        (["--grant-type", "password"], "password"),
-        (["--public", "--grant-type", "client_credentials"], "client_credentials"),
-    ]
-    for args, named in cases:
-        result = cli(db, "clients", "create", "--name", unique("bad"), *args)
-        assert result.returncode == 2, (args, result.stdout, result.stderr)
-        assert named in result.stderr
+        pytest.param(["--grant-type", "authorization_code"], "redirect_uri", id="no-redirect-uri"),
+        pytest.param(["--grant-type", "password"], "password", id="password-grant"),
+        pytest.param(
+            ["--public", "--grant-type", "client_credentials"],
+            "client_credentials",
+            id="public-client-credentials",
+        ),
+    ],
+)
+def test_invalid_client_registration_exits_2_and_changes_nothing(db, unique, args, named):
+    before = db.count("oauth2_clients")
+    audited = db.count("oauth2_token_logs", "action = 'admin_client_created'")
+    result = cli(db, "clients", "create", "--name", unique("bad"), *args)
+    assert result.returncode == 2, (args, result.stdout, result.stderr)
+    assert named in result.stderr
     assert db.count("oauth2_clients") == before
     assert db.count("oauth2_token_logs", "action = 'admin_client_created'") == audited
 

@@ -44,6 +44,15 @@ def stored_revision(url: str) -> str | None:
         engine.dispose()
 
 
+def assert_migrates_to_head(command: list[str], url: str, cwd: Path, env: dict[str, str]) -> None:
+    """`python COMMAND` run in `cwd` succeeds and leaves the database at the head revision."""
+    result = subprocess.run(
+        [sys.executable, *command], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert stored_revision(url) == migrate.head_revision()
+
+
 @pytest.fixture(params=BACKENDS)
 def fresh_database(request, tmp_path: Path) -> Iterator[str]:
     """The URL of an empty database: a new SQLite file, or a new PostgreSQL database on
@@ -90,16 +99,7 @@ def test_alembic_directory_never_shadows_the_alembic_library():
 
 def test_alembic_upgrade_head_from_the_repository_root(tmp_path, fresh_database):
     env = base_env(tmp_path, OAUTH2_DATABASE_URL=fresh_database)
-    result = subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert stored_revision(fresh_database) == migrate.head_revision()
+    assert_migrates_to_head(["-m", "alembic", "upgrade", "head"], fresh_database, ROOT, env)
 
 
 @pytest.fixture(scope="session")
@@ -166,13 +166,4 @@ def test_installed_migrate_runs_the_packaged_scripts_outside_the_checkout(wheel,
     )
     assert where.returncode == 0, where.stderr
     assert Path(where.stdout.strip()) == target / "oauth2_server" / "_alembic"
-    result = subprocess.run(
-        [sys.executable, "-m", "oauth2_server", "migrate", "--json"],
-        cwd=outside,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert stored_revision(url) == migrate.head_revision()
+    assert_migrates_to_head(["-m", "oauth2_server", "migrate", "--json"], url, outside, env)

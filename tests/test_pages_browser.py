@@ -96,6 +96,19 @@ def authorization_url(server: Any, client_id: str, scope: str, challenge: str, s
     )
 
 
+def code_flow_url(server: Any, db: Any, name: str, scope: str = "read") -> str:
+    """Register a public client `name` redirecting to APP; its authorization URL (state "s")."""
+    client_id, _ = db.create_client(
+        name=name,
+        public=True,
+        grant_types=["authorization_code"],
+        redirect_uris=[APP],
+        scope=scope,
+    )
+    _verifier, challenge = pkce()
+    return authorization_url(server, client_id, scope, challenge, "s")
+
+
 def assert_page_headers(response: Any) -> None:
     """Invariant 7: HTML pages forbid framing; the CSP allows inline styles, no script."""
     headers = response.headers
@@ -200,17 +213,9 @@ def test_login_consent_not_you_and_redirect_in_a_browser(
 def test_client_name_and_unknown_scope_are_escaped(server, db, unique, page):
     """Names and scopes are text, never markup (Jinja autoescape): a scope token may hold
     `<`, `>` and `'` (RFC 6749 §3.3 NQCHAR)."""
-    scope = "read <i>raw</i>"
-    client_id, _ = db.create_client(
-        name="<b>Bold</b> & co",
-        public=True,
-        grant_types=["authorization_code"],
-        redirect_uris=[APP],
-        scope=scope,
-    )
+    url = code_flow_url(server, db, "<b>Bold</b> & co", scope="read <i>raw</i>")
     user = db.create_user(unique("carol"), PASSWORD)
-    _verifier, challenge = pkce()
-    page.goto(authorization_url(server, client_id, scope, challenge, "s"))
+    page.goto(url)
     assert "to continue to <b>Bold</b> & co" in page.inner_text("main")
     page.get_by_label("Username").fill(user.username)
     page.get_by_label("Password").fill(PASSWORD)
@@ -229,15 +234,7 @@ def test_throttled_login_still_names_the_client(start_server, db, unique):
     server = start_server(
         OAUTH2_CLIENT_AUTH_FAILURE_LIMIT="2", OAUTH2_FORWARDED_ALLOW_IPS="127.0.0.1"
     )
-    client_id, _ = db.create_client(
-        name="Throttled App",
-        public=True,
-        grant_types=["authorization_code"],
-        redirect_uris=[APP],
-        scope="read",
-    )
-    _verifier, challenge = pkce()
-    url = authorization_url(server, client_id, "read", challenge, "s")
+    url = code_flow_url(server, db, "Throttled App")
     browser = requests.Session()
     browser.headers["X-Forwarded-For"] = f"198.51.100.{secrets.randbelow(250) + 1}"
     username = unique("dave")
@@ -257,16 +254,8 @@ def test_sign_out_needs_the_csrf_token(server, db, unique):
     """ "Not you?" changes state, so it is a POST checked like every form (invariant 7,
     RFC 6749 §10.12): without the session's CSRF token it is refused and the user stays
     signed in."""
-    client_id, _ = db.create_client(
-        name="CSRF App",
-        public=True,
-        grant_types=["authorization_code"],
-        redirect_uris=[APP],
-        scope="read",
-    )
+    url = code_flow_url(server, db, "CSRF App")
     user = db.create_user(unique("erin"), PASSWORD)
-    _verifier, challenge = pkce()
-    url = authorization_url(server, client_id, "read", challenge, "s")
     browser = requests.Session()
     action, fields = form_fields(browser.get(url, timeout=30).text)
     fields.update(username=user.username, password=PASSWORD)
@@ -308,11 +297,26 @@ def test_redirect_target_names_host_device_or_app(uri, shown):
 
 def test_scope_descriptions_setting_is_checked():
     """OAUTH2_SCOPE_DESCRIPTIONS: a JSON object of scope-tokens to short text; built-ins stay
-    unless overridden; anything else is a one-line ConfigError naming the variable."""
+    unless overridden."""
     settings = Settings.from_env({"OAUTH2_SCOPE_DESCRIPTIONS": '{"read": "Read your orders"}'})
     described = dict(settings.scope_descriptions)
     assert described["read"] == "Read your orders" and "admin" in described
     assert dict(Settings.from_env({}).scope_descriptions)["read"] == "Read your data"
-    for bad in ["[]", "not json", '{"a b": "x"}', '{"a": ""}', '{"a": 1}', '{"a": "x\\ny"}']:
-        with pytest.raises(ConfigError, match="^OAUTH2_SCOPE_DESCRIPTIONS="):
-            Settings.from_env({"OAUTH2_SCOPE_DESCRIPTIONS": bad})
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param("[]", id="not-an-object"),
+        pytest.param("not json", id="not-json"),
+        pytest.param('{"a b": "x"}', id="not-a-scope-token"),
+        pytest.param('{"a": ""}', id="empty-text"),
+        pytest.param('{"a": 1}', id="not-text"),
+        pytest.param('{"a": "x\\ny"}', id="more-than-one-line"),
+    ],
+)
+def test_bad_scope_descriptions_are_a_config_error_naming_the_variable(bad):
+    """Anything but a JSON object of scope-tokens (RFC 6749 §3.3) to one line of text is a
+    one-line ConfigError naming the variable."""
+    with pytest.raises(ConfigError, match="^OAUTH2_SCOPE_DESCRIPTIONS="):
+        Settings.from_env({"OAUTH2_SCOPE_DESCRIPTIONS": bad})

@@ -8,11 +8,16 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
 
 import jwt
 import pytest
 import requests
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from oauth2_server.config import Settings
 from oauth2_server.crypto.keyring import generate_key_spec
@@ -71,18 +76,6 @@ def test_key_rotation_keeps_previous_key_in_jwks(start_server, db):
     assert answer["active"] is True
 
 
-def test_unknown_setting_is_refused_naming_it(tmp_path):
-    env = server_env(
-        f"sqlite+aiosqlite:///{tmp_path}/x.db",
-        "k:" + "A" * 43,
-        free_port(),
-        OAUTH2_ACESS_TOKEN_TTL="60",
-    )
-    result = run_cli("serve", env=env, cwd=tmp_path)
-    assert result.returncode == 2
-    assert "OAUTH2_ACESS_TOKEN_TTL" in result.stderr
-
-
 def test_retired_setting_is_ignored_with_a_warning(caplog):
     """OAUTH2_SECRET_CACHE_TTL lost its meaning when client secrets became SHA-256: an
     upgraded deployment that still sets it starts, and is told once."""
@@ -93,9 +86,14 @@ def test_retired_setting_is_ignored_with_a_warning(caplog):
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("OAUTH2_REFRESH_FAMILY_MAX_AGE", "-1"), ("OAUTH2_REFRESH_TOKEN_TTL", "0")],
+    [
+        pytest.param("OAUTH2_ACESS_TOKEN_TTL", "60", id="unknown-setting"),
+        pytest.param("OAUTH2_REFRESH_FAMILY_MAX_AGE", "-1", id="negative-family-max-age"),
+        pytest.param("OAUTH2_REFRESH_TOKEN_TTL", "0", id="zero-refresh-token-ttl"),
+    ],
 )
-def test_invalid_lifetime_is_refused_naming_it(tmp_path, name, value):
+def test_bad_setting_is_refused_naming_it(tmp_path, name, value):
+    """An unknown OAUTH2_* variable (a typo) or an impossible lifetime: exit 2 naming it."""
     env = server_env(f"sqlite+aiosqlite:///{tmp_path}/x.db", "k:" + "A" * 43, free_port())
     env[name] = value
     result = run_cli("serve", env=env, cwd=tmp_path)
@@ -131,6 +129,41 @@ def test_production_mode_refuses_unsafe_configuration(tmp_path, overrides, named
     assert not (tmp_path / "data").exists()  # no development keyring, no SQLite file
 
 
+@contextmanager
+def serving(env: dict[str, str], cwd: Path) -> Iterator[Iterator[str]]:
+    """`oauth2-server serve` in a subprocess; yields its output lines up to and including
+    uvicorn's "running" line, failing if the output ends before it (the server did not
+    start). Stopped on leaving the block; killed after 90 s, so a silent server never
+    hangs the suite."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "oauth2_server", "serve"],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    watchdog = threading.Timer(90, process.kill)
+    watchdog.start()
+
+    def until_running(stdout: IO[str]) -> Iterator[str]:
+        seen: list[str] = []
+        for line in stdout:
+            seen.append(line)
+            yield line
+            if "Uvicorn running on" in line:
+                return
+        raise AssertionError("serve ended before uvicorn ran:\n" + "".join(seen)[-3000:])
+
+    try:
+        assert process.stdout is not None
+        yield until_running(process.stdout)
+    finally:
+        watchdog.cancel()
+        process.terminate()
+        process.wait(timeout=15)
+
+
 def test_embedded_default_bootstraps_admin_once_and_it_gets_admin_token(tmp_path):
     """First run on an empty SQLite database: an admin client printed once; README's curl."""
     port = free_port()
@@ -143,24 +176,8 @@ def test_embedded_default_bootstraps_admin_once_and_it_gets_admin_token(tmp_path
         OAUTH2_DATA_DIR=str(tmp_path / "data"),  # the development keyring goes there
     )
     env.pop("OAUTH2_ENCRYPTION_KEYS")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "oauth2_server", "serve"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    watchdog = threading.Timer(90, process.kill)  # never hang the suite on a silent server
-    watchdog.start()
-    try:
-        lines: list[str] = []
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            if "Uvicorn running on" in line:
-                break
-        output = "".join(lines)
+    with serving(env, tmp_path) as startup:
+        output = "".join(startup)
         client_id = output.split("client_id:")[1].split()[0]
         secret = output.split("client_secret:")[1].split()[0]
         assert "development keyring" in output  # the warning for generated keys
@@ -172,31 +189,10 @@ def test_embedded_default_bootstraps_admin_once_and_it_gets_admin_token(tmp_path
             timeout=30,
         )
         assert token.status_code == 200 and token.json()["scope"] == "admin"
-    finally:
-        watchdog.cancel()
-        process.terminate()
-        process.wait(timeout=15)
     # Second start: no new admin client, nothing printed.
-    again = subprocess.Popen(
-        [sys.executable, "-m", "oauth2_server", "serve"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    watchdog = threading.Timer(90, again.kill)
-    watchdog.start()
-    try:
-        assert again.stdout is not None
-        for line in again.stdout:
+    with serving(env, tmp_path) as startup:
+        for line in startup:
             assert "client_secret" not in line
-            if "Uvicorn running on" in line:
-                break
-    finally:
-        watchdog.cancel()
-        again.terminate()
-        again.wait(timeout=15)
     engine = create_engine(sync_url(env["OAUTH2_DATABASE_URL"]))
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM oauth2_clients")).scalar() == 1
@@ -220,11 +216,13 @@ def test_unmigrated_postgresql_is_refused_with_migrate_hint(tmp_path):
     """Issue 2 §3: against PostgreSQL, serve refuses an un-migrated database."""
     base_url = os.environ["TEST_DATABASE_URL"]
     keys = generate_key_spec("t")
-    url = base_url.rsplit("/", 1)[0] + "/oauth2_unmigrated_check"
+    # beside the test database, named after it: runs on other test databases never collide
+    name = f"{make_url(base_url).database}_unmigrated"
+    url = base_url.rsplit("/", 1)[0] + f"/{name}"
     admin = create_engine(sync_url(base_url), isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
-        connection.execute(text("DROP DATABASE IF EXISTS oauth2_unmigrated_check"))
-        connection.execute(text("CREATE DATABASE oauth2_unmigrated_check"))
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
     try:
         env = server_env(url, keys, free_port())
         result = run_cli("serve", env=env, cwd=tmp_path)
@@ -240,5 +238,5 @@ def test_unmigrated_postgresql_is_refused_with_migrate_hint(tmp_path):
         other.engine.dispose()
     finally:
         with admin.connect() as connection:
-            connection.execute(text("DROP DATABASE IF EXISTS oauth2_unmigrated_check WITH (FORCE)"))
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()

@@ -108,24 +108,36 @@ def test_missing_postgresql_database_is_one_line(tmp_path, data_dir):
     )
 
 
-def test_sqlite_file_that_cannot_be_created_is_one_line(tmp_path, data_dir):
-    path = tmp_path / "no" / "such" / "dir" / "x.db"
-    env = base_env(data_dir, OAUTH2_DATABASE_URL=f"sqlite+aiosqlite:///{path}")
-    one_line(run("migrate", env=env, cwd=tmp_path), 2, "OAUTH2_DATABASE_URL", str(path))
-
-
-def test_data_dir_that_cannot_be_created_is_one_line(tmp_path):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
-    env = base_env(blocker / "data")
-    one_line(run("migrate", env=env, cwd=tmp_path), 2, "OAUTH2_DATA_DIR", str(blocker))
-
-
-def test_key_file_that_cannot_be_written_is_one_line(tmp_path, data_dir):
-    key_file = tmp_path / "missing-dir" / "keys.json"
-    env = base_env(data_dir, OAUTH2_DEV_KEY_FILE=str(key_file))
-    command = ("serve", "--port", str(free_port()))
-    one_line(run(*command, env=env, cwd=tmp_path), 2, "OAUTH2_DEV_KEY_FILE", str(key_file))
+@pytest.mark.parametrize(
+    ("setting", "value", "path", "command"),
+    [
+        pytest.param(
+            "OAUTH2_DATABASE_URL",
+            "sqlite+aiosqlite:///{path}",
+            "no/such/dir/x.db",
+            "migrate",
+            id="sqlite-file-in-a-missing-directory",
+        ),
+        pytest.param(
+            "OAUTH2_DATA_DIR", "{path}/data", "a-file", "migrate", id="data-dir-below-a-file"
+        ),
+        pytest.param(
+            "OAUTH2_DEV_KEY_FILE",
+            "{path}",
+            "missing-dir/keys.json",
+            "serve",
+            id="key-file-in-a-missing-directory",
+        ),
+    ],
+)
+def test_path_that_cannot_be_created_is_one_line(tmp_path, data_dir, setting, value, path, command):
+    """A file or directory the server must create, where it cannot: exit 2, one line naming
+    the setting and the path (`a-file` is a plain file, in the way of a directory)."""
+    (tmp_path / "a-file").write_text("")
+    where = tmp_path / path
+    env = base_env(data_dir, **{setting: value.format(path=where)})
+    args = ("serve", "--port", str(free_port())) if command == "serve" else (command,)
+    one_line(run(*args, env=env, cwd=tmp_path), 2, setting, str(where))
 
 
 def test_invalid_integer_names_the_setting_in_words(tmp_path, data_dir):
