@@ -12,13 +12,15 @@ synchronous SQLAlchemy connection, and read tables directly to check what change
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,14 @@ from oauth2_server.storage.users import insert_user
 
 # Loopback http is what the live test server speaks; oauthlib insists on https otherwise.
 os.environ.setdefault("OAUTHLIB_INSECURE_TRANSPORT", "1")
+# The suite starts hundreds of `python -m oauth2_server` processes (servers, their workers,
+# the CLI): let them keep the project's compiled bytecode, outside the tree, instead of
+# compiling every module again in each one when the environment says not to write it.
+if os.environ.pop("PYTHONDONTWRITEBYTECODE", None):
+    os.environ.setdefault(
+        "PYTHONPYCACHEPREFIX",
+        str(Path(tempfile.gettempdir()) / f"oauth2_server-test-pycache-{os.getuid()}"),
+    )
 
 BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("TEST_DATABASE_URL") else [])
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,6 +98,14 @@ def run_oauth2_cli(
         text=True,
         timeout=timeout,
     )
+
+
+@functools.cache
+def password_hash(password: str) -> str:
+    """`hash_secret(password)`, computed once per password and process: test users share
+    the hash of the same password (same argon2id parameters, so logging in costs the
+    server what it costs in production; only the tests' own hashing is saved)."""
+    return hash_secret(password)
 
 
 @dataclass
@@ -147,7 +165,7 @@ class Database:
 
     def create_user(self, username: str, password: str = "correct horse battery") -> Any:  # noqa: S107
         with self.session() as session:
-            return insert_user(session, username, hash_secret(password))
+            return insert_user(session, username, password_hash(password))
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
@@ -229,11 +247,21 @@ class LiveServer:
         return self.log_path.read_text() if self.log_path else ""
 
     def stop(self) -> None:
-        self.process.terminate()
+        stop_servers([self])
+
+
+def stop_servers(servers: Iterable[LiveServer]) -> None:
+    """Ask every server to shut down at once, then wait for each (killed after 15 s):
+    their graceful shutdowns overlap instead of running one after another."""
+    servers = list(servers)
+    for live in servers:
+        if live.process.poll() is None:
+            live.process.terminate()
+    for live in servers:
         try:
-            self.process.wait(timeout=15)
+            live.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            live.process.kill()
 
 
 def start_live_server(db: Database, log_dir: Path, **overrides: str) -> LiveServer:
@@ -283,8 +311,30 @@ def start_server(database: Database, tmp_path: Path) -> Iterator[Any]:
         return live
 
     yield start
-    for live in started:
-        live.stop()
+    stop_servers(started)
+
+
+def start_deployment_instances(
+    database: Database, log_dir: Path, started: list[LiveServer], **overrides: str
+) -> tuple[LiveServer, LiveServer]:
+    """Two server instances of one deployment (2 workers each by default, one issuer) on
+    `database`, each appended to `started` as soon as it runs (the caller stops them)."""
+    overrides.setdefault("OAUTH2_WORKERS", "2")
+    # One deployment, one issuer (`iss` of every token): without it each instance
+    # names itself by its port and refuses the other's tokens at introspection.
+    overrides.setdefault("OAUTH2_ISSUER", f"http://127.0.0.1:{free_port()}")
+    for _ in range(2):
+        live = start_live_server(database, log_dir, **overrides)
+        started.append(live)
+        # /readyz answered by one worker: wait until a run of answers shows both are up
+        for _ in range(20):
+            requests.get(live.url("/readyz"), timeout=10).raise_for_status()
+    return started[-2], started[-1]
+
+
+def skip_unless_postgresql(database: Database) -> None:
+    if database.backend != "postgresql":
+        pytest.skip("two instances share one PostgreSQL database; SQLite is single-instance")
 
 
 @pytest.fixture
@@ -295,26 +345,54 @@ def start_instances(database: Database, tmp_path: Path) -> Iterator[Any]:
 
     `start_instances(**overrides)` → (instance_a, instance_b).
     """
-    if database.backend != "postgresql":
-        pytest.skip("two instances share one PostgreSQL database; SQLite is single-instance")
+    skip_unless_postgresql(database)
     started: list[LiveServer] = []
 
     def start(**overrides: str) -> tuple[LiveServer, LiveServer]:
-        overrides.setdefault("OAUTH2_WORKERS", "2")
-        # One deployment, one issuer (`iss` of every token): without it each instance
-        # names itself by its port and refuses the other's tokens at introspection.
-        overrides.setdefault("OAUTH2_ISSUER", f"http://127.0.0.1:{free_port()}")
-        for _ in range(2):
-            live = start_live_server(database, tmp_path, **overrides)
-            started.append(live)
-            # /readyz answered by one worker: wait until a run of answers shows both are up
-            for _ in range(20):
-                requests.get(live.url("/readyz"), timeout=10).raise_for_status()
-        return started[-2], started[-1]
+        return start_deployment_instances(database, tmp_path, started, **overrides)
 
     yield start
-    for live in started:
-        live.stop()
+    stop_servers(started)
+
+
+@pytest.fixture(scope="module")
+def module_server(database: Database, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """`module_server(**overrides)` → a live server with these settings, started on first
+    use and reused by the module's later tests asking for the same settings (stopped
+    after the module). Only for tests whose checks read nothing but what their own
+    clients and users did (no log counting, no server-wide state)."""
+    servers: dict[tuple[tuple[str, str], ...], LiveServer] = {}
+    log_dir = tmp_path_factory.mktemp("module-server")
+
+    def get(**overrides: str) -> LiveServer:
+        key = tuple(sorted(overrides.items()))
+        if key not in servers:
+            servers[key] = start_live_server(database, log_dir, **overrides)
+        return servers[key]
+
+    yield get
+    stop_servers(servers.values())
+
+
+@pytest.fixture(scope="module")
+def module_instances(database: Database, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """`module_instances(**overrides)` → (instance_a, instance_b) as `start_instances`,
+    started on first use and reused by the module's later tests asking for the same
+    settings (stopped after the module; same limits as `module_server`). Skips on
+    SQLite."""
+    deployments: dict[tuple[tuple[str, str], ...], tuple[LiveServer, LiveServer]] = {}
+    started: list[LiveServer] = []
+    log_dir = tmp_path_factory.mktemp("module-instances")
+
+    def get(**overrides: str) -> tuple[LiveServer, LiveServer]:
+        skip_unless_postgresql(database)
+        key = tuple(sorted(overrides.items()))
+        if key not in deployments:
+            deployments[key] = start_deployment_instances(database, log_dir, started, **overrides)
+        return deployments[key]
+
+    yield get
+    stop_servers(started)
 
 
 @pytest.fixture

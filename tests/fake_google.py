@@ -5,14 +5,20 @@ tests use the same fake that `oauth2-server dev fake-provider` runs).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
+from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
+from sqlalchemy import select, update
 
 from oauth2_server.config import Settings
 from oauth2_server.crypto.keyring import load_keyring
+from oauth2_server.db.models import UpstreamCredential
 from oauth2_server.dev.fake_provider import (
     DEFAULT_ACCOUNT,
     Account,
@@ -20,6 +26,7 @@ from oauth2_server.dev.fake_provider import (
     Grant,  # noqa: F401 (re-exported for tests)
     account_for,
 )
+from oauth2_server.dev.fake_provider import _Handler as ProviderHandler
 from oauth2_server.storage.branches import create_branch, get_branch, grant_branch
 from oauth2_server.upstream.connect import begin_connection
 from oauth2_server.upstream.providers import load_provider
@@ -27,6 +34,7 @@ from oauth2_server.upstream.providers import load_provider
 BUSINESS_MANAGE = "https://www.googleapis.com/auth/business.manage"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+FAKE_LIFETIME = 3599  # the stand-in's default `expires_in`
 
 
 # -- driving the flows against a live server ------------------------------------------
@@ -79,11 +87,16 @@ def connect_branch(
     account: Account | None = None,
     expires_in: int | None = None,
     provider: str = "google",
+    lifetime: int | None = FAKE_LIFETIME,
 ) -> dict[str, Any]:
     """Connect `branch_id` end to end (URL → fake consent → callback); the JSON answer.
 
     Without `account`, the branch gets a Google account of its own (branches of one
-    account share one grant, so tests share accounts only on purpose)."""
+    account share one grant, so tests share accounts only on purpose). `expires_in`:
+    seconds the stored access token has left, as if it had been issued `lifetime`
+    seconds before it expires (an ordinary token near its end, default); with
+    `lifetime=None` it is a token the provider issued that short-lived
+    (`upstream.freshness`)."""
     google.account = account or account_for(branch_id)
     if expires_in is not None:
         google.expires_in = expires_in
@@ -93,7 +106,25 @@ def connect_branch(
         google.account = DEFAULT_ACCOUNT
         google.expires_in = 3599
     assert response.status_code == 200, response.text
+    if expires_in is not None and lifetime is not None:
+        age_stored_token(db, branch_id, provider, lifetime)
     return response.json()
+
+
+def age_stored_token(db: Any, branch_id: str, provider: str, lifetime: int) -> None:
+    """Date the branch's stored access token as issued `lifetime` seconds before its
+    expiry (the stand-in issued it with less: the token looks old, not short-lived)."""
+    row = credential_of(db, branch_id, provider)
+    assert row is not None
+    with db.session() as session:
+        expires_at = session.scalar(
+            select(UpstreamCredential.access_expires_at).where(UpstreamCredential.id == row["id"])
+        )
+        session.execute(
+            update(UpstreamCredential)
+            .where(UpstreamCredential.id == row["id"])
+            .values(access_issued_at=expires_at - timedelta(seconds=lifetime))
+        )
 
 
 def exchange_client(
@@ -205,3 +236,93 @@ def cli(server: Any, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
+
+
+def refresh_mark(db: Any, branch_id: str, provider: str = "google") -> dict[str, Any]:
+    """The grant's refresh-in-progress mark and failure record (README "Upstream provider
+    faults")."""
+    rows = db.rows(
+        "SELECT c.refresh_started_at, c.refresh_lease_until, c.last_refresh_error, "
+        "c.last_refresh_error_at, c.refresh_failures, c.access_issued_at "
+        "FROM oauth2_branch_upstream_links l JOIN oauth2_upstream_credentials c "
+        "ON c.id = l.credential_id WHERE l.branch_id = :b AND l.provider = :p",
+        b=branch_id,
+        p=provider,
+    )
+    keys = [
+        "refresh_started_at",
+        "refresh_lease_until",
+        "last_refresh_error",
+        "last_refresh_error_at",
+        "refresh_failures",
+        "access_issued_at",
+    ]
+    return dict(zip(keys, rows[0], strict=True))
+
+
+def wait_refresh_settled(
+    db: Any, branch_id: str, provider: str = "google", timeout: float = 30.0
+) -> dict[str, Any]:
+    """Wait until no refresh of the branch's grant is in flight (its mark is cleared); the
+    mark row then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        mark = refresh_mark(db, branch_id, provider)
+        if mark["refresh_started_at"] is None:
+            return mark
+        assert time.monotonic() < deadline, f"refresh of {branch_id} still in flight: {mark}"
+        time.sleep(0.05)
+
+
+# -- a stand-in provider with the faults of issue #14 item 5 -----------------------------
+
+
+class FaultyProvider(FakeGoogle):
+    """The stand-in provider with two more faults (tests/test_upstream_faults.py):
+
+    - `trickle_seconds`: token endpoint answers are sent one byte every that many
+      seconds (a slow body, within httpx's per-read timeout);
+    - `refresh_scope`: refresh answers carry this `scope` (the owner removed a scope).
+
+    The others are FakeGoogle's: `refresh_mode = "timeout"` with `hang_seconds` (a hang,
+    then an answer), `refresh_delay` with `rotate_refresh_tokens` (a late answer carrying
+    a rotated refresh token), `expires_in` (a short lifetime).
+    """
+
+    def reset(self) -> None:
+        super().reset()
+        self.trickle_seconds = 0.0
+        self.refresh_scope: str | None = None
+
+    def token(self, form: dict[str, str]) -> tuple[int, Any]:
+        status, body = super().token(form)
+        refreshed = form.get("grant_type") == "refresh_token" and status == 200
+        if refreshed and self.refresh_scope is not None:
+            body["scope"] = self.refresh_scope
+        return status, body
+
+
+class _TrickleHandler(ProviderHandler):
+    provider: FaultyProvider
+
+    def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        delay = self.provider.trickle_seconds
+        if not delay or urlsplit(self.path).path != "/token":
+            super()._send(status, body, headers)
+            return
+        data = json.dumps(body).encode()
+        try:
+            self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            for byte in data:
+                self.wfile.write(bytes([byte]))
+                time.sleep(delay)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server under test gave up: what the test wants
+
+
+FaultyProvider.handler = _TrickleHandler

@@ -7,7 +7,7 @@ old client: not for client_credentials (RFC 6749 §4.4), the authorization endpo
 revocation (RFC 7009). Introspection answers `active: false` for every token of a
 deactivated or deleted client, including tokens written in a race with the change.
 
-On PostgreSQL the deployment is two instances with two workers each (`start_instances`);
+On PostgreSQL the deployment is two instances with two workers each (`module_instances`);
 on SQLite one instance with two workers (no NOTIFY there: the version check alone). Every
 worker's client cache is warmed first, so a worker that kept acting on its cached copy
 would be seen. Servers here allow many failed client authentications, as most attempts
@@ -50,14 +50,15 @@ def wait_for_workers(server: LiveServer, workers: int = 2) -> None:
 @pytest.fixture
 def deployment(request: pytest.FixtureRequest, db: Any) -> Any:
     """`deployment()` → the instances of one deployment, each with 2 workers (all started):
-    two on PostgreSQL, one on SQLite."""
+    two on PostgreSQL, one on SQLite. One deployment serves the whole module: every test
+    changes only clients it registered itself, and counts only its own client's lines."""
 
     def start(**env: str) -> list[LiveServer]:
         env = {**ENV, **env}
         if db.backend == "postgresql":
-            servers = list(request.getfixturevalue("start_instances")(**env))
+            servers = list(request.getfixturevalue("module_instances")(**env))
         else:
-            servers = [request.getfixturevalue("start_server")(OAUTH2_WORKERS="2", **env)]
+            servers = [request.getfixturevalue("module_server")(OAUTH2_WORKERS="2", **env)]
         for server in servers:
             wait_for_workers(server)
         return servers
@@ -99,9 +100,14 @@ def active_at(server: LiveServer, introspector: tuple[str, str], token: str) -> 
     return response.json()["active"]
 
 
-def stale_reads(servers: list[LiveServer]) -> int:
-    """How often a worker found its cached client record behind the database at use."""
-    return sum(server.log().count(STALE) for server in servers)
+def stale_reads(servers: list[LiveServer], client_id: str) -> int:
+    """How often a worker found its cached record of `client_id` behind the database at
+    use (ClientCache.stale's line names the client)."""
+    return sum(
+        STALE in line and f"client {client_id}:" in line
+        for server in servers
+        for line in server.log().splitlines()
+    )
 
 
 # -- deactivation and deletion ---------------------------------------------------------
@@ -140,7 +146,7 @@ def test_deactivated_or_deleted_client_gets_nothing_from_any_worker(deployment, 
     for server in servers:
         assert not any(active_at(server, introspector, token) for token in issued)
     workers = 2 * len(servers)
-    assert stale_reads(servers) <= workers, "cached records were not dropped on change"
+    assert stale_reads(servers, client_id) <= workers, "cached records were not dropped on change"
 
 
 @pytest.mark.parametrize("how", ["deactivate", "delete"])
@@ -377,7 +383,7 @@ def test_token_exchange_refused_once_the_client_is_deactivated(upstream, db, goo
     branch_id = unique("branch")
     connect_branch(upstream, db, google, branch_id)
     client_id, secret = exchange_client(db, [branch_id])
-    subject = upstream.client_credentials_token(client_id, secret, scope="read")
+    subject = upstream.client_credentials_token(client_id, secret, scope="upstream:google read")
     for _ in range(4):
         assert exchange(upstream, client_id, secret, subject, branch_id).status_code == 200
     audited = db.count("oauth2_token_logs", "action = 'exchanged' AND client_id = :c", c=client_id)

@@ -37,15 +37,17 @@ PARALLEL = 20
 
 
 @pytest.fixture
-def deployment(request, database, start_server) -> Callable[..., list]:
+def deployment(request, database) -> Callable[..., list]:
     """`deployment(grace, **env)`: the servers of one deployment with that grace — two
-    instances (`start_instances`) on PostgreSQL, one server on SQLite."""
+    instances (`module_instances`) on PostgreSQL, one server on SQLite. Tests asking for
+    the same settings share one deployment (started once per module): each reads only
+    the rows of its own client."""
 
     def start(grace: float, **env: str) -> list:
         env["OAUTH2_REFRESH_REUSE_GRACE"] = str(grace)
         if database.backend == "postgresql":
-            return list(request.getfixturevalue("start_instances")(**env))
-        return [start_server(**env)]
+            return list(request.getfixturevalue("module_instances")(**env))
+        return [request.getfixturevalue("module_server")(**env)]
 
     return start
 

@@ -70,7 +70,7 @@ def test_exchange_returns_the_branch_google_token_with_five_minutes_left(
     connect_branch(upstream, db, google, branch_id)
     google_token = google.issued_access_tokens[-1]
     client_id, secret = exchange_client(db, [branch_id])
-    subject = upstream.client_credentials_token(client_id, secret, scope="read")
+    subject = upstream.client_credentials_token(client_id, secret, scope="upstream:google read")
 
     response = exchange(upstream, client_id, secret, subject, branch_id)
 

@@ -19,10 +19,17 @@ from tests.fake_google import (
     decrypt_stored,
     exchange,
     exchange_client,
+    wait_refresh_settled,
 )
 
 # Extra settings for this module's server (read by the `upstream` fixture in conftest.py).
-UPSTREAM_ENV = {"OAUTH2_UPSTREAM_TIMEOUT": "2", "PROVIDERS": ("google", "microsoft")}
+# The refresh cap equals the caller's deadline here: a refresh that times out for its
+# caller is also abandoned (tests/test_upstream_faults.py covers a longer cap).
+UPSTREAM_ENV = {
+    "OAUTH2_UPSTREAM_TIMEOUT": "2",
+    "OAUTH2_UPSTREAM_REFRESH_CAP": "2",
+    "PROVIDERS": ("google", "microsoft"),
+}
 
 
 def stale(upstream, db, google, branch_id, **kwargs):
@@ -184,12 +191,13 @@ def test_provider_timeout_or_5xx_is_temporarily_unavailable_and_changes_nothing(
     client_id, secret, subject = stale(upstream, db, google, branch_id)
     before = credential_rows(db)
     google.refresh_mode = mode
-    google.hang_seconds = 3.0  # > OAUTH2_UPSTREAM_TIMEOUT=2
+    google.hang_seconds = 3.0  # > OAUTH2_UPSTREAM_TIMEOUT=2 = OAUTH2_UPSTREAM_REFRESH_CAP
 
     response = exchange(upstream, client_id, secret, subject, branch_id)
     assert response.status_code == 503, response.text
     assert response.json()["error"] == "temporarily_unavailable"
     assert response.headers["cache-control"] == "no-store"
+    wait_refresh_settled(db, branch_id)  # the abandoned refresh has ended at its cap
     assert credential_rows(db) == before
     assert credential_of(db, branch_id)["needs_consent"] is False
 

@@ -107,6 +107,19 @@ class Connection(TypedDict):
     needs_consent: bool
     consent_error: str | None
     grant_shared_by: Annotated[int, Field(description="branches linked to the same grant")]
+    refresh: Annotated[
+        Literal["in_progress", "interrupted"] | None,
+        Field(
+            description="a refresh at the provider is in flight (in_progress), or its "
+            "process stopped mid-call and the next refresh takes over (interrupted)"
+        ),
+    ]
+    refresh_started_at: Timestamp | None
+    last_refresh_error: Annotated[
+        str | None, Field(description="why the last refresh failed (never a token)")
+    ]
+    last_refresh_error_at: Timestamp | None
+    refresh_failures: Annotated[int, Field(description="failed refreshes in a row")]
 
 
 Branch = answer(

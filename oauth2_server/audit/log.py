@@ -38,6 +38,7 @@ from oauth2_server.audit.risk import row_score
 from oauth2_server.db.models import TokenLog
 from oauth2_server.storage import utcnow
 from oauth2_server.storage.errors import describe, is_unavailable
+from oauth2_server.storage.tokens import RevokedToken
 
 log = logging.getLogger("oauth2_server.audit")
 
@@ -110,6 +111,28 @@ def stored_text(column: str, value: Any) -> str | None:
 def _family(details: dict[str, Any]) -> str | None:
     family = details.get("family_id")
     return family if isinstance(family, str) else None
+
+
+def revoked_token(
+    token: RevokedToken, context: RequestContext, client_id: str | None, **details: Any
+) -> AuditEvent:
+    """The `token_revoked` row of one token a revocation changed (issue #11: "was token
+    X revoked, and by whom" is answered by `token_id`, after the janitor deleted the
+    token's own row): its kind, its client as `target_client_id`, its family, and
+    `details` (the cause). `client_id` is who revoked it (an admin client, None from the
+    CLI, or the client whose credential was replayed)."""
+    return AuditEvent(
+        "token_revoked",
+        context,
+        client_id=client_id,
+        token_id=token.token_id,
+        details={
+            "kind": token.kind,
+            "target_client_id": token.client_id,
+            **({"family_id": token.family_id} if token.family_id else {}),
+            **details,
+        },
+    )
 
 
 def record(session: Session, *events: AuditEvent) -> None:

@@ -1,36 +1,35 @@
-"""Querying and exporting `oauth2_token_logs` (GET /admin/audit, `oauth2-server audit`).
+"""Querying `oauth2_token_logs` (GET /admin/audit, `oauth2-server audit query`; the
+export in `audit.export` streams the same queries).
 
-Filters (all optional, combined with AND):
+Filters (all optional, combined with AND; `FILTER_DOCS` is their one description):
 
 | filter | meaning |
 |---|---|
-| `since`, `until` | `created_at` ≥ since and < until; ISO 8601 (a zone, or UTC), or a date |
+| `since`, `until` | `created_at` ≥ since, < until: ISO 8601, a date, or relative (`-1h`) |
 | `action` | one or more actions; `admin_*` matches a prefix |
-| `client_id`, `subject`, `branch_id`, `ip` | exact match |
+| `client_id`, `subject`, `branch_id`, `ip`, `family_id`, `token_id`, `request_id` | exact match |
+| `target_client_id` | the client an `admin_*` change is about (`details.target_client_id`) |
 | `min_risk` | `risk_score` ≥ this (0–1) |
 | `flag` | rows carrying this security flag |
 | `order` | `asc` (oldest first, default) or `desc` |
 
 Pages use keyset pagination on (`created_at`, `id`), which every filter index ends with,
 so page N costs what page 1 costs. The position travels in a signed cursor
-(`oauth2_server.audit.cursors`) bound to the filters. `export` streams any query in batches of
-that same keyset read, so memory stays bounded by the batch size, not the result.
+(`oauth2_server.audit.cursors`) bound to the filters. Every page read is itself recorded
+(`read_audited`).
 """
 
 from __future__ import annotations
 
-import csv
 import ipaddress
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, date, datetime
-from typing import Any, TextIO
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import JSON, cast, exists, func, literal, or_, select, text, tuple_
+from sqlalchemy import JSON, cast, exists, func, literal, literal_column, or_, select, text, tuple_
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from oauth2_server.audit.cursors import CursorCodec, CursorError, query_scope
@@ -41,12 +40,18 @@ from oauth2_server.db.models import TokenLog
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 FILTER_DOCS: dict[str, str] = {
-    "since": "created_at ≥ this instant (ISO 8601; a zone or UTC; or YYYY-MM-DD)",
+    "since": "created_at ≥ this instant (ISO 8601; a zone or UTC; or YYYY-MM-DD; or "
+    "relative to now: -90s, -30m, -1h, -7d)",
     "until": "created_at < this instant (same forms); must be after `since`",
     "action": "action, repeatable; a trailing * matches a prefix (admin_*)",
     "client_id": "client id (for admin_* rows: the admin client)",
-    "subject": "token subject (user `sub`, or the client id for client_credentials)",
-    "branch_id": "branch id",
+    "target_client_id": "the client an admin_* change is about (details.target_client_id)",
+    "subject": "token subject (user `sub`, or the client id for client_credentials); for "
+    "admin_* rows: the user the change is about",
+    "branch_id": "branch id (for admin_* rows: the branch the change is about)",
+    "family_id": "refresh-token family (one grant: its code, tokens, reuse and revocation)",
+    "token_id": "token id: an access token's jti, or a refresh token's digest prefix",
+    "request_id": "request id (X-Request-ID) of the HTTP request that wrote the row",
     "ip": "client IP address",
     "min_risk": "risk_score ≥ this, 0–1",
     "flag": "rows carrying this security flag (see SECURITY.md)",
@@ -78,6 +83,10 @@ class AuditFilter:
     branch_id: str | None = None
     ip: str | None = None
     actions: tuple[str, ...] = ()
+    target_client_id: str | None = None
+    family_id: str | None = None
+    token_id: str | None = None
+    request_id: str | None = None
     min_risk: float | None = None
     flag: str | None = None
 
@@ -103,8 +112,19 @@ AUDIT_EXPORT_STARTED = "audit_export_started"
 AUDIT_EXPORTED = "audit_exported"
 
 
-def parse_time(field: str, value: str) -> datetime:
-    """ISO 8601 instant (UTC when no zone is given) or a date (UTC midnight)."""
+RELATIVE_TIME = re.compile(r"^-([0-9]{1,7})([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_time(field: str, value: str, now: datetime | None = None) -> datetime:
+    """ISO 8601 instant (UTC when no zone is given), a date (UTC midnight), or a time
+    relative to `now` (default: the current time, UTC): `-90s`, `-30m`, `-1h`, `-7d`.
+    Raises AuditQueryError naming `field`."""
+    if relative := RELATIVE_TIME.match(value):
+        seconds = int(relative[1]) * _UNIT_SECONDS[relative[2]]
+        if seconds > 100 * 366 * 86400:
+            raise AuditQueryError(field, f"{field} reaches back more than 100 years")
+        return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
     try:
         if len(value) == 10:
             day = date.fromisoformat(value)
@@ -145,12 +165,30 @@ def parse_filter(params: Mapping[str, Sequence[str]], extra: Sequence[str] = ())
         "ip": _ip(params),
         "order": _order(params),
     }
-    for name in ("client_id", "subject", "branch_id"):
+    for name, longest in TEXT_FILTERS.items():
         value = _one(params, name)
-        if value is not None and (not value or len(value) > 200):
-            raise AuditQueryError(name, f"{name} must be 1–200 characters")
+        if value is not None and (not value or len(value) > longest):
+            raise AuditQueryError(name, f"{name} must be 1–{longest} characters")
         fields[name] = value
     return AuditFilter(**fields)
+
+
+# Exact-match text filters and their longest value (the column's length).
+TEXT_FILTERS = {
+    "client_id": 200,
+    "subject": 200,
+    "branch_id": 200,
+    "target_client_id": 200,
+    "family_id": 64,
+    "token_id": 64,
+    "request_id": 64,
+}
+# The expression of `details.target_client_id`, written exactly as the index of
+# migration 0008 is, so PostgreSQL and SQLite use it.
+_TARGET_CLIENT = {
+    "postgresql": "(oauth2_token_logs.details ->> 'target_client_id')",
+    "sqlite": "json_extract(oauth2_token_logs.details, '$.target_client_id')",
+}
 
 
 def _actions(params: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
@@ -229,10 +267,12 @@ def conditions(f: AuditFilter, dialect: str) -> list[Any]:
         options = [TokenLog.action.in_(exact)] if exact else []
         options += [TokenLog.action.startswith(p, autoescape=True) for p in prefixes]
         where.append(or_(*options))
-    for name in ("client_id", "subject", "branch_id", "ip"):
+    for name in ("client_id", "subject", "branch_id", "ip", "family_id", "token_id", "request_id"):
         value = getattr(f, name)
         if value is not None:
             where.append(getattr(TokenLog, name) == value)
+    if f.target_client_id is not None:
+        where.append(literal_column(_TARGET_CLIENT[dialect]) == f.target_client_id)
     if f.min_risk:
         where.append(TokenLog.risk_score >= f.min_risk)
     if f.min_risk or f.flag:
@@ -310,78 +350,3 @@ def query_page(
         "items": [row_json(row) for row in rows],
         "next_cursor": codec.encode(f.scope(), encode_position(rows[-1])) if more else None,
     }
-
-
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-
-
-# The CSV cell of a NULL value (PostgreSQL's COPY marker), so NULL and an empty string
-# differ; a text value equal to it is escaped like a formula.
-CSV_NULL = "\\N"
-
-
-def _csv_cell(value: Any, null: str = CSV_NULL) -> Any:
-    """CSV cell text: `null` for NULL; a leading formula character (OWASP CSV injection),
-    or a text equal to `null`, is escaped with `'` so a spreadsheet never evaluates
-    attacker-controlled text and NULL stays unambiguous."""
-    if value is None:
-        return null
-    if isinstance(value, (dict, list)):
-        value = json.dumps(value, separators=(",", ":"), sort_keys=True)
-    if isinstance(value, str) and (value.startswith(FORMULA_PREFIXES) or value == null):
-        return "'" + value
-    return value
-
-
-class RowWriter:
-    """Writes rows as CSV (header first; NULL as `null`, `CSV_NULL` by default; a UTF-8
-    byte-order mark first when `bom`, for spreadsheets) or JSON Lines (NULL is `null`)
-    to a text stream. Raises AuditQueryError for another format."""
-
-    def __init__(self, out: TextIO, fmt: str, null: str = CSV_NULL, bom: bool = False) -> None:
-        if fmt not in ("csv", "jsonl"):
-            raise AuditQueryError("format", "format must be csv or jsonl")
-        self.out = out
-        self.fmt = fmt
-        self.null = null
-        self._csv = csv.writer(out) if fmt == "csv" else None
-        if self._csv is not None:
-            if bom:
-                out.write("\ufeff")
-            self._csv.writerow(EXPORT_FIELDS)
-
-    def write(self, rows: Sequence[Any]) -> None:
-        for row in rows:
-            item = row_json(row, with_hash=True)
-            if self._csv is not None:
-                item["flags"] = " ".join(item["flags"] or [])
-                self._csv.writerow([_csv_cell(item[name], self.null) for name in EXPORT_FIELDS])
-            else:
-                self.out.write(json.dumps(item, ensure_ascii=False, separators=(",", ":")))
-                self.out.write("\n")
-
-
-async def export(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    f: AuditFilter,
-    writer: RowWriter,
-    batch_size: int = 1000,
-    progress: Callable[[int], None] | None = None,
-) -> int:
-    """Stream every row matching `f` to `writer`, `batch_size` rows per keyset read (one
-    short read transaction each, so no snapshot or lock is held for the whole export).
-    Calls `progress(rows_so_far)` after each batch. Returns the number of rows."""
-    after: Position | None = None
-    total = 0
-    while True:
-        async with sessionmaker() as session:
-            rows = await session.run_sync(query_rows, f, after, batch_size)
-        if not rows:
-            return total
-        writer.write(rows)
-        total += len(rows)
-        if progress is not None:
-            progress(total)
-        if len(rows) < batch_size:
-            return total
-        after = (rows[-1].created_at, rows[-1].id)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from oauth2_server.audit import chain as audit_chain
+from oauth2_server.audit import export as audit_export
 from oauth2_server.audit import janitor
 from oauth2_server.audit import query as audit_query
 from oauth2_server.audit.log import record
@@ -30,17 +31,9 @@ from oauth2_server.config import Settings
 from oauth2_server.crypto.keyring import load_keyring
 from oauth2_server.registry.paging import make_cursor_codec
 
-FILTER_OPTIONS = {
-    "since": "since",
-    "until": "until",
-    "client_id": "client_id",
-    "subject": "subject",
-    "branch_id": "branch_id",
-    "ip": "ip",
-    "min_risk": "min_risk",
-    "flag": "flag",
-    "order": "order",
-}
+# Every filter of GET /admin/audit (`audit.query.FILTER_DOCS`) is an option of the same
+# name; `action` is repeatable and read separately.
+FILTER_OPTIONS = {name: name for name in audit_query.FILTER_DOCS if name != "action"}
 
 
 def _filter(args: Any) -> audit_query.AuditFilter:
@@ -128,7 +121,7 @@ def cmd_audit_export(settings: Settings, args: Any) -> None:
         else:
             out = sys.stdout
         show_bar = sys.stderr.isatty() and not (out is sys.stdout and sys.stdout.isatty())
-        writer = audit_query.RowWriter(out, args.format, args.csv_null, args.bom)
+        writer = audit_export.RowWriter(out, args.format, args.csv_null, args.bom)
         described = {
             "filters": f.described(),
             "format": args.format,
@@ -141,7 +134,7 @@ def cmd_audit_export(settings: Settings, args: Any) -> None:
             if show_bar:
                 async with sessions() as session:
                     bar = ProgressBar(await session.run_sync(audit_query.count_rows, f), sys.stderr)
-            total = await audit_query.export(sessions, f, writer, args.batch_size, bar)
+            total = await audit_export.export(sessions, f, writer, args.batch_size, bar)
             if bar is not None:
                 bar(total)
                 bar.close()
@@ -229,8 +222,8 @@ def register(sub: Any) -> None:
     )
     a.add_argument(
         "--csv-null",
-        default=audit_query.CSV_NULL,
-        help=f"CSV text of a NULL value (default {audit_query.CSV_NULL}; an empty string is "
+        default=audit_export.CSV_NULL,
+        help=f"CSV text of a NULL value (default {audit_export.CSV_NULL}; an empty string is "
         "an empty cell); a value equal to it is escaped with a leading '",
     )
     a.add_argument("--bom", action="store_true", help="CSV: start with a UTF-8 byte-order mark")

@@ -36,6 +36,7 @@ from oauth2_server.config import Settings
 from oauth2_server.crypto.keyring import load_keyring
 from oauth2_server.registry import branches as registry
 from oauth2_server.storage import branches as branch_storage
+from oauth2_server.storage import utcnow
 from oauth2_server.storage.upstream import ConnectionStatus
 from oauth2_server.upstream.connect import ConnectError, begin_connection
 from oauth2_server.upstream.providers import (
@@ -108,6 +109,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> None:
     def call(db: Session) -> list[ConnectionStatus]:
         return registry.connection_status(db, args.branch or None)
 
+    now = utcnow()
     rows = [
         {
             "branch_id": s.branch_id,
@@ -122,6 +124,14 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> None:
             "needs_consent": s.needs_consent,
             "consent_error": s.consent_error,
             "grant_shared_by": s.branches_sharing,
+            # README "Upstream provider faults": a refresh at the provider right now, or
+            # one whose process stopped mid-call (the next refresh takes it over).
+            "refresh": s.refresh_state(now),
+            "refresh_started_at": _iso(s.refresh_started_at),
+            "refresh_lease_until": _iso(s.refresh_lease_until),
+            "refresh_failures": s.refresh_failures,
+            "last_refresh_error": s.last_refresh_error,
+            "last_refresh_error_at": _iso(s.last_refresh_error_at),
         }
         for s in _transaction(settings, call)
     ]
@@ -140,7 +150,28 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> None:
             f"last refresh: {row['last_refreshed_at'] or 'never'}  "
             f"grant shared by {row['grant_shared_by']} branch(es)"
             + (f"\n    reason: {row['consent_error']}" if row["needs_consent"] else "")
+            + _refresh_lines(row)
         )
+
+
+def _refresh_lines(row: dict[str, Any]) -> str:
+    """`branches status` lines about the refresh mark and the last failed refresh."""
+    lines = ""
+    if row["refresh"] == "in_progress":
+        lines += f"\n    refresh in progress since {row['refresh_started_at']}"
+    elif row["refresh"] == "interrupted":
+        lines += (
+            f"\n    REFRESH INTERRUPTED: started {row['refresh_started_at']} and never finished "
+            "(its process stopped); the next exchange retries it. If the provider then "
+            "refuses the grant, reconnect: oauth2-server branches connect "
+            f"{row['branch_id']} --provider {row['provider']}"
+        )
+    if row["refresh_failures"]:
+        lines += (
+            f"\n    last refresh error ({row['refresh_failures']} in a row, "
+            f"{row['last_refresh_error_at']}): {row['last_refresh_error']}"
+        )
+    return lines
 
 
 def _set_active(active: bool) -> Callable[[Settings, argparse.Namespace], None]:

@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 def cross_field_problems(settings: Settings) -> list[str]:
     """Every problem that no single variable shows (empty when there is none), in order:
     the issuer (RFC 8414 §2: an http(s) URL without query or fragment), the code lifetime
-    (≤ 60 s, RFC 6749 §4.1.2), the keyring, then production's refusals (configured keys,
-    an https issuer, PostgreSQL)."""
+    (≤ 60 s, RFC 6749 §4.1.2), the upstream refresh cap (≥ the upstream timeout), the
+    keyring, then production's refusals (configured keys, an https issuer, PostgreSQL)."""
     found: list[str] = []
     issuer = urlsplit(settings.issuer)
     if issuer.scheme not in {"http", "https"} or not issuer.netloc:
@@ -24,6 +24,8 @@ def cross_field_problems(settings: Settings) -> list[str]:
         found.append("OAUTH2_ISSUER must not have a query or fragment (RFC 8414 §2)")
     if settings.authorization_code_ttl > 60:
         found.append("OAUTH2_AUTHORIZATION_CODE_TTL must be at most 60 seconds")
+    if settings.upstream_refresh_cap < settings.upstream_timeout:
+        found.append("OAUTH2_UPSTREAM_REFRESH_CAP must be at least OAUTH2_UPSTREAM_TIMEOUT")
     if settings.encryption_keys:
         from oauth2_server.crypto.keyring import parse_keyring  # it imports this package
 

@@ -197,10 +197,16 @@ class _Settings(BaseSettings):
     # -- upstream brokering (RFC 8693 token exchange for branches' Google tokens) -------
     upstream_min_ttl: PositiveInt = 300
     """Seconds of life a token returned by token exchange has at least; a stored upstream token with
-    less is refreshed at the provider first."""
+    less is refreshed at the provider first. A provider whose tokens live shorter: half their
+    lifetime (README "Upstream provider faults")."""
     upstream_timeout: PositiveFloat = 10.0
-    """Seconds an upstream provider call (token, revocation, userinfo) may take; past it token
-    exchange answers `temporarily_unavailable` (503)."""
+    """Deadline in seconds of an upstream provider call (code exchange, revocation, userinfo: the
+    whole call, body included) and of a token exchange's wait for a refresh; past it token
+    exchange answers `temporarily_unavailable` (503) while the refresh goes on."""
+    upstream_refresh_cap: PositiveFloat = 30.0
+    """Seconds a refresh at the provider may take in all (body included). It goes on after its
+    caller's deadline (OAUTH2_UPSTREAM_TIMEOUT), so that a late answer, and a rotated refresh
+    token in it, is still stored; at least OAUTH2_UPSTREAM_TIMEOUT."""
     upstream_state_ttl: PositiveInt = 600
     """Seconds a `branches connect` authorization URL (its single-use `state`) stays valid."""
 

@@ -4,6 +4,9 @@ Times are UTC `datetime`s (`UTCDateTime` returns them timezone-aware on SQLite t
 No column holds a secret or a token in clear: codes and refresh tokens are SHA-256 hex
 digests, client secrets `sha256$` digests (older ones argon2id until their next use),
 passwords argon2id hashes, private keys AES-256-GCM ciphertext.
+
+Longer than the 400-line guideline on purpose: the whole schema is one module, so one
+read shows every table, and Alembic's `env.py` and the storage layer import one metadata.
 """
 
 from __future__ import annotations
@@ -320,7 +323,15 @@ class UpstreamCredential(Base):
     Access and refresh tokens are AES-256-GCM ciphertexts under the keyring key
     `encryption_key_id`; their associated data binds each to this row's id, provider,
     account and token kind (`upstream.sealing`). `needs_consent` is set when the provider
-    refused a refresh (`invalid_grant`): an admin must connect a branch again.
+    refused a refresh (`invalid_grant`) or narrowed its scope: an admin must connect a
+    branch again.
+
+    `refresh_started_at`/`refresh_lease_until` mark a refresh in flight at the provider
+    (committed before the call, cleared with its outcome; a dead refresher's mark is
+    taken over after the lease). `access_issued_at` dates the stored access token (its
+    lifetime is `access_expires_at - access_issued_at`). `last_refresh_error` (never a
+    token), `last_refresh_error_at` and `refresh_failures` (consecutive) describe the
+    last failed refreshes.
     """
 
     __tablename__ = "oauth2_upstream_credentials"
@@ -340,6 +351,12 @@ class UpstreamCredential(Base):
     last_refreshed_at: Mapped[datetime | None] = mapped_column(nullable=True)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    refresh_started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    refresh_lease_until: Mapped[datetime | None] = mapped_column(nullable=True)
+    access_issued_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_refresh_error: Mapped[str | None] = mapped_column(String(400), nullable=True)
+    last_refresh_error_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    refresh_failures: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class BranchUpstreamLink(Base):

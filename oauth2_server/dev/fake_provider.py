@@ -84,6 +84,8 @@ class FakeGoogle:
 
     client_id = "fake-google-client.apps.example"
     client_secret = "fake-google-secret"  # noqa: S105 (public, fixed: a stand-in's credential)
+    # The request handler class served by `start` (a subclass may serve another).
+    handler: type[BaseHTTPRequestHandler]
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -123,7 +125,7 @@ class FakeGoogle:
         port is taken or not allowed."""
         fake = self
 
-        class Handler(_Handler):
+        class Handler(self.handler):  # type: ignore[name-defined,misc]
             provider = fake
 
         self._server = ThreadingHTTPServer((LOOPBACK, port), Handler)
@@ -334,3 +336,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(*self.provider.revoke(form))
         else:
             self._send(404, {"error": "not_found"})
+
+
+FakeGoogle.handler = _Handler

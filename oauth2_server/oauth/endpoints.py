@@ -15,7 +15,7 @@ from typing import Any
 from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
 
-from oauth2_server.audit.log import AuditEvent
+from oauth2_server.audit.log import AuditEvent, revoked_token
 from oauth2_server.oauth.bridge import OAuthRequest, current_request, session_of, writer_of
 from oauth2_server.oauth.context import Introspected
 from oauth2_server.oauth.grants import ALL_METHODS, CONFIDENTIAL_METHODS
@@ -108,10 +108,12 @@ class RevocationEndpoint(_RevocationEndpoint):
         if token.access is not None:
             count = int(token_storage.revoke_access_token(db, token.access.jti, now))
             family_id = token.access.family_id
+            others = []
         else:
             assert token.refresh is not None
             family_id = token.refresh.family_id
-            count = token_storage.revoke_family(db, family_id, now)
+            others = token_storage.revoke_family(db, family_id, now)
+            count = len(others)
         writer_of(request).record(
             AuditEvent(
                 "revoked",
@@ -121,4 +123,6 @@ class RevocationEndpoint(_RevocationEndpoint):
                 token_id=token.token_id,
                 details={"token_type": token.token_type, "family_id": family_id, "revoked": count},
             ),
+            # RFC 7009 §2.1: revoking a refresh token revokes its grant's tokens too
+            *(revoked_token(t, request.context, token.client_id, cause="revoked") for t in others),
         )

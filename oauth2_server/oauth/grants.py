@@ -25,23 +25,23 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 from sqlalchemy.orm import Session
 
 from oauth2_server import metrics
-from oauth2_server.audit.log import AuditEvent
+from oauth2_server.audit.log import AuditEvent, revoked_token
 from oauth2_server.audit.risk import second_use
 from oauth2_server.crypto.hashing import token_digest
 from oauth2_server.oauth.bridge import session_of, writer_of
 from oauth2_server.storage import tokens as token_storage
 from oauth2_server.storage import utcnow
 from oauth2_server.storage.protocols import RefreshRotation, SessionWriter
-from oauth2_server.storage.tokens import CodeRecord, RefreshTokenRecord
+from oauth2_server.storage.tokens import (
+    CodeRecord,
+    RefreshTokenRecord,
+    RevokedToken,
+    opaque_token_id,
+)
 from oauth2_server.storage.users import UserRecord, get_user
 
 CONFIDENTIAL_METHODS = ["client_secret_basic", "client_secret_post"]
 ALL_METHODS = [*CONFIDENTIAL_METHODS, "none"]
-
-
-def digest_prefix(digest: str) -> str:
-    """What audit rows name an opaque token by: the first 16 hex digits of its SHA-256."""
-    return digest[:16]
 
 
 class S256CodeChallenge(CodeChallenge):
@@ -156,12 +156,14 @@ def detected_second_use(
     digest: str,
     first_use: datetime | None,
     details: dict[str, Any],
+    revoked: list[RevokedToken],
 ) -> None:
     """Audit a second use of a single-use credential (RFC 6749 §4.1.2 code replay, RFC
     9700 §4.14.2 refresh reuse) whose family the caller has revoked, scored by
     `risk.second_use` (1.00, or 0.30 flagged `race` within 1 s of the first use, UTC), and
     keep the transaction's changes although the request fails. `client_id` is the client
-    that presented it."""
+    that presented it; `revoked`, the tokens the caller revoked, each also gets its
+    `token_revoked` row."""
     now = request.context.received_at or utcnow()
     assessment = second_use(action, first_use, now)
     writer_of(request).record(
@@ -170,11 +172,12 @@ def detected_second_use(
             request.context,
             client_id=client_id,
             grant_type=grant_type,
-            token_id=digest_prefix(digest),
+            token_id=opaque_token_id(digest),
             risk_score=assessment.score,
             flags=assessment.flags,
-            details=details,
-        )
+            details={**details, "revoked": len(revoked)},
+        ),
+        *(revoked_token(t, request.context, client_id, cause=action) for t in revoked),
     )
     request.token_context.keep_changes_on_error = True
 
@@ -221,7 +224,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         stored = token_storage.find_authorization_code(db, digest)
         if stored is not None and stored.consumed_at is not None:
             revoked = (
-                token_storage.revoke_family(db, stored.family_id, now) if stored.family_id else 0
+                token_storage.revoke_family(db, stored.family_id, now) if stored.family_id else []
             )
             detected_second_use(
                 request,
@@ -230,11 +233,8 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
                 self.GRANT_TYPE,
                 digest,
                 stored.consumed_at,
-                {
-                    "family_id": stored.family_id,
-                    "revoked": revoked,
-                    "code_client_id": stored.client_id,
-                },
+                {"family_id": stored.family_id, "code_client_id": stored.client_id},
+                revoked,
             )
         return None
 
@@ -294,7 +294,8 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
                 self.GRANT_TYPE,
                 digest,
                 stored.rotated_at,
-                {"family_id": stored.family_id, "revoked": revoked},
+                {"family_id": stored.family_id},
+                revoked,
             )
         return None
 

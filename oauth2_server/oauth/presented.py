@@ -15,11 +15,10 @@ from authlib.oauth2.rfc6749 import TokenMixin
 from sqlalchemy.orm import Session
 
 from oauth2_server.crypto.hashing import token_digest
-from oauth2_server.oauth.grants import digest_prefix
 from oauth2_server.oauth.tokens import AccessTokenCodec
 from oauth2_server.storage import tokens as token_storage
 from oauth2_server.storage import utcnow
-from oauth2_server.storage.tokens import AccessTokenRecord, RefreshTokenRecord
+from oauth2_server.storage.tokens import AccessTokenRecord, RefreshTokenRecord, opaque_token_id
 
 
 @dataclass(frozen=True)
@@ -75,4 +74,4 @@ def find_presented_token(db: Session, codec: AccessTokenCodec, token: str) -> Pr
     refresh = token_storage.find_refresh_token(db, digest)
     if refresh is None:
         return None
-    return PresentedToken("refresh_token", digest_prefix(digest), refresh=refresh)
+    return PresentedToken("refresh_token", opaque_token_id(digest), refresh=refresh)

@@ -2,7 +2,8 @@
 for a downstream service (DESIGN.md "Upstream brokering" 3).
 
 Request (§2.1): `grant_type=urn:ietf:params:oauth:grant-type:token-exchange`,
-`subject_token` (an access token this server issued to the calling client),
+`subject_token` (an access token this server issued to the calling client, itself
+carrying scope `upstream:<provider>`),
 `subject_token_type=urn:ietf:params:oauth:token-type:access_token`, `audience` (the
 provider, e.g. `google`), `branch_id`, optional `scope`. The caller authenticates as a
 confidential client registered for this grant type, holding scope `upstream:<provider>`
@@ -10,12 +11,14 @@ and granted the branch (or `*`).
 
 Response (§2.2.1): the provider's access token as `access_token`, `issued_token_type`
 access_token, `token_type` Bearer, `expires_in` (≥ OAUTH2_UPSTREAM_MIN_TTL seconds, unless
-the provider itself just issued a shorter-lived token: then its true remaining life) and
+the provider's tokens live shorter: then their true remaining life, at least half their
+lifetime, `upstream.freshness`; or the provider just issued a shorter-lived one) and
 `scope` (what the upstream token actually holds; a requested `scope` can only narrow the
 request, not the Google token). Never the upstream refresh token.
 
 Errors (§2.2.2, RFC 6749 §5.2): a missing parameter or a bad subject token (forged,
-expired, revoked, another client's) → `invalid_request`; an audience, resource or branch
+expired, revoked, another client's, or lacking scope `upstream:<provider>`: §2.2.2 "the
+subject_token … [is] invalid or unacceptable") → `invalid_request`; an audience, resource or branch
 the caller may not use → `invalid_target`; scope beyond the grant → `invalid_scope`; a
 branch not connected, or whose grant needs new consent → `invalid_grant` naming the
 branch; provider timeout/5xx → `temporarily_unavailable` (503).
@@ -59,6 +62,7 @@ from oauth2_server.storage import tokens as token_storage
 from oauth2_server.storage import utcnow
 from oauth2_server.storage.exchange import ExchangePrefetch, exchange_target
 from oauth2_server.storage.upstream import CredentialRow
+from oauth2_server.upstream.freshness import refresh_due
 from oauth2_server.upstream.providers import provider_names
 from oauth2_server.upstream.sealing import ACCESS, open_token
 from oauth2_server.upstream.service import (
@@ -202,6 +206,18 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):
                 f"(it needs scope {UPSTREAM_SCOPE_PREFIX}{audience})"
             )
 
+    def _check_subject_scope(self, audience: str) -> None:
+        """RFC 8693 §2.1/§2.2.2: the subject token itself must carry `upstream:<audience>`
+        (what the client is registered for is not enough: a token minted with a narrower
+        scope does not stand for this exchange). An unacceptable subject_token is
+        `invalid_request` (§2.2.2)."""
+        needed = UPSTREAM_SCOPE_PREFIX + audience
+        if needed not in str(self.claims.get("scope") or "").split():
+            raise InvalidRequestError(
+                f"subject_token lacks scope {needed} (RFC 8693 2.2.2: an unacceptable "
+                f"subject_token is invalid_request); request the token with scope={needed}"
+            )
+
     def _credential(self, client_id: str, branch_id: str, audience: str) -> CredentialRow:
         """The branch's upstream grant, if the client may use the branch and the grant is
         connected and consented (`invalid_target`, `invalid_grant` otherwise)."""
@@ -233,10 +249,14 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):
     def _check_fresh(
         self, credential: CredentialRow, client_id: str, branch_id: str, audience: str
     ) -> None:
-        """Raise RefreshRequired when the stored upstream token has less than `min_ttl`
-        seconds left (once refreshed, any remaining life will do)."""
-        remaining = credential.access_expires_at - utcnow()
-        fresh = remaining >= timedelta(seconds=self.config.min_ttl)
+        """Raise RefreshRequired when the stored upstream token is due for a refresh: less
+        than `min_ttl` seconds left, or half its lifetime when the provider's tokens live
+        shorter (`upstream.freshness`). Once refreshed, any remaining life will do."""
+        now = utcnow()
+        remaining = credential.access_expires_at - now
+        fresh = not refresh_due(
+            self.config.min_ttl, credential.access_expires_at, credential.access_issued_at, now
+        )
         refreshed_now = self.request.token_context.upstream_refreshed
         if not fresh and not (refreshed_now and remaining > timedelta(seconds=0)):
             if refreshed_now:
@@ -258,6 +278,7 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):
         subject_token, audience, branch_id = self._check_parameters()
         self.claims = self._subject_claims(subject_token, client.client_id)
         self._check_audience(client, audience)
+        self._check_subject_scope(audience)
         credential = self._credential(client.client_id, branch_id, audience)
         granted = credential.scope.split()
         beyond = [s for s in (request.payload.scope or "").split() if s not in granted]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from oauth2_server.audit.log import AuditEvent, RequestContext
+from oauth2_server.audit.log import AuditEvent, RequestContext, revoked_token
+from oauth2_server.storage.tokens import RevokedToken
 
 
 @dataclass(frozen=True)
@@ -22,14 +23,25 @@ class Actor:
     operator: str | None = None
     host: str | None = None
 
-    def event(self, action: str, **kwargs: Any) -> AuditEvent:
-        """An audit event by this actor; `details` gets `via`, and `admin_jti` (API) or
-        `operator`, `host` and `"authenticated": false` (CLI)."""
-        details = {"via": self.via, **kwargs.pop("details", {})}
+    def details(self, **details: Any) -> dict[str, Any]:
+        """`details` with who acted: `via`, and `admin_jti` (API) or `operator`, `host`
+        and `"authenticated": false` (CLI)."""
+        who: dict[str, Any] = {"via": self.via, **details}
         if self.token_id:
-            details["admin_jti"] = self.token_id
+            who["admin_jti"] = self.token_id
         if self.operator:
-            details["operator"] = self.operator
-            details["host"] = self.host
-            details["authenticated"] = False
+            who["operator"] = self.operator
+            who["host"] = self.host
+            who["authenticated"] = False
+        return who
+
+    def event(self, action: str, **kwargs: Any) -> AuditEvent:
+        """An audit event by this actor, `details` completed by `Actor.details`."""
+        details = self.details(**kwargs.pop("details", {}))
         return AuditEvent(action, self.context, client_id=self.client_id, details=details, **kwargs)
+
+    def revoked(self, tokens: list[RevokedToken], **details: Any) -> list[AuditEvent]:
+        """One `token_revoked` row (`audit.log.revoked_token`) by this actor per token a
+        change revoked; `details` says what the revocation named."""
+        who = self.details(**details)
+        return [revoked_token(token, self.context, self.client_id, **who) for token in tokens]

@@ -22,6 +22,7 @@ from oauth2_server.registry.errors import Conflict, FieldInvalid, NotFound, requ
 from oauth2_server.registry.paging import iso
 from oauth2_server.storage import branches as storage
 from oauth2_server.storage import upstream as upstream_storage
+from oauth2_server.storage import utcnow
 from oauth2_server.storage.clients import get_client_view
 
 ALL_BRANCHES = storage.ALL_BRANCHES
@@ -59,6 +60,7 @@ def branch_json(session: Session, branch: storage.BranchRecord) -> dict[str, Any
     item = asdict(branch)
     item["created_at"], item["updated_at"] = iso(branch.created_at), iso(branch.updated_at)
     item["clients"] = list(storage.clients_granted(session, branch.branch_id) or ())
+    now = utcnow()
     item["connections"] = [
         {
             "provider": s.provider,
@@ -69,6 +71,11 @@ def branch_json(session: Session, branch: storage.BranchRecord) -> dict[str, Any
             "needs_consent": s.needs_consent,
             "consent_error": s.consent_error,
             "grant_shared_by": s.branches_sharing,
+            "refresh": s.refresh_state(now),
+            "refresh_started_at": iso(s.refresh_started_at),
+            "last_refresh_error": s.last_refresh_error,
+            "last_refresh_error_at": iso(s.last_refresh_error_at),
+            "refresh_failures": s.refresh_failures,
         }
         for s in upstream_storage.connection_status(session, branch.branch_id)
         if s.provider is not None

@@ -217,12 +217,16 @@ def update_client(
     assert view is not None
     if "branches" in body:
         _set_branches(session, client_id, body["branches"])
-    revoked = 0
+    revoked = []
     if body.get("active") is False:
         revoked = revoke_tokens(session, TokenFilter(client_ids=(client_id,)), utcnow())
-    details = {"target_client_id": client_id, "changes": changes, "revoked": revoked}
-    record(session, actor.event("admin_client_updated", details=details))
-    return {**_with_branches(session, view), "revoked": revoked}
+    details = {"target_client_id": client_id, "changes": changes, "revoked": len(revoked)}
+    record(
+        session,
+        actor.event("admin_client_updated", details=details),
+        *actor.revoked(revoked, revoked_by={"client_deactivated": client_id}),
+    )
+    return {**_with_branches(session, view), "revoked": len(revoked)}
 
 
 def rotate_secret(session: Session, actor: Actor, client_id: str) -> dict[str, Any]:
@@ -247,9 +251,13 @@ def delete_client(session: Session, actor: Actor, client_id: str) -> dict[str, A
     revoked = revoke_tokens(session, TokenFilter(client_ids=(client_id,)), utcnow())
     if not storage.delete_client(session, client_id):
         raise NotFound("client_id", f"client {client_id!r} not found")
-    details = {"target_client_id": client_id, "revoked": revoked}
-    record(session, actor.event("admin_client_deleted", details=details))
-    return {"client_id": client_id, "deleted": True, "revoked": revoked}
+    details = {"target_client_id": client_id, "revoked": len(revoked)}
+    record(
+        session,
+        actor.event("admin_client_deleted", details=details),
+        *actor.revoked(revoked, revoked_by={"client_deleted": client_id}),
+    )
+    return {"client_id": client_id, "deleted": True, "revoked": len(revoked)}
 
 
 def list_clients(session: Session, after: list[Any] | None, limit: int) -> dict[str, Any]:

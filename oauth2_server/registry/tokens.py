@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from oauth2_server.audit.log import record
+from oauth2_server.db.models import AccessToken
 from oauth2_server.registry.actor import Actor
 from oauth2_server.registry.errors import FieldInvalid, NotFound, require
 from oauth2_server.registry.paging import after_int, iso
@@ -27,6 +28,7 @@ from oauth2_server.storage import revocation, utcnow
 from oauth2_server.storage import tokens as token_storage
 from oauth2_server.storage.branches import clients_granted
 from oauth2_server.storage.clients import get_client_view
+from oauth2_server.storage.tokens import RevokedToken
 from oauth2_server.storage.users import get_user_view
 
 # What one revocation may name; exactly one per request.
@@ -59,11 +61,11 @@ def token_filter(session: Session, criteria: dict[str, str]) -> revocation.Token
     return revocation.TokenFilter(client_ids=client_ids, user_id=user_id)
 
 
-def _revoke_by(session: Session, by: str, value: str, now: datetime) -> int:
+def _revoke_by(session: Session, by: str, value: str, now: datetime) -> list[RevokedToken]:
     if by == "jti":
         if token_storage.get_access_token(session, value) is None:
             raise NotFound("jti", f"no access token with jti {value!r}")
-        return int(token_storage.revoke_access_token(session, value, now))
+        return token_storage.revoke_where(session, AccessToken, now, AccessToken.jti == value)
     if by == "family_id":
         if not revocation.family_exists(session, value):
             raise NotFound("family_id", f"no token family {value!r}")
@@ -80,8 +82,9 @@ def _revoke_by(session: Session, by: str, value: str, now: datetime) -> int:
 
 def revoke(session: Session, actor: Actor, body: dict[str, str]) -> dict[str, Any]:
     """Revoke by exactly one of REVOKE_BY's fields (a user's pending authorization codes
-    go too). Returns `{"revoked": n, "by": field, "value": value}`; FieldInvalid unless
-    exactly one is given, NotFound when its target is unknown."""
+    go too). Writes the `admin_tokens_revoked` row and one `token_revoked` row per token
+    (`Actor.revoked`). Returns `{"revoked": n, "by": field, "value": value}`; FieldInvalid
+    unless exactly one is given, NotFound when its target is unknown."""
     given = [name for name in REVOKE_BY if name in body]
     if len(given) != 1:
         field = given[1] if given else "body"
@@ -96,10 +99,11 @@ def revoke(session: Session, actor: Actor, body: dict[str, str]) -> dict[str, An
             subject=value if by == "user" else None,
             branch_id=value if by == "branch_id" else None,
             token_id=value if by == "jti" else None,
-            details={"by": by, "value": value, "revoked": revoked},
+            details={"by": by, "value": value, "revoked": len(revoked)},
         ),
+        *actor.revoked(revoked, revoked_by={by: value}),
     )
-    return {"revoked": revoked, "by": by, "value": value}
+    return {"revoked": len(revoked), "by": by, "value": value}
 
 
 def _json(item: dict[str, Any], kind: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from oauth2_server.storage import users as storage
 from oauth2_server.storage import utcnow
 from oauth2_server.storage.revocation import TokenFilter, revoke_tokens
 from oauth2_server.storage.subjects import IDENTIFIER, SubjectTaken
+from oauth2_server.storage.tokens import RevokedToken
 
 MIN_PASSWORD = 8
 
@@ -59,9 +60,9 @@ def get_user_view(session: Session, subject: str) -> storage.UserView:
     return require(view, "subject", f"user {subject!r} not found")
 
 
-def cut_off(session: Session, user_id: int) -> int:
+def cut_off(session: Session, user_id: int) -> list[RevokedToken]:
     """Revoke every token of the user and delete their pending authorization codes;
-    the number of tokens revoked."""
+    the tokens revoked."""
     revoked = revoke_tokens(session, TokenFilter(user_id=user_id), utcnow())
     storage.delete_pending_codes(session, user_id)
     return revoked
@@ -104,11 +105,15 @@ def update_user(
     view = storage.update_user(session, subject, body)
     assert view is not None
     deactivated = body.get("active") is False
-    revoked = cut_off(session, current.id) if deactivated else 0
+    revoked = cut_off(session, current.id) if deactivated else []
     action = "admin_user_deactivated" if deactivated else "admin_user_updated"
-    details = {"changes": body, "revoked": revoked}
-    record(session, actor.event(action, subject=subject, details=details))
-    return {**user_json(view), "revoked": revoked}
+    details = {"changes": body, "revoked": len(revoked)}
+    record(
+        session,
+        actor.event(action, subject=subject, details=details),
+        *actor.revoked(revoked, revoked_by={"user": subject}),
+    )
+    return {**user_json(view), "revoked": len(revoked)}
 
 
 def set_password(
@@ -118,10 +123,14 @@ def set_password(
     revokes every token they hold. NotFound (`subject`)."""
     view = get_user_view(session, subject)
     storage.update_user(session, subject, {"password_hash": password_hash})
-    revoked = cut_off(session, view.id) if revoke else 0
-    details = {"revoked": revoked}
-    record(session, actor.event("admin_user_password_set", subject=subject, details=details))
-    return {**user_json(view), "revoked": revoked}
+    revoked = cut_off(session, view.id) if revoke else []
+    details = {"revoked": len(revoked)}
+    record(
+        session,
+        actor.event("admin_user_password_set", subject=subject, details=details),
+        *actor.revoked(revoked, revoked_by={"user": subject}),
+    )
+    return {**user_json(view), "revoked": len(revoked)}
 
 
 def list_users(session: Session, after: list[Any] | None, limit: int) -> dict[str, Any]:

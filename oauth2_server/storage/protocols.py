@@ -38,7 +38,7 @@ from oauth2_server.audit.log import AuditEvent, record
 from oauth2_server.storage import tokens as token_storage
 from oauth2_server.storage.client_state import ClientGuard, IntrospectionRead
 from oauth2_server.storage.exchange import ExchangePrefetch
-from oauth2_server.storage.tokens import AccessTokenRecord, RefreshRedemption
+from oauth2_server.storage.tokens import AccessTokenRecord, RefreshRedemption, RevokedToken
 
 
 class AuditWriter(Protocol):
@@ -64,8 +64,8 @@ class RefreshRotation(Protocol):
     ) -> RefreshRedemption:
         """Use a presented refresh token (compare-and-set; one concurrent winner)."""
 
-    def revoke_family(self, family_id: str, now: datetime) -> int:
-        """Revoke every token of one grant; the number newly revoked."""
+    def revoke_family(self, family_id: str, now: datetime) -> list[RevokedToken]:
+        """Revoke every token of one grant; the tokens newly revoked."""
 
 
 class IssueStore(Protocol):
@@ -158,5 +158,5 @@ class SessionWriter:
     ) -> RefreshRedemption:
         return token_storage.redeem_refresh_token(self.session, token_hash, client_id, now, grace)
 
-    def revoke_family(self, family_id: str, now: datetime) -> int:
+    def revoke_family(self, family_id: str, now: datetime) -> list[RevokedToken]:
         return token_storage.revoke_family(self.session, family_id, now)

@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, select, tuple_
 from sqlalchemy.orm import Session
 
 from oauth2_server.db.models import AccessToken, RefreshToken, User
-from oauth2_server.storage.tokens import revoke_where
+from oauth2_server.storage.tokens import RevokedToken, revoke_where
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,11 @@ def _where(model: Any, f: TokenFilter) -> list[ColumnElement[bool]]:
     return where
 
 
-def revoke_tokens(session: Session, f: TokenFilter, now: datetime) -> int:
+def revoke_tokens(session: Session, f: TokenFilter, now: datetime) -> list[RevokedToken]:
     """Revoke every unrevoked access and refresh token matching `f` (expired ones too,
-    so nothing can be revived). Returns tokens newly revoked."""
+    so nothing can be revived). Returns the tokens newly revoked."""
     models = (AccessToken, RefreshToken)
-    return sum(revoke_where(session, model, now, *_where(model, f)) for model in models)
+    return [t for model in models for t in revoke_where(session, model, now, *_where(model, f))]
 
 
 def family_exists(session: Session, family_id: str) -> bool:

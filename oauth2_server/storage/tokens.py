@@ -139,21 +139,53 @@ def get_access_token(session: Session, jti: str) -> AccessTokenRecord | None:
 
 def revoke_access_token(session: Session, jti: str, now: datetime) -> bool:
     """Revoke one access token; True if this call revoked it."""
-    return revoke_where(session, AccessToken, now, AccessToken.jti == jti) > 0
+    return bool(revoke_where(session, AccessToken, now, AccessToken.jti == jti))
 
 
-def revoke_where(session: Session, model: Any, now: datetime, *where: Any) -> int:
+# How audit rows name an opaque token (authorization code, refresh token): the first hex
+# digits of its SHA-256 (never the token).
+OPAQUE_ID_CHARS = 16
+
+
+def opaque_token_id(token_hash: str) -> str:
+    """The audit trail's `token_id` of the code or refresh token whose SHA-256 hex is
+    `token_hash`."""
+    return token_hash[:OPAQUE_ID_CHARS]
+
+
+@dataclass(frozen=True)
+class RevokedToken:
+    """A token one revocation changed: `kind` `access_token` or `refresh_token`,
+    `token_id` as the audit trail names it (the `jti`, or `opaque_token_id`), and its
+    client, family (None for client_credentials and exchange tokens) and user row id."""
+
+    kind: str
+    token_id: str
+    client_id: str
+    family_id: str | None
+    user_id: int | None
+
+
+def revoke_where(session: Session, model: Any, now: datetime, *where: Any) -> list[RevokedToken]:
     """Set `revoked_at` to `now` (UTC) on `model`'s rows (`AccessToken` or
-    `RefreshToken`) matching `where` that are not revoked yet, in one UPDATE; returns how
-    many this call revoked (a concurrent revocation never counts a token twice). Token
-    rows are never loaded as ORM objects, so the session has nothing to synchronize."""
+    `RefreshToken`) matching `where` that are not revoked yet, in one UPDATE … RETURNING;
+    returns the tokens this call revoked (a concurrent revocation never reports a token
+    twice). Token rows are never loaded as ORM objects, so the session has nothing to
+    synchronize."""
+    access = model is AccessToken
+    key = AccessToken.jti if access else RefreshToken.token_hash
     result = session.execute(
         update(model)
         .where(*where, model.revoked_at.is_(None))
         .values(revoked_at=now)
+        .returning(key, model.client_id, model.family_id, model.user_id)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount
+    kind = "access_token" if access else "refresh_token"
+    return [
+        RevokedToken(kind, token if access else opaque_token_id(token), client, family, user)
+        for token, client, family, user in result
+    ]
 
 
 @dataclass(frozen=True)
@@ -335,9 +367,11 @@ def find_refresh_token(session: Session, token_hash: str) -> RefreshTokenRecord 
     return _refresh_record(row)
 
 
-def revoke_family(session: Session, family_id: str, now: datetime) -> int:
-    """Revoke every refresh and access token of one grant. Returns tokens newly revoked."""
-    return sum(
-        revoke_where(session, model, now, model.family_id == family_id)
+def revoke_family(session: Session, family_id: str, now: datetime) -> list[RevokedToken]:
+    """Revoke every refresh and access token of one grant. Returns the tokens newly
+    revoked (refresh tokens first)."""
+    return [
+        token
         for model in (RefreshToken, AccessToken)
-    )
+        for token in revoke_where(session, model, now, model.family_id == family_id)
+    ]

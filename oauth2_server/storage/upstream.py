@@ -8,6 +8,9 @@ UPDATE` on PostgreSQL; on SQLite, a first write that takes the database's single
 lock) until its transaction ends. Token exchange's reads are `storage.exchange`; the
 join of branches to their grants they share with the status listing is
 `join_branch_grant`.
+
+A refresh at the provider is not done under that lock: its refresh-in-progress mark and
+outcome are `storage.upstream_refresh`.
 """
 
 from __future__ import annotations
@@ -48,6 +51,21 @@ class CredentialRow:
     needs_consent: bool
     consent_error: str | None
     last_refreshed_at: datetime | None
+    refresh_started_at: datetime | None = None
+    refresh_lease_until: datetime | None = None
+    access_issued_at: datetime | None = None
+    last_refresh_error: str | None = None
+    last_refresh_error_at: datetime | None = None
+    refresh_failures: int = 0
+
+    def refreshing(self, now: datetime) -> bool:
+        """A refresh is in flight at the provider and its lease still holds."""
+        return self.refresh_lease_until is not None and self.refresh_lease_until > now
+
+    def interrupted(self, now: datetime) -> bool:
+        """A refresh was started and never finished (its process died): the mark is
+        still there but its lease is over."""
+        return self.refresh_started_at is not None and not self.refreshing(now)
 
 
 CREDENTIAL_COLUMNS = (
@@ -63,6 +81,12 @@ CREDENTIAL_COLUMNS = (
     UpstreamCredential.needs_consent,
     UpstreamCredential.consent_error,
     UpstreamCredential.last_refreshed_at,
+    UpstreamCredential.refresh_started_at,
+    UpstreamCredential.refresh_lease_until,
+    UpstreamCredential.access_issued_at,
+    UpstreamCredential.last_refresh_error,
+    UpstreamCredential.last_refresh_error_at,
+    UpstreamCredential.refresh_failures,
 )
 
 
@@ -125,14 +149,15 @@ def insert_credential(
     now: datetime,
 ) -> None:
     """Store a new grant (its id is part of the tokens' associated data)."""
-    values = _token_values(sealed, access_expires_at, scope, now)
+    values = token_values(sealed, access_expires_at, scope, now)
     values.update(id=credential_id, provider=provider, account_sub=account_sub)
     values.update(account_email=account_email, created_at=now)
     values.update(needs_consent=False, consent_error=None, last_refreshed_at=None)
+    values.update(refresh_failures=0)
     session.execute(insert(UpstreamCredential).values(values))
 
 
-def _token_values(
+def token_values(
     sealed: SealedTokens, access_expires_at: datetime, scope: str, now: datetime
 ) -> dict[str, object]:
     """The columns every new token response sets (new grant, new consent, refresh)."""
@@ -141,6 +166,7 @@ def _token_values(
         "access_token_ciphertext": sealed.access,
         "refresh_token_ciphertext": sealed.refresh,
         "access_expires_at": access_expires_at,
+        "access_issued_at": now,
         "scope": scope,
         "updated_at": now,
     }
@@ -158,26 +184,18 @@ def store_tokens(
     account_email: str | None = None,
 ) -> None:
     """Replace a grant's tokens (after a refresh, or a new consent which also clears
-    `needs_consent`). `refreshed` sets `last_refreshed_at`."""
-    values = _token_values(sealed, access_expires_at, scope, now)
+    `needs_consent`, the refresh mark and the failure count: a refresh of the old grant
+    still in flight then stores nothing). `refreshed` sets `last_refreshed_at`."""
+    values = token_values(sealed, access_expires_at, scope, now)
     if refreshed:
         values["last_refreshed_at"] = now
     else:
-        values.update(needs_consent=False, consent_error=None)
+        values.update(needs_consent=False, consent_error=None, refresh_failures=0)
+        values.update(refresh_started_at=None, refresh_lease_until=None)
     if account_email is not None:
         values["account_email"] = account_email
     session.execute(
         update(UpstreamCredential).where(UpstreamCredential.id == credential_id).values(values)
-    )
-
-
-def mark_needs_consent(session: Session, credential_id: str, reason: str, now: datetime) -> None:
-    """Flag a grant the provider refused: its branches need a new consent (`reason`, cut
-    to its column's 400 characters, says why)."""
-    session.execute(
-        update(UpstreamCredential)
-        .where(UpstreamCredential.id == credential_id)
-        .values(needs_consent=True, consent_error=reason[:400], updated_at=now)
     )
 
 
@@ -253,6 +271,19 @@ class ConnectionStatus:
     needs_consent: bool
     consent_error: str | None
     branches_sharing: int
+    refresh_started_at: datetime | None = None
+    refresh_lease_until: datetime | None = None
+    last_refresh_error: str | None = None
+    last_refresh_error_at: datetime | None = None
+    refresh_failures: int = 0
+
+    def refresh_state(self, now: datetime) -> str | None:
+        """`in_progress` (a refresh is at the provider, its lease holds), `interrupted`
+        (its process stopped mid-call: the next refresh takes over), or None."""
+        if self.refresh_started_at is None:
+            return None
+        live = self.refresh_lease_until is not None and self.refresh_lease_until > now
+        return "in_progress" if live else "interrupted"
 
 
 def connection_status(session: Session, branch_id: str | None = None) -> list[ConnectionStatus]:
@@ -275,6 +306,11 @@ def connection_status(session: Session, branch_id: str | None = None) -> list[Co
         UpstreamCredential.needs_consent,
         UpstreamCredential.consent_error,
         sharing.c.n,
+        UpstreamCredential.refresh_started_at,
+        UpstreamCredential.refresh_lease_until,
+        UpstreamCredential.last_refresh_error,
+        UpstreamCredential.last_refresh_error_at,
+        UpstreamCredential.refresh_failures,
     ).select_from(Branch)
     stmt = (
         join_branch_grant(stmt)
@@ -297,6 +333,11 @@ def connection_status(session: Session, branch_id: str | None = None) -> list[Co
             needs_consent=bool(row[9]),
             consent_error=row[10],
             branches_sharing=int(row[11] or 0),
+            refresh_started_at=row[12],
+            refresh_lease_until=row[13],
+            last_refresh_error=row[14],
+            last_refresh_error_at=row[15],
+            refresh_failures=int(row[16] or 0),
         )
         for row in session.execute(stmt)
     ]

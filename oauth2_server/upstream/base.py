@@ -53,10 +53,18 @@ class UpstreamBase:
         self.sessionmaker = sessionmaker
         self.keyring = keyring
         self.audit_buffer = audit_buffer
-        self.client = UpstreamClient(settings.upstream_timeout, transport)
+        self.client = UpstreamClient(
+            settings.upstream_timeout, transport, refresh_cap=settings.upstream_refresh_cap
+        )
         self._inflight: dict[str, asyncio.Task[None]] = {}
 
     async def aclose(self) -> None:
+        """Let refreshes still in flight finish (each is bounded by
+        OAUTH2_UPSTREAM_REFRESH_CAP) so their answers are stored, then close the client."""
+        pending = [task for task in self._inflight.values() if not task.done()]
+        if pending:
+            log.info("waiting for %d upstream refresh(es) in flight", len(pending))
+            await asyncio.wait(pending, timeout=self.settings.upstream_refresh_cap + 5)
         await self.client.aclose()
 
     def provider(self, name: str) -> Provider:

@@ -4,6 +4,12 @@ RFC 6749 §4.1.3 (code exchange, with the RFC 7636 verifier), §6 (refresh), RFC
 (revocation) and OIDC Core §5.3 (userinfo). Client authentication is
 `client_secret_post`, which Google and Microsoft both accept.
 
+Every call has one overall deadline (`asyncio.timeout`) covering connecting, sending,
+the headers and the whole body, so a provider trickling its answer cannot hold a call
+longer than that: OAUTH2_UPSTREAM_TIMEOUT, or OAUTH2_UPSTREAM_REFRESH_CAP for a refresh
+(which runs on in the background after its caller's deadline; `upstream.refresh`).
+httpx's own per-phase timeout is only a backstop at the longer of the two.
+
 Failures come in two kinds, because they mean different things to the caller:
 - `UpstreamUnavailable`: timeout, connection error, HTTP 5xx or an unreadable answer.
   Nothing is known about the grant; try again later.
@@ -15,6 +21,7 @@ No message carries a token; provider error descriptions are cut to 200 character
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -94,11 +101,19 @@ def parse_token_response(body: Any) -> TokenResponse:
 
 class UpstreamClient:
     """Calls to providers' token, revocation and userinfo endpoints (one httpx client,
-    connection pooling, `timeout` seconds per call)."""
+    connection pooling): `timeout` seconds per call overall, `refresh_cap` for a refresh
+    (default `timeout`)."""
 
-    def __init__(self, timeout: float, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        timeout: float,
+        transport: httpx.AsyncBaseTransport | None = None,
+        refresh_cap: float | None = None,
+    ) -> None:
+        self.timeout = timeout
+        self.refresh_cap = refresh_cap if refresh_cap is not None else timeout
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout),
+            timeout=httpx.Timeout(max(timeout, self.refresh_cap)),
             follow_redirects=False,
             transport=transport,
             headers={"Accept": "application/json"},
@@ -108,21 +123,29 @@ class UpstreamClient:
         await self._http.aclose()
 
     @staticmethod
-    async def _send(label: str, request: Awaitable[httpx.Response]) -> httpx.Response:
-        """The answer to `request`; UpstreamUnavailable naming `label` (the provider, or
-        its userinfo endpoint) on a timeout or a network error."""
+    async def _send(
+        label: str, request: Awaitable[httpx.Response], deadline: float
+    ) -> httpx.Response:
+        """The whole answer to `request` (body included) within `deadline` seconds;
+        UpstreamUnavailable naming `label` (the provider, or its userinfo endpoint) past
+        it, on httpx's own timeout or a network error."""
         try:
-            return await request
-        except httpx.TimeoutException:
+            async with asyncio.timeout(deadline):
+                return await request
+        except (TimeoutError, httpx.TimeoutException):
             raise UpstreamUnavailable(f"{label} did not answer in time") from None
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable(
                 f"{label} could not be reached ({type(exc).__name__})"
             ) from None
 
-    async def _post(self, provider: Provider, url: str, data: dict[str, str]) -> httpx.Response:
+    async def _post(
+        self, provider: Provider, url: str, data: dict[str, str], deadline: float | None = None
+    ) -> httpx.Response:
         data = {**data, "client_id": provider.client_id, "client_secret": provider.client_secret}
-        response = await self._send(provider.name, self._http.post(url, data=data))
+        response = await self._send(
+            provider.name, self._http.post(url, data=data), deadline or self.timeout
+        )
         if response.status_code >= 500:
             raise UpstreamUnavailable(f"{provider.name} answered HTTP {response.status_code}")
         return response
@@ -162,12 +185,13 @@ class UpstreamClient:
         return self._token_answer(provider, response)
 
     async def refresh(self, provider: Provider, refresh_token: str) -> TokenResponse:
-        """RFC 6749 §6. Raises UpstreamRejected (`invalid_grant`: consent needed) or
-        UpstreamUnavailable."""
+        """RFC 6749 §6, within `refresh_cap` seconds overall. Raises UpstreamRejected
+        (`invalid_grant`: consent needed) or UpstreamUnavailable."""
         response = await self._post(
             provider,
             provider.token_endpoint,
             {"grant_type": "refresh_token", "refresh_token": refresh_token},
+            self.refresh_cap,
         )
         return self._token_answer(provider, response)
 
@@ -209,6 +233,7 @@ class UpstreamClient:
             self._http.get(
                 provider.userinfo_endpoint, headers={"Authorization": f"Bearer {access_token}"}
             ),
+            self.timeout,
         )
         if response.status_code != 200:
             raise UpstreamUnavailable(

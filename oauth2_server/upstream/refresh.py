@@ -9,22 +9,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from oauth2_server import metrics
 from oauth2_server.audit.log import AuditEvent, RequestContext, record
 from oauth2_server.crypto.keyring import DecryptionError
 from oauth2_server.storage import upstream as storage
+from oauth2_server.storage import upstream_refresh as refresh_storage
 from oauth2_server.storage import utcnow
 from oauth2_server.upstream.base import UpstreamBase, printable
 from oauth2_server.upstream.client import TokenResponse, UpstreamRejected, UpstreamUnavailable
+from oauth2_server.upstream.freshness import refresh_due
 from oauth2_server.upstream.providers import Provider, ProviderNotConfigured, UnknownProvider
 from oauth2_server.upstream.sealing import REFRESH, seal_tokens
 
 log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.1  # how often a waiter looks at another process's refresh mark
+LEASE_MARGIN = 5.0  # seconds a mark outlives the refresh cap before it may be taken over
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout expired
 
 
 def _observe(provider: str, outcome: str, started: float) -> None:
@@ -50,7 +57,9 @@ class CredentialGone(RefreshError):
 
 
 class RefreshUnavailable(RefreshError):
-    """The provider timed out, failed (5xx) or answered unreadably; nothing changed."""
+    """The provider timed out, failed (5xx) or answered unreadably, or another refresh of
+    the grant is still in flight; the stored tokens did not change (a refresh past its
+    caller's deadline may still store new ones)."""
 
 
 class RefreshMisconfigured(RefreshError):
@@ -58,29 +67,74 @@ class RefreshMisconfigured(RefreshError):
     provider, or stored ciphertext that does not decrypt."""
 
 
+@dataclass(frozen=True)
+class _Caller:
+    """Who asked for the refresh (for its audit rows)."""
+
+    client_id: str
+    branch_id: str
+    context: RequestContext
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """A refresh this process claimed: the row as seen, the mark's time, the provider and
+    the refresh token in clear, and the interrupted mark it took over (if any)."""
+
+    row: storage.CredentialRow
+    started: datetime
+    provider: Provider
+    refresh_token: str
+    took_over: datetime | None
+
+
+def _iso(value: datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value is not None else "?"
+
+
+def _lock_busy(exc: DBAPIError) -> bool:
+    """The statement gave up waiting for a lock (PostgreSQL lock_timeout, SQLite busy)."""
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return code == LOCK_NOT_AVAILABLE or "database is locked" in str(exc.orig)
+
+
 class Refreshing(UpstreamBase):
-    """Refresh-if-needed with a row lock and an in-process single flight."""
+    """Refresh-if-due with a committed refresh mark and an in-process single flight."""
 
     # -- freshness (DESIGN.md "Upstream brokering" 3) --------------------------------------
 
     async def ensure_fresh(
         self, credential_id: str, *, client_id: str, branch_id: str, context: RequestContext
     ) -> None:
-        """Make grant `credential_id` hold an access token with at least
-        OAUTH2_UPSTREAM_MIN_TTL seconds left, refreshing it at the provider if needed.
+        """Make grant `credential_id` hold an access token that is not due for a refresh
+        (`upstream.freshness`), refreshing it at the provider if needed.
 
-        Raises NeedsConsent (provider said `invalid_grant`; the grant is now marked, and
-        that mark is committed), CredentialGone, RefreshUnavailable (nothing changed) or
-        RefreshMisconfigured. Concurrent callers in this process share one attempt.
+        Waits OAUTH2_UPSTREAM_TIMEOUT at most; past it raises RefreshUnavailable while the
+        refresh goes on in the background (to OAUTH2_UPSTREAM_REFRESH_CAP) and stores what
+        it gets. Raises NeedsConsent (provider said `invalid_grant`, or narrowed the scope;
+        the grant is now marked, and that mark is committed), CredentialGone,
+        RefreshUnavailable or RefreshMisconfigured. Concurrent callers in this process
+        share one attempt; callers in other processes share its outcome through the mark.
         """
         task = self._inflight.get(credential_id)
         if task is None:
             task = asyncio.get_running_loop().create_task(
-                self._refresh(credential_id, client_id, branch_id, context)
+                self._refresh(credential_id, _Caller(client_id, branch_id, context))
             )
             self._inflight[credential_id] = task
             task.add_done_callback(lambda done: self._settled(credential_id, done))
-        await asyncio.shield(task)
+        deadline = self.settings.upstream_timeout
+        waiting = asyncio.timeout(deadline)
+        try:
+            async with waiting:
+                await asyncio.shield(task)
+        except TimeoutError:
+            if not waiting.expired():
+                raise
+            raise RefreshUnavailable(
+                f"the refresh did not finish within {deadline:g} s; it goes on and its "
+                "answer will be stored"
+            ) from None
 
     def _settled(self, credential_id: str, task: asyncio.Task[None]) -> None:
         if self._inflight.get(credential_id) is task:
@@ -88,80 +142,162 @@ class Refreshing(UpstreamBase):
         if not task.cancelled():
             task.exception()  # retrieved here, so a caller that went away leaves no warning
 
-    def _fresh(self, row: storage.CredentialRow, now: datetime) -> bool:
-        return row.access_expires_at - now >= timedelta(seconds=self.settings.upstream_min_ttl)
-
-    async def _refresh(
-        self, credential_id: str, client_id: str, branch_id: str, context: RequestContext
-    ) -> None:
-        async with self.sessionmaker() as session:
-            try:
-                failure, event = await self._refresh_locked(
-                    session, credential_id, client_id, branch_id, context
-                )
-            except BaseException:
-                await session.rollback()
-                raise
-            if failure is None or isinstance(failure, NeedsConsent):
-                await session.commit()  # new tokens, or the needs-consent mark
-            else:
-                await session.rollback()  # nothing changes
-        if failure is not None and event is not None and not isinstance(failure, NeedsConsent):
-            await self._audit_failure(event)
-        if failure is not None:
-            raise failure
-
-    async def _refresh_locked(
-        self,
-        session: AsyncSession,
-        credential_id: str,
-        client_id: str,
-        branch_id: str,
-        context: RequestContext,
-    ) -> tuple[RefreshError | None, AuditEvent | None]:
-        """Under the grant's lock: re-check, refresh, store. Returns (failure, its audit
-        event); a NeedsConsent failure's mark and audit row are already in `session`."""
-        row = await session.run_sync(lambda db: storage.lock_credential(db, credential_id))
-        if row is None:
-            return CredentialGone(f"branch {branch_id} is no longer connected"), None
-        if row.needs_consent:
-            return NeedsConsent(row.consent_error or "the provider refused the grant"), None
-        now = utcnow()
-        if self._fresh(row, now):
-            return None, None  # refreshed by another request while this one waited
-        event = AuditEvent(
-            "upstream_refresh_failed",
-            context,
-            client_id=client_id,
-            branch_id=branch_id,
-            details={"provider": row.provider, "credential_id": row.id},
+    def _due(self, row: storage.CredentialRow, now: datetime) -> bool:
+        return refresh_due(
+            self.settings.upstream_min_ttl, row.access_expires_at, row.access_issued_at, now
         )
-        opened = self._provider_and_token(row, branch_id, event)
-        if isinstance(opened, RefreshError):
-            return opened, event
-        provider, refresh_token = opened
+
+    async def _read(self, credential_id: str) -> storage.CredentialRow | None:
+        async with self.sessionmaker() as session:
+            return await session.run_sync(
+                lambda db: refresh_storage.read_credential(db, credential_id)
+            )
+
+    async def _refresh(self, credential_id: str, caller: _Caller) -> None:
+        """The shielded task: claim the refresh (or share another's outcome), call the
+        provider within OAUTH2_UPSTREAM_REFRESH_CAP, store the outcome."""
+        claim = await self._claim(credential_id, caller)
+        if claim is None:
+            return  # fresh: refreshed by another refresher while this one looked
         started = time.perf_counter()
         try:
-            tokens = await self.client.refresh(provider, refresh_token)
+            tokens = await self.client.refresh(claim.provider, claim.refresh_token)
         except UpstreamUnavailable as exc:
-            _observe(row.provider, "unavailable", started)
-            event.details["reason"] = printable(exc)
-            event.flags.append("upstream_unavailable")
-            return RefreshUnavailable(printable(exc)), event
+            _observe(claim.row.provider, "unavailable", started)
+            await self._failed(claim, caller, printable(exc), ["upstream_unavailable"])
+            raise RefreshUnavailable(printable(exc)) from None
         except UpstreamRejected as exc:
-            _observe(
-                row.provider,
-                "needs_consent" if exc.error == "invalid_grant" else "refused",
-                started,
-            )
-            return await self._refused(session, row, exc, event, now), event
-        _observe(row.provider, "ok", started)
-        await session.run_sync(
-            lambda db: self._store_refresh(
-                db, row, provider, tokens, refresh_token, now, client_id, branch_id, context
-            )
+            invalid_grant = exc.error == "invalid_grant"
+            _observe(claim.row.provider, "needs_consent" if invalid_grant else "refused", started)
+            if invalid_grant:
+                raise await self._refused(claim, caller, exc) from None
+            await self._failed(claim, caller, printable(exc), [])
+            raise RefreshMisconfigured(
+                f"{claim.row.provider} refused this server's refresh request ({printable(exc)})"
+            ) from None
+        _observe(claim.row.provider, "ok", started)
+        late = time.perf_counter() - started > self.settings.upstream_timeout
+        narrowed = await self._write(
+            lambda db: self._store_refresh(db, claim, tokens, caller, late)
         )
-        return None, None
+        if narrowed is not None:
+            raise NeedsConsent(narrowed)
+
+    async def _claim(self, credential_id: str, caller: _Caller) -> _Claim | None:
+        """Claim the grant's refresh: None when it is fresh (nothing to do). While another
+        refresher's mark is live, wait for its outcome (at most OAUTH2_UPSTREAM_TIMEOUT) and
+        share it: its failure is raised here, without calling the provider again."""
+        # a little before the caller's own deadline, so the caller hears why
+        give_up = time.monotonic() + max(0.0, self.settings.upstream_timeout - 2 * POLL_SECONDS)
+        waited_for: datetime | None = None
+        while True:
+            row = await self._read(credential_id)
+            now = utcnow()
+            if row is None:
+                raise CredentialGone(f"branch {caller.branch_id} is no longer connected")
+            if row.needs_consent:
+                raise NeedsConsent(row.consent_error or "the provider refused the grant")
+            if not self._due(row, now):
+                return None
+            if waited_for is not None and row.refresh_started_at != waited_for:
+                failed_at = row.last_refresh_error_at
+                if failed_at is not None and failed_at >= waited_for:
+                    raise RefreshUnavailable(row.last_refresh_error or "the refresh failed")
+            if row.refreshing(now):
+                waited_for = row.refresh_started_at
+                if time.monotonic() >= give_up:
+                    raise RefreshUnavailable(
+                        f"a refresh of this grant is in progress since {_iso(waited_for)}"
+                    )
+                await asyncio.sleep(POLL_SECONDS)
+                continue
+            opened = await self._openable(row, caller)
+            if await self._try_claim(row, now):
+                provider, refresh_token = opened
+                took_over = row.refresh_started_at  # set: that refresh never finished
+                if took_over is not None:
+                    log.warning(
+                        "upstream grant %s: taking over a refresh interrupted since %s",
+                        row.id,
+                        _iso(took_over),
+                    )
+                return _Claim(row, now, provider, refresh_token, took_over)
+
+    async def _openable(self, row: storage.CredentialRow, caller: _Caller) -> tuple[Provider, str]:
+        """The grant's provider and refresh token in clear; RefreshMisconfigured (audited,
+        nothing changed) when either is not to be had."""
+        event = self._event("upstream_refresh_failed", row, caller)
+        opened = self._provider_and_token(row, caller.branch_id, event)
+        if isinstance(opened, RefreshError):
+            await self._audit_failure(event)
+            raise opened
+        return opened
+
+    async def _try_claim(self, row: storage.CredentialRow, now: datetime) -> bool:
+        lease = timedelta(seconds=self.settings.upstream_refresh_cap + LEASE_MARGIN)
+
+        def claim(db: Session) -> bool:
+            refresh_storage.bound_lock_wait(db, self.settings.upstream_timeout)
+            return refresh_storage.claim_refresh(db, row, now, now + lease)
+
+        try:
+            return await self._write(claim)
+        except DBAPIError as exc:
+            if not _lock_busy(exc):
+                raise
+            raise RefreshUnavailable("the grant is locked by another transaction") from None
+
+    def _event(
+        self, action: str, row: storage.CredentialRow, caller: _Caller, **details: object
+    ) -> AuditEvent:
+        return AuditEvent(
+            action,
+            caller.context,
+            client_id=caller.client_id,
+            branch_id=caller.branch_id,
+            details={"provider": row.provider, "credential_id": row.id, **details},
+        )
+
+    def _claim_details(self, claim: _Claim) -> dict[str, object]:
+        if claim.took_over is None:
+            return {}
+        return {"took_over_refresh_started_at": _iso(claim.took_over)}
+
+    async def _failed(self, claim: _Claim, caller: _Caller, reason: str, flags: list[str]) -> None:
+        """End the claim without new tokens: clear the mark, record the failure, and its
+        audit row, in one transaction."""
+        event = self._event("upstream_refresh_failed", claim.row, caller, reason=reason)
+        event.details.update(self._claim_details(claim))
+        event.flags.extend(flags)
+
+        def fail(db: Session) -> None:
+            if refresh_storage.fail_refresh(db, claim.row.id, claim.started, reason, utcnow()):
+                record(db, event)
+
+        await self._write(fail)
+
+    async def _refused(self, claim: _Claim, caller: _Caller, exc: UpstreamRejected) -> NeedsConsent:
+        """`invalid_grant` (RFC 6749 §5.2): the grant is gone at the provider. Mark it as
+        needing consent, with its audit row, in one transaction."""
+        row = claim.row
+        reason = f"{row.provider} refused the refresh: {printable(exc)}"
+        if claim.took_over is not None:
+            reason += (
+                f" (after a refresh started {_iso(claim.took_over)} was interrupted: the "
+                "provider may have rotated the refresh token in its lost answer)"
+            )
+        event = self._event("upstream_refresh_failed", row, caller, reason=reason)
+        event.details.update(self._claim_details(claim))
+        event.flags.append("needs_consent")
+
+        def mark(db: Session) -> None:
+            if refresh_storage.mark_needs_consent(
+                db, row.id, reason, utcnow(), started=claim.started
+            ):
+                record(db, event)
+
+        await self._write(mark)
+        return NeedsConsent(reason)
 
     def _provider_and_token(
         self, row: storage.CredentialRow, branch_id: str, event: AuditEvent
@@ -182,48 +318,17 @@ class Refreshing(UpstreamBase):
                 "(tampered, or its encryption key is gone); reconnect the branch"
             )
 
-    async def _refused(
-        self,
-        session: AsyncSession,
-        row: storage.CredentialRow,
-        exc: UpstreamRejected,
-        event: AuditEvent,
-        now: datetime,
-    ) -> RefreshError:
-        """The failure for a refresh the provider refused (RFC 6749 §5.2). `invalid_grant`
-        marks the grant as needing consent, with its audit row, in `session`: NeedsConsent;
-        any other error changes nothing: RefreshMisconfigured."""
-        if exc.error != "invalid_grant":
-            event.details["reason"] = printable(exc)
-            return RefreshMisconfigured(
-                f"{row.provider} refused this server's refresh request ({printable(exc)})"
-            )
-        reason = f"{row.provider} refused the refresh: {printable(exc)}"
-        event.details["reason"] = reason
-        event.flags.append("needs_consent")
-
-        def mark(db: Session) -> None:
-            storage.mark_needs_consent(db, row.id, reason, now)
-            record(db, event)
-
-        await session.run_sync(mark)
-        return NeedsConsent(reason)
-
     def _store_refresh(
-        self,
-        db: Session,
-        row: storage.CredentialRow,
-        provider: Provider,
-        tokens: TokenResponse,
-        old_refresh_token: str,
-        now: datetime,
-        client_id: str,
-        branch_id: str,
-        context: RequestContext,
-    ) -> None:
+        self, db: Session, claim: _Claim, tokens: TokenResponse, caller: _Caller, late: bool
+    ) -> str | None:
+        """Store a refresh's answer while the claim's mark is still its own, with its audit
+        row. Returns the needs-consent reason when the answer lacks a scope the provider
+        requires (the tokens are stored all the same: a rotated refresh token must not be
+        lost), else None."""
+        row, provider, now = claim.row, claim.provider, utcnow()
         # Google usually sends no new refresh token: keep the stored one (never null);
         # Microsoft rotates on every use: store the new one, in this transaction.
-        rotated = tokens.refresh_token is not None and tokens.refresh_token != old_refresh_token
+        rotated = tokens.refresh_token is not None and tokens.refresh_token != claim.refresh_token
         if provider.spec.rotates_refresh_tokens and tokens.refresh_token is None:
             log.warning(
                 "%s refresh returned no new refresh token; keeping the stored one", provider.name
@@ -234,31 +339,39 @@ class Refreshing(UpstreamBase):
             provider=row.provider,
             account_sub=row.account_sub,
             access_token=tokens.access_token,
-            refresh_token=tokens.refresh_token or old_refresh_token,
+            refresh_token=tokens.refresh_token or claim.refresh_token,
         )
-        expires_at = now + timedelta(seconds=tokens.expires_in)
-        storage.store_tokens(
+        scope = tokens.scope if tokens.scope is not None else row.scope
+        stored = refresh_storage.finish_refresh(
             db,
             row.id,
+            claim.started,
             sealed=sealed,
-            access_expires_at=expires_at,
-            scope=tokens.scope if tokens.scope is not None else row.scope,
+            access_expires_at=now + timedelta(seconds=tokens.expires_in),
+            scope=scope,
             now=now,
-            refreshed=True,
         )
-        record(
-            db,
-            AuditEvent(
-                "upstream_refreshed",
-                context,
-                client_id=client_id,
-                branch_id=branch_id,
-                details={
-                    "provider": row.provider,
-                    "credential_id": row.id,
-                    "expires_in": tokens.expires_in,
-                    "refresh_token_rotated": rotated,
-                    "encryption_key_id": sealed.key_id,
-                },
-            ),
+        if not stored:
+            # A new consent (or, past the lease, another refresher) replaced this claim.
+            log.warning("upstream grant %s changed during its refresh; answer discarded", row.id)
+            return None
+        details = {
+            "expires_in": tokens.expires_in,
+            "refresh_token_rotated": rotated,
+            "encryption_key_id": sealed.key_id,
+            "after_caller_deadline": late,
+            **self._claim_details(claim),
+        }
+        record(db, self._event("upstream_refreshed", row, caller, **details))
+        lacking = provider.spec.required_scopes - set(scope.split())
+        if not lacking:
+            return None
+        reason = (
+            f"{row.provider} refreshed the grant without {' '.join(sorted(lacking))} "
+            "(access removed by the account owner?)"
         )
+        refresh_storage.mark_needs_consent(db, row.id, reason, now)
+        event = self._event("upstream_refresh_failed", row, caller, reason=reason, scope=scope)
+        event.flags.extend(["needs_consent", "scope_narrowed"])
+        record(db, event)
+        return reason

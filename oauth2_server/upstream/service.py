@@ -5,12 +5,13 @@ Why this is async code outside Authlib: Authlib's grant hooks run synchronously 
 `AsyncSession.run_sync` on the event loop (`oauth.bridge`), where awaiting httpx is
 impossible and a blocking HTTP client would stall every request. So token exchange
 validates and authorises in its grant (sync, one read), and when the stored token is
-too close to expiry it asks `ensure_fresh` here, which refreshes in its own transaction
-and then lets the grant run again. The refresh holds the grant's row lock
-(`storage.upstream.lock_credential`) across the provider call and re-checks the expiry
-once it has the lock, so concurrent exchanges for one grant cause one upstream refresh,
-across processes; within a process, concurrent callers also share one in-flight refresh
-(so they hold one database connection, not one each, and share its outcome).
+too close to expiry it asks `ensure_fresh` here, which refreshes in its own transactions
+and then lets the grant run again. The refresh first commits a refresh-in-progress mark
+by one compare-and-set (`storage.upstream_refresh.claim_refresh`), calls the provider holding no
+lock, and stores its outcome while the mark is its own, so concurrent exchanges for one
+grant cause one upstream refresh, across processes, and share its outcome; within a
+process, concurrent callers share one in-flight refresh task. Faults (deadlines, late
+answers, dead refreshers, narrowed scope, short lifetimes): `upstream.refresh`.
 
 Audit rows (`upstream_linked`, `upstream_unlinked`, `upstream_refreshed`,
 `upstream_refresh_failed`) are written in the transaction of the change they describe;
