@@ -3,6 +3,7 @@ against a bare Starlette endpoint answering a JSON body of the same size (the ce
 
     sudo apt-get install wrk           # the load generator (Debian package)
     python bench/load.py               # defaults: 15 s per scenario, concurrency 16
+    python bench/load.py --peer        # also node-oidc-provider, side by side (bench/peer.py)
 
 It creates a scratch PostgreSQL database (`--database-url`, default
 postgresql://postgres@127.0.0.1:5432/oauth2_bench), migrates it, registers a client,
@@ -11,8 +12,16 @@ threads and 16 connections per scenario. Commits are durable (PostgreSQL default
 synchronous_commit=on) and every token request writes its access-token row and audit row.
 Prints one line per scenario: req/s, p50, p99 (ms), errors (non-2xx or socket errors), and
 the CPU time per request of the server's processes and of its PostgreSQL backends (from
-/proc; steadier than req/s when the machine's speed varies).
+/proc; steadier than req/s when the machine's speed varies), then a `tail:` line
+scraped from the server's /metrics before and after the run (issue #13): event-loop lag
+p99 and largest bucket, GC pauses (count, total time, largest, full collections), pool
+wait p99, and per coalesced statement its mean batch size and p99 time.
 Extra scenarios (e.g. token exchange) register themselves in SCENARIOS.
+
+With `--peer`, node-oidc-provider (in-memory, nothing durable) then runs the scenarios it
+has (client_credentials, introspection) with the same wrk settings, and the end of the
+output gives each of our figures with its ratio to the peer's. The bare-Starlette ceiling
+runs last either way.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import math
 import os
 import shutil
 import socket
@@ -42,6 +52,7 @@ from sqlalchemy.orm import Session
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import peer as peer_module  # noqa: E402
 from oauth2_server.crypto.keyring import generate_key_spec  # noqa: E402
 from oauth2_server.storage.clients import create_client  # noqa: E402
 
@@ -202,6 +213,138 @@ def run_wrk(
     )
 
 
+# --- tail summary: histograms scraped from /metrics before and after a run -------------
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse_samples(exposition: str) -> Samples:
+    """{(sample name, sorted labels): value} of a Prometheus text exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+    }
+
+
+def scrape(base_url: str) -> Samples:
+    """One scrape of the server's /metrics (any worker answers with every worker's sums)."""
+    response = requests.get(base_url + "/metrics", timeout=30)
+    response.raise_for_status()
+    return parse_samples(response.text)
+
+
+def delta(before: Samples, after: Samples) -> Samples:
+    """What every sample gained between two scrapes (counters and histograms only grow)."""
+    return {key: value - before.get(key, 0.0) for key, value in after.items()}
+
+
+@dataclass
+class Buckets:
+    """One histogram (series matching a label filter summed): cumulative counts per upper
+    bound (ascending, the last +Inf), observation count and sum."""
+
+    bounds: list[float]
+    cumulative: list[float]
+    count: float
+    total: float
+
+    def quantile(self, q: float) -> float:
+        """Prometheus `histogram_quantile`: linear within the bucket holding rank q·count;
+        in the +Inf bucket, the largest finite bound."""
+        rank = q * self.count
+        low, below = 0.0, 0.0
+        for bound, cumulative in zip(self.bounds, self.cumulative, strict=True):
+            if cumulative >= rank and cumulative > 0:
+                if math.isinf(bound):
+                    return low
+                if cumulative == below:
+                    return bound
+                return low + (bound - low) * (rank - below) / (cumulative - below)
+            low, below = bound, cumulative
+        return low
+
+    def highest(self) -> float:
+        """Upper bound of the highest bucket holding an observation (+Inf possible)."""
+        for bound, cumulative in zip(self.bounds, self.cumulative, strict=True):
+            if cumulative >= self.count:
+                return bound
+        return math.inf
+
+    def mean(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+
+def histogram(samples: Samples, family: str, **labels: str) -> Buckets | None:
+    """The histogram `family` over every series whose labels include `labels` (summed);
+    None when it holds no observation."""
+    by_bound: dict[float, float] = {}
+    count = total = 0.0
+    for (name, labelset), value in samples.items():
+        if not name.startswith(family):
+            continue
+        found = dict(labelset)
+        if any(found.get(key) != wanted for key, wanted in labels.items()):
+            continue
+        if name == family + "_bucket":
+            bound = float(found["le"])
+            by_bound[bound] = by_bound.get(bound, 0.0) + value
+        elif name == family + "_count":
+            count += value
+        elif name == family + "_sum":
+            total += value
+    if count <= 0 or not by_bound:
+        return None
+    bounds = sorted(by_bound)
+    return Buckets(bounds, [by_bound[bound] for bound in bounds], count, total)
+
+
+def label_values(samples: Samples, family: str, label: str) -> list[str]:
+    """Values of `label` among the series of `family` that observed something."""
+    return sorted(
+        {
+            dict(labelset)[label]
+            for (name, labelset), value in samples.items()
+            if name == family + "_count" and value > 0 and label in dict(labelset)
+        }
+    )
+
+
+def _ms(seconds: float) -> str:
+    return "inf" if math.isinf(seconds) else f"{seconds * 1000:.2f}"
+
+
+def tail_summary(before: Samples, after: Samples) -> str:
+    """One line from two scrapes: event-loop lag p99 and largest bucket; GC pauses (count,
+    total, largest, full collections); pool wait p99 per pool; per coalesced statement,
+    mean batch size and p99 time. Figures with no observation are left out."""
+    gained = delta(before, after)
+    parts: list[str] = []
+    lag = histogram(gained, "oauth2_event_loop_lag_seconds")
+    if lag:
+        parts.append(f"loop lag p99 {_ms(lag.quantile(0.99))} max<={_ms(lag.highest())} ms")
+    pauses = histogram(gained, "oauth2_gc_pause_seconds")
+    if pauses:
+        full = histogram(gained, "oauth2_gc_pause_seconds", generation="2")
+        parts.append(
+            f"gc {pauses.count:.0f}x {pauses.total * 1000:.1f} ms"
+            f" max<={_ms(pauses.highest())} ms gen2 {full.count if full else 0:.0f}x"
+        )
+    for pool in label_values(gained, "oauth2_db_pool_wait_seconds", "pool"):
+        wait = histogram(gained, "oauth2_db_pool_wait_seconds", pool=pool)
+        if wait:
+            parts.append(f"{pool} wait p99 {_ms(wait.quantile(0.99))} ms")
+    for statement in label_values(gained, "oauth2_db_statement_seconds", "statement"):
+        seconds = histogram(gained, "oauth2_db_statement_seconds", statement=statement)
+        size = histogram(gained, "oauth2_db_batch_size", statement=statement)
+        if seconds:
+            batch = f" batch {size.mean():.1f}" if size else ""
+            parts.append(f"{statement}{batch} p99 {_ms(seconds.quantile(0.99))} ms")
+    return "  tail: " + (" | ".join(parts) if parts else "no figures on /metrics")
+
+
 def postgres_backends(engine: Any, database: str) -> Callable[[], list[int]]:
     """A function listing the PostgreSQL backend PIDs connected to `database` (they run on
     this machine in the benchmark's setup; CPU is read from /proc when they do)."""
@@ -354,6 +497,49 @@ def start_bench_server(database_url: str, workers: int, scope: str, **settings: 
     )
 
 
+def warm_up(url: str, body: str, auth: str) -> int:
+    """50 requests (the secret cache, the client cache, the connection pools), each
+    answered 200; returns the size of the last answer's body."""
+    for _ in range(50):
+        response = requests.post(
+            url,
+            data=body,
+            timeout=30,
+            headers={"Authorization": auth, "Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert response.status_code == 200, response.text
+    return len(response.content)
+
+
+def run_peer(args: argparse.Namespace, script: Path) -> list[Result]:
+    """node-oidc-provider through the scenarios it has, with the same wrk settings; stopped
+    by its PID at the end, also on error."""
+    results: list[Result] = []
+    peer = peer_module.start_peer()
+    try:
+        for name, build in peer_module.PEER_SCENARIOS.items():
+            if args.only and name not in args.only:
+                continue
+            path, body, auth = build(peer)
+            warm_up(peer.base_url + path, body, auth)
+            results.append(
+                run_wrk(
+                    f"{name} (peer)",
+                    peer.base_url + path,
+                    body,
+                    auth,
+                    args.seconds,
+                    args.connections,
+                    script,
+                    server_pid=peer.pid,
+                )
+            )
+            print(results[-1].line(), flush=True)
+    finally:
+        peer.stop()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -365,14 +551,22 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", action="append", help="run only these scenarios")
+    parser.add_argument(
+        "--peer",
+        action="store_true",
+        help="also run node-oidc-provider (bench/peer.py) and print our ratios to it",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk")
+    if args.peer and not shutil.which("node"):
+        raise SystemExit("--peer needs Node.js (node, npm)")
     load_extra_scenarios()
 
     bench = start_bench_server(args.database_url, args.workers, "read introspect")
     server, engine, base_url, env = bench.process, bench.engine, bench.base_url, bench.env
     results: list[Result] = []
+    peer_results: list[Result] = []
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "bench.lua"
         script.write_text(WRK_SCRIPT)
@@ -386,19 +580,8 @@ def main() -> None:
                 if args.only and name not in args.only:
                     continue
                 path, body, auth = build(ctx)
-                # warm the secret cache, the client cache and the connection pools
-                for _ in range(50):
-                    response = requests.post(
-                        base_url + path,
-                        data=body,
-                        timeout=30,
-                        headers={
-                            "Authorization": auth,
-                            "Content-Type": "application/x-www-form-urlencoded",
-                        },
-                    )
-                    assert response.status_code == 200, response.text
-                body_size = max(body_size, len(response.content))
+                body_size = max(body_size, warm_up(base_url + path, body, auth))
+                before = scrape(base_url)
                 results.append(
                     run_wrk(
                         name,
@@ -413,11 +596,15 @@ def main() -> None:
                     )
                 )
                 print(results[-1].line(), flush=True)
+                print(tail_summary(before, scrape(base_url)), flush=True)
             log_rows = (
                 engine.connect().execute(text("SELECT count(*) FROM oauth2_token_logs")).scalar()
             )
         finally:
             bench.stop()
+
+        if args.peer:
+            peer_results = run_peer(args, script)
 
         # The ceiling: bare Starlette, same uvicorn settings, JSON body of the same size.
         app_dir = Path(tmp)
@@ -458,6 +645,8 @@ def main() -> None:
             bare.terminate()
             bare.wait(timeout=30)
     print(f"audit rows written: {log_rows}")
+    if peer_results:
+        print("\n".join(peer_module.ratio_lines(results, peer_results)))
     engine.dispose()
 
 

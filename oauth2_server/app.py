@@ -28,6 +28,7 @@ from oauth2_server.crypto.keyring import Keyring, load_keyring
 from oauth2_server.db import migrate
 from oauth2_server.db.engine import create_engine, create_sessionmaker
 from oauth2_server.db.models import TokenLog
+from oauth2_server.monitor import Monitor
 from oauth2_server.oauth.bridge import Bridge
 from oauth2_server.oauth.keys import KeyStore
 from oauth2_server.oauth.server import OAuthService
@@ -91,8 +92,7 @@ def _lifespan(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # One connection budget per worker: OAUTH2_DB_POOL_SIZE, split between sessions
-        # and the hot path's asyncpg pool (storage.fastpath.split_pool_size).
+        # One connection budget per worker (storage.fastpath.split_pool_size).
         session_pool, hot_pool = split_pool_size(settings.db_pool_size)
         engine = create_engine(settings.database_url, session_pool, settings.db_timeout)
         try:
@@ -125,12 +125,14 @@ def _lifespan(
                 )
                 await listener.start()
             app.state.templates = Jinja2Templates(directory=str(TEMPLATES))
-            # Everything built so far (modules, pydantic schemas, the OAuth service) lives
-            # as long as the worker: move it out of the collector's generations so full
-            # collections during requests only walk what requests allocate.
+            # What start-up built lives as long as the worker: full collections during
+            # requests then only walk what requests allocate (README "Performance").
             gc.collect()
             gc.freeze()
+            monitor = Monitor(settings.loop_monitor_interval)  # loop lag, GC pauses
+            monitor.start()
             yield
+            await monitor.stop()
             reload_task.cancel()
             if listener is not None:
                 await listener.close()

@@ -21,6 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.admin_helpers import admin_api
 
 NAME = re.compile(r"^(?:oauth2_[a-z0-9_]+|process_[a-z0-9_]+|python_[a-z0-9_]+)$")
+# Histograms of a count, not a time (no unit suffix): named here one by one.
+UNITLESS_HISTOGRAMS = {"oauth2_db_batch_size"}
 
 
 def scrape(server: Any) -> tuple[dict[str, Any], str]:
@@ -124,7 +126,8 @@ def test_two_worker_scrape_counts_every_request_of_both_workers(start_server, db
 
 def test_every_family_is_named_and_typed_per_prometheus_conventions(server, db, unique):
     """Names `oauth2_…` (or `process_`/`python_`), counters `_total`, histograms with
-    `_bucket`/`_sum`/`_count`, gauges plain; the OAuth figures the README lists exist."""
+    `_bucket`/`_sum`/`_count` (and `_seconds`, unless listed as unitless), gauges plain;
+    the OAuth figures the README lists exist."""
     client_id, secret = db.create_client(name=unique("conv"), scope="read introspect")
     assert secret is not None
     token = server.client_credentials_token(client_id, secret)
@@ -146,7 +149,9 @@ def test_every_family_is_named_and_typed_per_prometheus_conventions(server, db, 
         if family.type == "counter":
             assert suffixes <= {"_total"}, (family.name, suffixes)
         elif family.type == "histogram":
-            assert family.name.endswith("_seconds"), family.name
+            assert family.name.endswith("_seconds") or family.name in UNITLESS_HISTOGRAMS, (
+                family.name
+            )
             assert suffixes in ({"_bucket", "_sum", "_count"}, set()), (family.name, suffixes)
         else:
             assert family.type == "gauge", (family.name, family.type)
@@ -168,3 +173,68 @@ def test_every_family_is_named_and_typed_per_prometheus_conventions(server, db, 
     assert value(families, "oauth2_introspections", "oauth2_introspections_total", active="true")
     assert value(families, "oauth2_introspections", "oauth2_introspections_total", active="false")
     assert value(families, "oauth2_client_auth_failures", "oauth2_client_auth_failures_total")
+
+
+def test_tail_instruments_are_exported_and_move_with_traffic(server, db, unique):
+    """Issue #13's instruments on a live server's /metrics: event-loop lag and GC pauses
+    (every backend); on PostgreSQL also the asyncpg pool wait, and the coalesced
+    statements' batch sizes and times for the issue write and the introspection read.
+    Each gains observations from token and introspection traffic."""
+    client_id, secret = db.create_client(name=unique("tail"), scope="read introspect")
+    assert secret is not None
+    families, _ = scrape(server)
+    watched = [
+        ("oauth2_event_loop_lag_seconds", {}),
+        ("oauth2_gc_pause_seconds", {}),
+    ]
+    if db.backend == "postgresql":
+        watched += [
+            ("oauth2_db_pool_wait_seconds", {"pool": "asyncpg"}),
+            ("oauth2_db_batch_size", {"statement": "write"}),
+            ("oauth2_db_statement_seconds", {"statement": "write"}),
+            ("oauth2_db_batch_size", {"statement": "introspect"}),
+            ("oauth2_db_statement_seconds", {"statement": "introspect"}),
+        ]
+    before = {
+        (family, tuple(labels.items())): value(families, family, family + "_count", **labels)
+        for family, labels in watched
+    }
+
+    def traffic(_: int) -> None:
+        token = server.client_credentials_token(client_id, secret)
+        answer = server.post("/oauth2/introspect", auth=(client_id, secret), data={"token": token})
+        assert answer.status_code == 200 and answer.json()["active"] is True
+
+    deadline = time.monotonic() + 60
+    while True:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(traffic, range(20)))
+        families, _ = scrape(server)
+        for family, _ in watched:
+            assert families[family].type == "histogram", family
+        moved = {
+            key: value(families, key[0], key[0] + "_count", **dict(key[1])) - count
+            for key, count in before.items()
+        }
+        if all(gained > 0 for gained in moved.values()):
+            break
+        # GC pauses wait for enough allocations; the lag ticker for a tick after them
+        assert time.monotonic() < deadline, moved
+    # a statement carries at least the one request that started it
+    if db.backend == "postgresql":
+        for statement in ("write", "introspect"):
+            count = value(
+                families, "oauth2_db_batch_size", "oauth2_db_batch_size_count", statement=statement
+            )
+            carried = value(
+                families, "oauth2_db_batch_size", "oauth2_db_batch_size_sum", statement=statement
+            )
+            assert carried >= count > 0, (statement, count, carried)
+    # bounded labels: generations 0-2 only, no per-request or per-pid series
+    generations = {s.labels["generation"] for s in families["oauth2_gc_pause_seconds"].samples}
+    assert generations <= {"0", "1", "2"}, generations
+    lag_series = {
+        tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
+        for s in families["oauth2_event_loop_lag_seconds"].samples
+    }
+    assert lag_series == {()}, lag_series

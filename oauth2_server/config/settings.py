@@ -102,6 +102,10 @@ class _Settings(BaseSettings):
     access_log: Flag = True
     """One access line per request (request id, route template, status, latency, client_id, client
     IP; never a query string)."""
+    loop_monitor_interval: NonNegativeFloat = 0.01
+    """Seconds between a worker's event-loop lag ticks (`oauth2_event_loop_lag_seconds`, which also
+    record GC pauses); 0 turns both off. 0.001 resolves 1 ms stalls, at about 6 % of a core per
+    idle worker."""
     data_dir: str = ""
     """Directory (created 0700) of the embedded default's state: the SQLite file and the development
     keyring. Empty: the per-user data directory (`$XDG_DATA_HOME/oauth2-server`, else
