@@ -68,9 +68,17 @@ def test_oversized_request_headers_are_refused_not_buffered(server):
                 except (BrokenPipeError, ConnectionResetError):
                     break  # already refused
             answer = b""
-            while chunk := sock.recv(65536):
-                answer += chunk
-        assert status_of(answer) in (400, 431), answer[:300]
+            try:
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            except ConnectionResetError:
+                # The server closed with our unsent headers still arriving: the kernel
+                # answers them with a reset, which may discard the refusal before we read
+                # it. Refused either way; what must never come is a 200.
+                pass
+        if answer:
+            assert status_of(answer) in (400, 431), answer[:300]
+        assert server.get("/healthz").status_code == 200  # refused, not crashed
 
 
 def test_headers_under_the_limit_are_served(server):
