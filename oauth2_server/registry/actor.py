@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,3 +46,11 @@ class Actor:
         change revoked; `details` says what the revocation named."""
         who = self.details(**details)
         return [revoked_token(token, self.context, self.client_id, **who) for token in tokens]
+
+
+def before(current: Any, changes: Mapping[str, Any], **known: Any) -> dict[str, Any]:
+    """The value each field in `changes` had before the change, for the audit row's
+    `details.before` beside `details.changes` (issue #11 item 3): from `known` when given
+    (values not on the record, e.g. a client's branches), else `current`'s attribute.
+    Callers pass only fields that hold no secret or hash."""
+    return {key: known[key] if key in known else getattr(current, key) for key in changes}

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from oauth2_server.audit.log import record
-from oauth2_server.registry.actor import Actor
+from oauth2_server.registry.actor import Actor, before
 from oauth2_server.registry.errors import Conflict, FieldInvalid, NotFound, require
 from oauth2_server.registry.paging import iso
 from oauth2_server.storage import branches as storage
@@ -101,14 +101,14 @@ def update_branch(
 ) -> dict[str, Any]:
     """Change any of `name`, `contact_email`, `google_account_id`, `google_location_id`,
     `active` (an empty optional text clears it). NotFound (`branch_id`), FieldInvalid."""
-    require_branch(session, branch_id)
+    current = require_branch(session, branch_id)
     _check_fields(body)
     changes = {
         k: (v.strip() or None) if isinstance(v, str) and k != "name" else v for k, v in body.items()
     }
     updated = storage.update_branch(session, branch_id, changes)
     assert updated is not None
-    details = {"changes": changes}
+    details = {"changes": changes, "before": before(current, changes)}
     record(session, actor.event("admin_branch_updated", branch_id=branch_id, details=details))
     return branch_json(session, updated)
 

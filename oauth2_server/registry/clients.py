@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from oauth2_server.audit.log import record
-from oauth2_server.registry.actor import Actor
+from oauth2_server.registry.actor import Actor, before
 from oauth2_server.registry.errors import Conflict, FieldInvalid, NotFound, require
 from oauth2_server.registry.paging import after_int, iso
 from oauth2_server.registry.redirect_uris import validate_redirect_uri
@@ -207,6 +207,7 @@ def update_client(
     (`revoked` in the answer). NotFound (`client_id`), Conflict (`name`; `client_id` when
     it would lock admins out, `refuse_admin_lockout`), FieldInvalid naming the field."""
     current = _require(session, client_id)
+    branches_before = branch_storage.branches_of_clients(session, [client_id])[client_id]
     merged = {key: body.get(key, getattr(current, key)) for key in storage.UPDATABLE}
     check_metadata(merged, current.token_endpoint_auth_method == PUBLIC_METHOD)
     if "name" in body and storage.client_name_taken(session, body["name"], client_id):
@@ -220,7 +221,12 @@ def update_client(
     revoked = []
     if body.get("active") is False:
         revoked = revoke_tokens(session, TokenFilter(client_ids=(client_id,)), utcnow())
-    details = {"target_client_id": client_id, "changes": changes, "revoked": len(revoked)}
+    details = {
+        "target_client_id": client_id,
+        "changes": changes,
+        "before": before(current, changes, branches=branches_before),
+        "revoked": len(revoked),
+    }
     record(
         session,
         actor.event("admin_client_updated", details=details),

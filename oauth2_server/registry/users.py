@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from oauth2_server.audit.log import record
-from oauth2_server.registry.actor import Actor
+from oauth2_server.registry.actor import Actor, before
 from oauth2_server.registry.errors import Conflict, FieldInvalid, require
 from oauth2_server.registry.paging import after_int, iso
 from oauth2_server.storage import users as storage
@@ -107,7 +107,7 @@ def update_user(
     deactivated = body.get("active") is False
     revoked = cut_off(session, current.id) if deactivated else []
     action = "admin_user_deactivated" if deactivated else "admin_user_updated"
-    details = {"changes": body, "revoked": len(revoked)}
+    details = {"changes": body, "before": before(current, body), "revoked": len(revoked)}
     record(
         session,
         actor.event(action, subject=subject, details=details),
