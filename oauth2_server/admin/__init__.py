@@ -55,4 +55,5 @@ routes = [
     Route("/tokens", tokens.list_tokens, methods=["GET"]),
     Route("/tokens/revoke", tokens.revoke, methods=["POST"]),
     Route("/audit", audit.query_audit, methods=["GET"]),
+    Route("/audit/summary", audit.summarize_audit, methods=["GET"]),
 ]

@@ -216,6 +216,18 @@ class AuditRow(TypedDict):
 
 
 @with_config(STRICT)
+class AuditSummary(TypedDict):
+    """Counts of the audit rows matching the filters, grouped by `group_by`: the largest
+    groups first (at most 1,000; `truncated` when more exist). Each group holds its
+    grouped columns' values and `count`; `total` counts every matching row."""
+
+    group_by: list[str]
+    groups: list[dict[str, Any]]
+    total: Annotated[int, Field(ge=0)]
+    truncated: bool
+
+
+@with_config(STRICT)
 class Page(TypedDict, Generic[T]):
     """One page of a listing; `next_cursor` fetches the next (null on the last page)."""
 

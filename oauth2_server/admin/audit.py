@@ -25,6 +25,7 @@ from oauth2_server.audit.query import (
     query_page,
     read_audited,
 )
+from oauth2_server.audit.summary import GROUP_BY_DOC, parse_group_by, summarize
 from oauth2_server.web.forms import BadRequest, parse_params
 
 endpoint = functools.partial(admin_endpoint, tag="audit")
@@ -59,3 +60,26 @@ async def query_audit(request: Request, actor: Actor) -> Response:
     except AuditQueryError as exc:
         raise bad_request(exc.field, exc.message) from None
     return json_response(page)
+
+
+SUMMARY_QUERY = {**FILTER_DOCS, "group_by": GROUP_BY_DOC}
+
+
+@endpoint(answers.AuditSummary, query=SUMMARY_QUERY)
+async def summarize_audit(request: Request, actor: Actor) -> Response:
+    """Count `oauth2_token_logs` rows matching every filter given, grouped by
+    `group_by` (e.g. `group_by=action,ip&since=-1h`): the largest groups first. Each
+    summary writes an `audit_read` row, committed with it."""
+    try:
+        params = parse_params(request.url.query, allow_repeats=True)
+    except BadRequest as exc:
+        raise bad_request(exc.field or "query", exc.description) from None
+    try:
+        f = parse_filter(params, extra=("group_by",))
+        group_by = parse_group_by(params)
+        summary = await request.app.state.oauth.bridge.write(
+            lambda s: read_audited(s, actor, lambda: summarize(s, f, group_by), f)
+        )
+    except AuditQueryError as exc:
+        raise bad_request(exc.field, exc.message) from None
+    return json_response(summary)

@@ -329,11 +329,14 @@ def decode_position(codec: CursorCodec, cursor: str, f: AuditFilter) -> Position
 def read_audited(
     session: Session, actor: Any, read: Callable[[], dict[str, Any]], f: AuditFilter
 ) -> dict[str, Any]:
-    """`read()` (one page of the audit trail, a dict with `items`), recorded in the same
-    transaction as an `audit_read` row by `actor` (`registry.actor.Actor`): the filters
-    given, how many rows were returned, and whether a cursor continued a listing."""
+    """`read()` (one page of the audit trail, a dict with `items`, or a summary with
+    `groups`), recorded in the same transaction as an `audit_read` row by `actor`
+    (`registry.actor.Actor`): the filters given, how many rows (or groups) were returned,
+    and a summary's `group_by`."""
     page = read()
-    details = {"filters": f.described(), "rows": len(page["items"])}
+    details = {"filters": f.described(), "rows": len(page.get("items", page.get("groups", ())))}
+    if "group_by" in page:
+        details["group_by"] = page["group_by"]
     record(session, actor.event(AUDIT_READ, details=details))
     return page
 

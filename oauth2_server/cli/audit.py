@@ -1,4 +1,4 @@
-"""`oauth2-server audit query|export|verify|seal` and `oauth2-server janitor`: the audit
+"""`oauth2-server audit query|summary|export|verify|seal` and `oauth2-server janitor`: the audit
 trail for auditors (same filters as GET /admin/audit) and housekeeping."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from oauth2_server.audit import chain as audit_chain
 from oauth2_server.audit import export as audit_export
 from oauth2_server.audit import janitor
 from oauth2_server.audit import query as audit_query
+from oauth2_server.audit import summary as audit_summary
 from oauth2_server.audit.log import record
 from oauth2_server.cli.support import (
     CommandFailed,
@@ -61,6 +62,27 @@ def cmd_audit_query(settings: Settings, args: Any) -> None:
             return await session.run_sync(
                 lambda s: audit_query.read_audited(
                     s, actor, lambda: audit_query.query_page(s, codec, f, args.cursor, limit), f
+                )
+            )
+
+    print_json(run_async(settings, go))
+
+
+def cmd_audit_summary(settings: Settings, args: Any) -> None:
+    """Counts of the matching rows grouped by `--group-by` (the admin API's
+    GET /admin/audit/summary), recorded as an `audit_read` row."""
+    f = _filter(args)
+    try:
+        group_by = audit_summary.parse_group_by({"group_by": list(args.group_by or [])})
+    except audit_query.AuditQueryError as exc:
+        raise CommandFailed(f"--group-by: {exc.message}") from None
+    actor = cli_actor()
+
+    async def go(sessions: Sessions) -> Any:
+        async with sessions() as session, session.begin():
+            return await session.run_sync(
+                lambda s: audit_query.read_audited(
+                    s, actor, lambda: audit_summary.summarize(s, f, group_by), f
                 )
             )
 
@@ -212,6 +234,11 @@ def register(sub: Any) -> None:
     add_paging(a, audit_query.DEFAULT_LIMIT)
     add_json(a, always=True)
     a.set_defaults(func=cmd_audit_query)
+    a = audit_group.add_parser("summary", help="counts of matching rows, grouped (JSON)")
+    _audit_filters(a)
+    a.add_argument("--group-by", action="append", required=True, help=audit_summary.GROUP_BY_DOC)
+    add_json(a, always=True)
+    a.set_defaults(func=cmd_audit_summary)
     a = audit_group.add_parser("export", help="stream every matching row as CSV or JSON Lines")
     _audit_filters(a)
     a.add_argument("--format", choices=["csv", "jsonl"], required=True, help="CSV, or JSON Lines")
