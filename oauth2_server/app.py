@@ -92,7 +92,6 @@ def _lifespan(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # One connection budget per worker (storage.fastpath.split_pool_size).
         session_pool, hot_pool = split_pool_size(settings.db_pool_size)
         engine = create_engine(settings.database_url, session_pool, settings.db_timeout)
         try:
