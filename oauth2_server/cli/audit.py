@@ -110,7 +110,8 @@ class ProgressBar:
 
 
 async def _record(sessions: Sessions, action: str, details: dict[str, Any]) -> None:
-    """Write one audit row by the CLI's operator (`cli_actor`), in its own transaction."""
+    """Write one audit row by the CLI's operator (`cli_actor`), in its own transaction:
+    exports, seal, verify and janitor runs are themselves audit events (issue #11)."""
     event = cli_actor().event(action, details=details)
     async with sessions() as session, session.begin():
         await session.run_sync(lambda s: record(s, event))
@@ -185,7 +186,16 @@ def cmd_audit_verify(settings: Settings, args: Any) -> None:
         if not seq.isdigit() or len(digest) != 64:
             raise CommandFailed("--expect must look like SEQ:HASH (a head printed by verify)")
         expect = (int(seq), digest)
-    report = run_async(settings, lambda sessions: audit_chain.verify_chain(sessions, expect))
+
+    async def go(sessions: Sessions) -> Any:
+        found = await audit_chain.verify_chain(sessions, expect)
+        outcome = {"ok": found.ok, "checked": found.checked, "head_seq": found.head_seq}
+        if found.problem is not None:
+            outcome["problem"] = found.problem.kind
+        await _record(sessions, "audit_verified", outcome)
+        return found
+
+    report = run_async(settings, go)
     result = {
         "ok": report.ok,
         "checked": report.checked,
@@ -203,15 +213,22 @@ def cmd_audit_verify(settings: Settings, args: Any) -> None:
 def cmd_audit_seal(settings: Settings, args: Any) -> None:
     delay = settings.audit_seal_delay if args.delay is None else args.delay
     batch = settings.janitor_batch_size
-    sealed = run_async(settings, lambda sessions: audit_chain.seal_pending(sessions, delay, batch))
-    print_json({"sealed": sealed})
+
+    async def go(sessions: Sessions) -> int:
+        sealed = await audit_chain.seal_pending(sessions, delay, batch)
+        await _record(sessions, "audit_sealed", {"sealed": sealed, "delay": delay})
+        return sealed
+
+    print_json({"sealed": run_async(settings, go)})
 
 
 def cmd_janitor(settings: Settings, args: Any) -> None:
     async def go(sessions: Sessions) -> janitor.JanitorReport:
-        return await janitor.run_janitor(
+        report = await janitor.run_janitor(
             settings, sessions, seal=not args.no_seal, batch_size=args.batch_size
         )
+        await _record(sessions, "janitor_run", report.as_dict())
+        return report
 
     print_json(run_async(settings, go).as_dict())
 

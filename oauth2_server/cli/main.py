@@ -33,6 +33,7 @@ from oauth2_server.cli.support import (
     EXIT_USAGE,
     CommandFailed,
     add_json,
+    cli_actor,
     explain,
     keyring_mismatch,
     prepare_database,
@@ -199,7 +200,8 @@ def _run_uvicorn(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> None:
     """RFC 7517: a new current signing key; refused (exit status 2) when the keyring cannot
     decrypt the current one, since a new key under a wrong keyring would bury the old."""
-    kid = transaction(settings, lambda session: _keystore(settings, session).rotate(session))
+    who = cli_actor().details()  # the operator, in the signing_key_created row
+    kid = transaction(settings, lambda session: _keystore(settings, session).rotate(session, **who))
     if args.json:
         print(json.dumps({"kid": kid}))
         return

@@ -33,7 +33,7 @@ from authlib.oauth2.rfc6749 import AuthorizationServer, OAuth2Error
 from itsdangerous import BadData, URLSafeTimedSerializer
 from starlette.responses import Response
 
-from oauth2_server.audit.log import AuditBuffer, AuditEvent
+from oauth2_server.audit.log import AuditBuffer, AuditEvent, record
 from oauth2_server.audit.risk import AuthFailureWindow, auth_failure, fixed_score
 from oauth2_server.crypto.hashing import hash_secret
 from oauth2_server.oauth.bridge import Bridge, OAuthRequest
@@ -175,7 +175,8 @@ class AuthorizationFlow:
 
     async def finish(self, request: OAuthRequest, user_id: int, approved: bool) -> Response:
         """The user's decision on the consent page: a code (remembering the consent) or
-        `access_denied`, as a 302 to the client with `iss`."""
+        `access_denied`, as a 302 to the client with `iss`. The decision is audited
+        (`consent_granted` / `consent_denied`, with the scopes) in its transaction."""
 
         def call() -> Response:
             user = get_user(request.db, user_id)
@@ -184,17 +185,33 @@ class AuthorizationFlow:
             grant = self._consent_grant(request, user)
             if isinstance(grant, Response):
                 return grant
+            scopes = sorted(set((request.scope or "").split()))
+            record(
+                request.db,
+                AuditEvent(
+                    "consent_granted" if approved else "consent_denied",
+                    request.context,
+                    client_id=request.client.client_id,
+                    subject=user.subject,
+                    details={"scopes": scopes},
+                ),
+            )
             if approved:
-                remember_consent(
-                    request.db,
-                    user.id,
-                    request.client.client_id,
-                    set((request.scope or "").split()),
-                )
+                remember_consent(request.db, user.id, request.client.client_id, set(scopes))
                 return self._issue_code(request, grant, user)
             return self._issue_code(request, grant, None)
 
         return await self.bridge.run(request, call)
+
+    async def signed_out(self, user_id: Any, context: Any) -> None:
+        """Audit the end of a sign-in session (`signed_out`, naming the user's subject when
+        the session named a user that still exists)."""
+        if not isinstance(user_id, int):
+            return
+        user = await self.bridge.read(lambda db: get_user(db, user_id))
+        self.audit_buffer.add(
+            AuditEvent("signed_out", context, subject=user.subject if user else None)
+        )
 
     # -- trusted-device cookies (OWASP "Slow Down Online Guessing Attacks with Device
     # Cookies"): signed, naming the user only by a keyed digest ----------------------------
@@ -233,7 +250,8 @@ class AuthorizationFlow:
 
         The attempt is counted first (module docstring: per device when `device`, the id
         from `trusted_device`, is given; else per IP, (username, IP) and username) and
-        given back on success. Returns the active user, or None (audited `login_failed`).
+        given back on success. Returns the active user (audited `login_succeeded`), or None
+        (audited `login_failed`).
         Raises LoginThrottled over a limit (audited `login_throttled`) and Argon2Busy when
         this worker's argon2 queue is full.
         """
@@ -271,6 +289,14 @@ class AuthorizationFlow:
                 raise
             if ok and user is not None and user.active:
                 await self.limiter.release(attempt)
+                self.audit_buffer.add(
+                    AuditEvent(
+                        "login_succeeded",
+                        context,
+                        subject=user.subject,
+                        details={"trusted_device": device is not None},
+                    )
+                )
                 return user
         risk = auth_failure("login_failed", self.failures_by_ip.add(context.ip))
         self.audit_buffer.add(

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 from sqlalchemy.orm import Session
 
+from oauth2_server.audit.log import AuditEvent, record
 from oauth2_server.crypto.keyring import Keyring
 from oauth2_server.storage import keys as key_storage
 
@@ -45,7 +46,9 @@ class KeyStore:
         self.public_keys: dict[str, ec.EllipticCurvePublicKey] = {}
         self.jwks: dict[str, Any] = {"keys": []}
 
-    def _generate(self, session: Session) -> None:
+    def _generate(self, session: Session, **details: Any) -> None:
+        """A new current key, stored encrypted and audited (`signing_key_created`: its
+        `kid`, `alg` and `details`, in the same transaction; never key material)."""
         private_key = ec.generate_private_key(ec.SECP256R1())
         kid = f"{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(4)}"
         public_jwk = ECAlgorithm.to_jwk(private_key.public_key(), as_dict=True)
@@ -64,16 +67,20 @@ class KeyStore:
             private_key_ciphertext=blob,
             encryption_key_id=key_id,
         )
+        record(
+            session, AuditEvent("signing_key_created", details={"kid": kid, "alg": ALG, **details})
+        )
 
     def ensure(self, session: Session) -> None:
         """Generate the first key if the database has none, then load."""
         if not key_storage.published_keys(session):
-            self._generate(session)
+            self._generate(session, reason="first key")
         self.load(session)
 
-    def rotate(self, session: Session) -> str:
-        """Make a new current key; the old current stays published as previous. Returns kid."""
-        self._generate(session)
+    def rotate(self, session: Session, **details: Any) -> str:
+        """Make a new current key; the old current stays published as previous. Returns kid.
+        `details` (who rotated it) go in the `signing_key_created` row."""
+        self._generate(session, reason="rotation", **details)
         self.load(session)
         assert self.current is not None
         return self.current.kid

@@ -36,6 +36,7 @@ from oauth2_server.web.forms import (
     oauth_request,
     parse_params,
     read_form,
+    request_context,
 )
 
 
@@ -141,9 +142,13 @@ async def _login_again(
     return _login_page(request, prompt, status, error=error)
 
 
-def _sign_out(request: Request) -> Response:
-    """The "not you?" form: end the session (a new CSRF token follows) and show the login
-    page for the same authorization request (303 to GET)."""
+async def _sign_out(request: Request, service: OAuthService) -> Response:
+    """The "not you?" form: end the session (a new CSRF token follows; audited
+    `signed_out`) and show the login page for the same authorization request (303 to
+    GET)."""
+    await service.authorization.signed_out(
+        request.session.get(SESSION_USER), request_context(request)
+    )
     request.session.clear()
     return RedirectResponse(
         request.url.path + "?" + urlencode(parse_params(request.url.query), doseq=True),
@@ -178,7 +183,7 @@ async def authorize(request: Request) -> Response:
                 400,
             )
     if action == "logout":
-        return _sign_out(request)
+        return await _sign_out(request, service)
     oauth = oauth_request(request, service.issuer, query, service.allow_http)
     force_consent = "consent" in query.get("prompt", [""])[0].split()
     try:
