@@ -120,3 +120,23 @@ def test_seal_verify_and_janitor_runs_are_rows(server, db, unique) -> None:
     assert "sealed" in after["audit_sealed"][-1]["details"]
     assert "checked" in after["audit_verified"][-1]["details"]
     assert "deleted" in after["janitor_run"][-1]["details"]
+
+
+def test_a_failed_sign_in_as_nobody_is_findable_by_a_keyed_digest(server, db, unique) -> None:
+    """A username no user has is recorded as `unknown:` + a keyed digest (never the name):
+    `audit username-digest NAME` (any case) gives the subject to search for."""
+    admin = admin_api(server, db, unique)
+    client_id = _public_client(db, unique)
+    ghost = unique("Ghost")
+    url, _ = oauth_session(client_id, "read").authorization_url(server.url("/oauth2/authorize"))
+    browser = requests.Session()
+    action, fields = form_fields(browser.get(url, timeout=30).text)
+    fields.update(username=ghost, password="wrong password here")
+    refused = browser.post(server.url(action), data=fields, allow_redirects=False, timeout=30)
+    assert refused.status_code == 401, refused.text
+    digest = run_cli(db, "audit", "username-digest", ghost.lower())
+    assert digest.returncode == 0, digest.stderr
+    subject = json.loads(digest.stdout)["subject"]
+    assert subject.startswith("unknown:") and ghost.lower() not in subject
+    (row,) = _rows(admin, action="login_failed", subject=subject)
+    assert ghost not in json.dumps(row) and ghost.lower() not in json.dumps(row)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import math
 import re
@@ -157,3 +158,18 @@ def bound_details(details: dict[str, Any]) -> dict[str, Any]:
 def bound_flags(flags: list[str]) -> list[str]:
     """At most FLAGS_MAX_ITEMS flags of at most FLAG_MAX_CHARS storable characters."""
     return [bound_text(str(flag), FLAG_MAX_CHARS) for flag in flags[:FLAGS_MAX_ITEMS]]
+
+
+# The HKDF purpose of the key behind `unknown_username_subject` (crypto.keyring.derive).
+UNKNOWN_USERNAME_PURPOSE = b"oauth2-server audit unknown username"
+UNKNOWN_USERNAME_PREFIX = "unknown:"
+
+
+def unknown_username_subject(key: bytes, username: str) -> str:
+    """The `subject` a failed sign-in with a username no user has is recorded under
+    (issue #11 item 1): `unknown:` and 32 hex digits of HMAC-SHA256 over the casefolded
+    username, under `key` (derived from the keyring's primary key with
+    `UNKNOWN_USERNAME_PURPOSE`). Searchable with `oauth2-server audit username-digest`,
+    not readable without the keyring; never a real subject (those have no `:`)."""
+    digest = hmac.new(key, username.casefold().encode("utf-8", "surrogatepass"), "sha256")
+    return UNKNOWN_USERNAME_PREFIX + digest.hexdigest()[:32]

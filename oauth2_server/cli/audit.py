@@ -16,6 +16,7 @@ from oauth2_server.audit import export as audit_export
 from oauth2_server.audit import janitor
 from oauth2_server.audit import query as audit_query
 from oauth2_server.audit import summary as audit_summary
+from oauth2_server.audit.bounds import UNKNOWN_USERNAME_PURPOSE, unknown_username_subject
 from oauth2_server.audit.log import record
 from oauth2_server.cli.support import (
     CommandFailed,
@@ -87,6 +88,16 @@ def cmd_audit_summary(settings: Settings, args: Any) -> None:
             )
 
     print_json(run_async(settings, go))
+
+
+def cmd_audit_username_digest(settings: Settings, args: Any) -> None:
+    """The `subject` that failed sign-ins with this username (one no user has) are recorded
+    under, per key of the keyring (the primary first): search with `audit query --subject`."""
+    keyring = load_keyring(settings)
+    order = [keyring.primary, *(kid for kid in keyring.keys if kid != keyring.primary)]
+    keys = {kid: keyring.derive(UNKNOWN_USERNAME_PURPOSE, kid=kid) for kid in order}
+    subjects = {kid: unknown_username_subject(key, args.username) for kid, key in keys.items()}
+    print_json({"subject": subjects[keyring.primary], "by_key": subjects})
 
 
 class ProgressBar:
@@ -256,6 +267,13 @@ def register(sub: Any) -> None:
     a.add_argument("--group-by", action="append", required=True, help=audit_summary.GROUP_BY_DOC)
     add_json(a, always=True)
     a.set_defaults(func=cmd_audit_summary)
+    a = audit_group.add_parser(
+        "username-digest",
+        help="the subject under which failed sign-ins with an unknown username are recorded",
+    )
+    a.add_argument("username", help="the username tried (case does not matter)")
+    add_json(a, always=True)
+    a.set_defaults(func=cmd_audit_username_digest)
     a = audit_group.add_parser("export", help="stream every matching row as CSV or JSON Lines")
     _audit_filters(a)
     a.add_argument("--format", choices=["csv", "jsonl"], required=True, help="CSV, or JSON Lines")

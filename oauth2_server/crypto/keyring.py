@@ -60,10 +60,11 @@ class Keyring:
         except InvalidTag:
             raise DecryptionError("ciphertext does not verify for this row") from None
 
-    def derive(self, purpose: bytes, length: int = 32) -> bytes:
-        """A subkey of the primary key for one purpose (HKDF-SHA256), e.g. cookie signing."""
+    def derive(self, purpose: bytes, length: int = 32, kid: str | None = None) -> bytes:
+        """A subkey of the primary key (or of key `kid`) for one purpose (HKDF-SHA256), e.g.
+        cookie signing. KeyError for an unknown `kid`."""
         return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=purpose).derive(
-            self.keys[self.primary]
+            self.keys[self.primary if kid is None else kid]
         )
 
 

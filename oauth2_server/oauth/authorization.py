@@ -33,6 +33,7 @@ from authlib.oauth2.rfc6749 import AuthorizationServer, OAuth2Error
 from itsdangerous import BadData, URLSafeTimedSerializer
 from starlette.responses import Response
 
+from oauth2_server.audit.bounds import unknown_username_subject
 from oauth2_server.audit.log import AuditBuffer, AuditEvent, record
 from oauth2_server.audit.risk import AuthFailureWindow, auth_failure, fixed_score
 from oauth2_server.crypto.hashing import hash_secret
@@ -111,6 +112,8 @@ class AuthorizationFlow:
     audit_buffer: AuditBuffer
     device_key: InitVar[bytes]
     device_ttl: int
+    # HMAC key of `audit.bounds.unknown_username_subject` (failed sign-ins, unknown users).
+    unknown_user_key: bytes = field(repr=False, default=b"")
     _device_key: bytes = field(init=False, repr=False)
     _devices: URLSafeTimedSerializer = field(init=False, repr=False)
 
@@ -251,7 +254,8 @@ class AuthorizationFlow:
         The attempt is counted first (module docstring: per device when `device`, the id
         from `trusted_device`, is given; else per IP, (username, IP) and username) and
         given back on success. Returns the active user (audited `login_succeeded`), or None
-        (audited `login_failed`).
+        (audited `login_failed`; a username no user has is recorded as its keyed digest,
+        `audit.bounds.unknown_username_subject`).
         Raises LoginThrottled over a limit (audited `login_throttled`) and Argon2Busy when
         this worker's argon2 queue is full.
         """
@@ -299,11 +303,14 @@ class AuthorizationFlow:
                 )
                 return user
         risk = auth_failure("login_failed", self.failures_by_ip.add(context.ip))
+        subject = user.subject if user else None
+        if user is None and self.unknown_user_key and 0 < len(username) <= MAX_USERNAME_LENGTH:
+            subject = unknown_username_subject(self.unknown_user_key, username)
         self.audit_buffer.add(
             AuditEvent(
                 "login_failed",
                 context,
-                subject=user.subject if user else None,
+                subject=subject,
                 risk_score=risk.score,
                 flags=risk.flags,
                 details={"trusted_device": device is not None},

@@ -18,6 +18,7 @@ from authlib.oauth2.rfc6749 import InvalidClientError
 from starlette.responses import Response
 
 from oauth2_server import metrics
+from oauth2_server.audit.bounds import UNKNOWN_USERNAME_PURPOSE
 from oauth2_server.audit.log import AuditBuffer, AuditEvent
 from oauth2_server.audit.risk import AuthFailureWindow, auth_failure, fixed_score
 from oauth2_server.config import Settings
@@ -137,6 +138,7 @@ class OAuthService:
             audit_buffer,
             keys.keyring.derive(b"oauth2-server device cookie"),
             settings.device_cookie_ttl,
+            keys.keyring.derive(UNKNOWN_USERNAME_PURPOSE),
         )
 
     # -- client authentication (RFC 6749 §2.3.1), before entering the bridge ------------
