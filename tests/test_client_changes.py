@@ -36,6 +36,11 @@ ATTEMPTS = 200
 WARM_UP = 16  # requests per instance, so both of its workers cache the client
 STALE = "was behind the database"  # ClientCache.stale's DEBUG line
 ENV = {"OAUTH2_CLIENT_AUTH_FAILURE_LIMIT": "1000000"}
+# The same for this module's `upstream` server (conftest): on PostgreSQL, failures count per
+# IP across every server on the test database, so a flood test that ran on this database
+# less than a window ago can push 127.0.0.1 over the default test limit (1000), and a
+# refusal under test would be 429 `too many failed client authentications` instead of 401.
+UPSTREAM_ENV = ENV
 
 
 def wait_for_workers(server: LiveServer, workers: int = 2) -> None:
