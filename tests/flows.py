@@ -116,3 +116,16 @@ def exchange_code(
         include_client_id=client_secret is None,
         **kwargs,
     )
+
+
+def public_app(db: Any, unique: Any, scope: str = "read") -> str:
+    """A new public client for the code flow with refresh tokens (RFC 6749 §2.1, PKCE
+    required), redirecting to REDIRECT_URI; its client_id."""
+    client_id, _ = db.create_client(
+        name=unique("app"),
+        public=True,
+        grant_types=["authorization_code", "refresh_token"],
+        redirect_uris=[REDIRECT_URI],
+        scope=scope,
+    )
+    return client_id

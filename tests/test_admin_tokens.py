@@ -15,7 +15,7 @@ from tests.admin_helpers import (
     assert_error,
     snapshot,
 )
-from tests.flows import REDIRECT_URI, authorize_with_pkce, exchange_code
+from tests.flows import authorize_with_pkce, exchange_code, public_app
 
 TOKEN_STATE = (
     "SELECT 'a', jti, revoked_at FROM oauth2_access_tokens UNION ALL "
@@ -26,18 +26,6 @@ TOKEN_STATE = (
 @pytest.fixture
 def admin(server, db, unique):
     return admin_api(server, db, unique)
-
-
-def public_app(db, unique) -> str:
-    """A public client for the code flow with refresh tokens."""
-    client_id, _ = db.create_client(
-        name=unique("app"),
-        public=True,
-        grant_types=["authorization_code", "refresh_token"],
-        redirect_uris=[REDIRECT_URI],
-        scope="read",
-    )
-    return client_id
 
 
 def grant(server, app, user):

@@ -14,7 +14,7 @@ from tests.admin_helpers import (
     assert_error,
     snapshot,
 )
-from tests.flows import REDIRECT_URI, authorize_with_pkce, exchange_code
+from tests.flows import authorize_with_pkce, exchange_code, public_app
 
 USER_ROWS = "SELECT subject, username, password_hash, active FROM oauth2_users ORDER BY id"
 
@@ -26,14 +26,7 @@ def admin(server, db, unique):
 
 @pytest.fixture
 def app_client(db, unique):
-    client_id, _ = db.create_client(
-        name=unique("app"),
-        public=True,
-        grant_types=["authorization_code", "refresh_token"],
-        redirect_uris=[REDIRECT_URI],
-        scope="read",
-    )
-    return client_id
+    return public_app(db, unique)
 
 
 def sign_in(server, client_id, username, password):

@@ -13,7 +13,7 @@ import time
 import requests
 
 from tests.admin_helpers import admin_api, run_cli
-from tests.flows import REDIRECT_URI, authorize_with_pkce, form_fields, oauth_session
+from tests.flows import authorize_with_pkce, form_fields, oauth_session, public_app
 
 PASSWORD = "correct horse battery"
 
@@ -31,20 +31,9 @@ def _rows(admin, deadline: float = 15.0, **params) -> list[dict]:
         time.sleep(0.2)
 
 
-def _public_client(db, unique) -> str:
-    client_id, _ = db.create_client(
-        name=unique("events"),
-        public=True,
-        grant_types=["authorization_code"],
-        redirect_uris=[REDIRECT_URI],
-        scope="read write",
-    )
-    return client_id
-
-
 def test_sign_in_and_consent_decisions_are_rows(server, db, unique) -> None:
     admin = admin_api(server, db, unique)
-    client_id = _public_client(db, unique)
+    client_id = public_app(db, unique, scope="read write")
     granted_user = db.create_user(unique("grants"), PASSWORD)
     authorize_with_pkce(
         server.base_url, client_id, granted_user.username, PASSWORD, scope="read write"
@@ -64,7 +53,7 @@ def test_sign_in_and_consent_decisions_are_rows(server, db, unique) -> None:
 
 def test_signing_out_is_a_row(server, db, unique) -> None:
     admin = admin_api(server, db, unique)
-    client_id = _public_client(db, unique)
+    client_id = public_app(db, unique, scope="read write")
     user = db.create_user(unique("leaves"), PASSWORD)
     url, _ = oauth_session(client_id, "read").authorization_url(server.url("/oauth2/authorize"))
     browser = requests.Session()
@@ -126,7 +115,7 @@ def test_a_failed_sign_in_as_nobody_is_findable_by_a_keyed_digest(server, db, un
     """A username no user has is recorded as `unknown:` + a keyed digest (never the name):
     `audit username-digest NAME` (any case) gives the subject to search for."""
     admin = admin_api(server, db, unique)
-    client_id = _public_client(db, unique)
+    client_id = public_app(db, unique, scope="read write")
     ghost = unique("Ghost")
     url, _ = oauth_session(client_id, "read").authorization_url(server.url("/oauth2/authorize"))
     browser = requests.Session()

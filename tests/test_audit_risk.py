@@ -13,7 +13,7 @@ import pytest
 from oauth2_server.audit.risk import RACE_WINDOW
 from tests.admin_helpers import PASSWORD, admin_api
 from tests.conftest import start_live_server
-from tests.flows import REDIRECT_URI, authorize_with_pkce, exchange_code
+from tests.flows import authorize_with_pkce, exchange_code, public_app
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +39,7 @@ def some_ip() -> str:
 def signed_in(server, db, unique, name):
     """A new user `name` signs in to a new public app and consents: (the app's client_id,
     the authorization result with its code)."""
-    client_id, _ = db.create_client(
-        name=unique("app"),
-        public=True,
-        grant_types=["authorization_code", "refresh_token"],
-        redirect_uris=[REDIRECT_URI],
-        scope="read",
-    )
+    client_id = public_app(db, unique)
     user = db.create_user(unique(name), PASSWORD)
     return client_id, authorize_with_pkce(server.base_url, client_id, user.username, PASSWORD)
 

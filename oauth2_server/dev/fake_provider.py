@@ -304,9 +304,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            self._write_body(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server under test gave up (timeout test)
+
+    def _write_body(self, data: bytes) -> None:
+        """Write an answer's body (a test's provider may trickle it instead)."""
+        self.wfile.write(data)
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
