@@ -42,6 +42,7 @@ from oauth2_server.oauth.clients import (
 )
 from oauth2_server.oauth.context import IntrospectionPrefetch
 from oauth2_server.oauth.exchange_flow import TokenExchange, claimed_client_id
+from oauth2_server.oauth.introspection_jwt import as_requested
 from oauth2_server.oauth.keys import KeyStore
 from oauth2_server.oauth.presented import PresentedToken
 from oauth2_server.oauth.throttling import (
@@ -345,7 +346,8 @@ class OAuthService:
         return response
 
     async def introspect(self, request: OAuthRequest) -> Response:
-        """RFC 7662 introspection; audited through the batch buffer (read-only event).
+        """RFC 7662 introspection, as a signed JWT when asked for (RFC 9701); audited
+        through the batch buffer (read-only event).
 
         A JWT is verified here, and its row, whether its client is still active, and the
         current state of the client asking are read in one round trip up front
@@ -392,7 +394,7 @@ class OAuthService:
                     details={"active": answered.active},
                 )
             )
-        return response
+        return as_requested(response, request, self.keys, self.issuer)
 
     async def revoke(self, request: OAuthRequest) -> Response:
         """RFC 7009 revocation; the audit row commits with the revocation."""

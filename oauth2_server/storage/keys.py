@@ -80,3 +80,10 @@ def reencrypt_key(session: Session, kid: str, encryption_key_id: str, ciphertext
         .where(SigningKey.kid == kid)
         .values(private_key_ciphertext=ciphertext, encryption_key_id=encryption_key_id)
     )
+
+
+def all_public_jwks(session: Session) -> dict[str, dict[str, Any]]:
+    """Every signing key's public JWK by kid, retired keys included: what verifies a
+    statement signed long ago (audit checkpoints, retention records, export manifests)."""
+    rows = session.execute(select(SigningKey.kid, SigningKey.public_jwk)).all()
+    return {kid: jwk for kid, jwk in rows}

@@ -7,6 +7,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from oauth2_server.oauth.introspection_jwt import SIGNING_ALG_VALUES
 from oauth2_server.oauth.server import OAuthService
 
 
@@ -26,6 +27,7 @@ def server_metadata(service: OAuthService) -> dict[str, Any]:
         "grant_types_supported": service.grant_types_supported,
         "token_endpoint_auth_methods_supported": auth_methods,
         "introspection_endpoint_auth_methods_supported": auth_methods[:2],
+        "introspection_signing_alg_values_supported": SIGNING_ALG_VALUES,
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": True,
