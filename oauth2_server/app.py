@@ -15,6 +15,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -29,12 +30,14 @@ from oauth2_server.db import migrate
 from oauth2_server.db.engine import create_engine, create_sessionmaker
 from oauth2_server.db.models import TokenLog
 from oauth2_server.monitor import Monitor
+from oauth2_server.notify.delivery import start_delivery, stop_delivery
 from oauth2_server.oauth.bridge import Bridge
 from oauth2_server.oauth.keys import KeyStore
 from oauth2_server.oauth.server import OAuthService
 from oauth2_server.storage.client_notify import ClientChangeListener
 from oauth2_server.storage.errors import Availability, DatabaseUnavailable
 from oauth2_server.storage.fastpath import FastStore, split_pool_size
+from oauth2_server.upstream.worker import run_background
 from oauth2_server.web import authorize, discovery, errors, health, oauth_endpoints, upstream
 from oauth2_server.web.middleware import HttpMiddleware
 
@@ -54,6 +57,7 @@ routes = [
     Route("/oauth2/introspect", oauth_endpoints.introspect, methods=["GET", "POST"]),
     Route("/introspect", oauth_endpoints.introspect, methods=["GET", "POST"]),
     Route("/oauth2/revoke", oauth_endpoints.revoke, methods=["GET", "POST"]),
+    Route("/oauth2/par", oauth_endpoints.pushed_authorization_request, methods=["GET", "POST"]),
     Route("/oauth2/jwks", discovery.jwks, methods=["GET"]),
     Route("/healthz", health.healthz, methods=["GET"]),
     Route("/readyz", health.readyz, methods=["GET"]),
@@ -81,6 +85,21 @@ async def _reload_keys(bridge: Bridge, keys: KeyStore) -> None:
 def app_from_env() -> Starlette:
     """uvicorn factory (`oauth2_server.app:app_from_env`) for multi-worker serving."""
     return create_app(Settings.from_env())
+
+
+async def _client_listener(
+    settings: Settings, engine: AsyncEngine, oauth: OAuthService
+) -> ClientChangeListener | None:
+    """PostgreSQL: client changes pushed to this worker's cache (`storage.client_notify`),
+    listening once started. SQLite (one process): None."""
+    if settings.is_sqlite:
+        return None
+    dsn = make_url(engine.url).set(drivername="postgresql")
+    listener = ClientChangeListener(
+        dsn.render_as_string(hide_password=False), oauth.clients.invalidate, settings.db_timeout
+    )
+    await listener.start()
+    return listener
 
 
 def _lifespan(
@@ -113,16 +132,7 @@ def _lifespan(
             reload_task = asyncio.create_task(_reload_keys(bridge, keys))
             app.state.engine = engine
             app.state.oauth = OAuthService(settings, bridge, keys, audit_buffer)
-            listener = None
-            if not settings.is_sqlite:
-                # Client changes pushed to this worker's cache (storage.client_notify).
-                dsn = make_url(engine.url).set(drivername="postgresql")
-                listener = ClientChangeListener(
-                    dsn.render_as_string(hide_password=False),
-                    app.state.oauth.clients.invalidate,
-                    settings.db_timeout,
-                )
-                await listener.start()
+            listener = await _client_listener(settings, engine, app.state.oauth)
             app.state.templates = Jinja2Templates(directory=str(TEMPLATES))
             # What start-up built lives as long as the worker: full collections during
             # requests then only walk what requests allocate (README "Performance").
@@ -130,7 +140,13 @@ def _lifespan(
             gc.freeze()
             monitor = Monitor(settings.loop_monitor_interval)  # loop lag, GC pauses
             monitor.start()
+            webhooks = start_delivery(settings, engine)  # OAUTH2_WEBHOOK_URL set: the outbox
+            # Proactive upstream refresh (OAUTH2_UPSTREAM_REFRESH_WORKER), else the gauge.
+            refresher, stop_refresher = run_background(settings, app.state.oauth.upstream)
             yield
+            stop_refresher.set()
+            await refresher
+            await stop_delivery(webhooks)
             await monitor.stop()
             reload_task.cancel()
             if listener is not None:

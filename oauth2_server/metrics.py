@@ -111,6 +111,29 @@ UPSTREAM_DURATION = Histogram(
     buckets=_BUCKETS,
     registry=REGISTRY,
 )
+UPSTREAM_GRANTS = Gauge(
+    "oauth2_upstream_grants",
+    "Upstream grants by provider and health state (ok, refresh_failing, needs_consent), as "
+    "the database counts them; read every OAUTH2_UPSTREAM_REFRESH_INTERVAL (max over live "
+    "workers, which all read the same figure).",
+    ["provider", "state"],
+    multiprocess_mode="livemax",
+    registry=REGISTRY,
+)
+WEBHOOK_PENDING = Gauge(
+    "oauth2_webhook_events_pending",
+    "Webhook events in the outbox not yet delivered, as the database counts them; read by "
+    "each delivery loop every cycle (max over live workers, which all read the same figure).",
+    multiprocess_mode="livemax",
+    registry=REGISTRY,
+)
+WEBHOOK_DELIVERIES = Counter(
+    "oauth2_webhook_deliveries",
+    "Webhook delivery attempts by outcome: delivered (2xx), http_error (another status), "
+    "timeout (OAUTH2_WEBHOOK_TIMEOUT passed), network_error (no answer).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 AUDIT_BUFFER_ROWS = Gauge(
     "oauth2_audit_buffer_rows",
     "Audit rows waiting to be written (sum over live workers).",
@@ -125,6 +148,11 @@ AUDIT_ROWS_DROPPED = Counter(
 AUDIT_ROWS_MALFORMED = Counter(
     "oauth2_audit_rows_malformed",
     "Audit rows the database refused, written in minimal form with flag malformed.",
+    registry=REGISTRY,
+)
+AUDIT_SINK_FAILURES = Counter(
+    "oauth2_audit_sink_failures",
+    "Signed audit checkpoints or retention records not written to OAUTH2_AUDIT_CHECKPOINT_SINK.",
     registry=REGISTRY,
 )
 LIMITER_KEYS = Gauge(

@@ -87,5 +87,9 @@ def test_openapi_document_describes_every_admin_operation(server):
         assert operation["summary"] and operation["security"] == [{"bearer": ["admin"]}]
     create = paths["/admin/clients"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert create["additionalProperties"] is False and "redirect_uris" in create["properties"]
+    assert create["properties"]["person"]["maxLength"] == 200  # issue #11 item 2
+    client = document["components"]["schemas"]["Client"]["properties"]
+    assert {"person", "bootstrap"} <= set(client)
+    assert "person_required" in document["info"]["description"]
     audit_params = {p["name"] for p in paths["/admin/audit"]["get"]["parameters"]}
     assert {"since", "until", "action", "client_id", "min_risk", "flag", "cursor"} <= audit_params

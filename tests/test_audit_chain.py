@@ -5,7 +5,6 @@ as an attacker with SQL access would, checks the report, then undoes the tamperi
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -14,13 +13,13 @@ from sqlalchemy import insert, select, update
 
 from oauth2_server.audit.chain import ROW_COLUMNS, link_hash
 from oauth2_server.db.models import TokenLog
-from tests.admin_helpers import event, execute, insert_log_rows, run_cli, seal, verify
+from tests.admin_helpers import event, execute, insert_log_rows, run_cli, verify
+from tests.chain_helpers import seal_now
 
 
 @pytest.fixture
 def chain(server, db, unique):
     """Five fresh rows, sealed; the chain verifies before the test tampers with it."""
-    time.sleep(0.5)  # let the live servers' audit buffers flush (0.2 s in tests)
     client = unique("chain")
     now = datetime.now(UTC)
     ids = insert_log_rows(
@@ -28,7 +27,7 @@ def chain(server, db, unique):
         [
             event(
                 "issued",
-                now - timedelta(milliseconds=50 - i),
+                now + timedelta(microseconds=i),
                 client_id=client,
                 token_id=f"t{i}",
                 details={"n": i},
@@ -36,7 +35,7 @@ def chain(server, db, unique):
             for i in range(5)
         ],
     )
-    seal(db)
+    seal_now(db)
     report = verify(db)
     assert report.ok, report.problem
     return ids
@@ -182,17 +181,20 @@ def insert_a_copy_with_its_seal(db, chain) -> int:
 
 
 @pytest.mark.parametrize(
-    "insert_row",
+    ("insert_row", "kind"),
     [
-        pytest.param(insert_a_row_between_sealed_ones, id="unsealed-row"),
-        pytest.param(insert_a_copy_with_its_seal, id="row-with-a-copied-seal"),
+        # an unsealed row dated inside the sealed range is a straggler: `audit repair`
+        pytest.param(insert_a_row_between_sealed_ones, "unsealed", id="unsealed-row"),
+        pytest.param(insert_a_copy_with_its_seal, "inserted", id="row-with-a-copied-seal"),
     ],
 )
-def test_an_inserted_row_is_reported(db, chain, insert_row):
+def test_an_inserted_row_is_reported(db, chain, insert_row, kind):
     inserted = insert_row(db, chain)
     try:
         report = verify(db)
-        assert report.problem.kind == "inserted" and report.problem.log_id == inserted
+        assert report.problem.kind == kind and report.problem.log_id == inserted
+        if kind == "unsealed":
+            assert "oauth2-server audit repair" in report.problem.message
     finally:
         execute(db, "DELETE FROM oauth2_token_logs WHERE id = :i", i=inserted)
     assert verify(db).ok

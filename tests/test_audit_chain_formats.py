@@ -5,13 +5,13 @@ either side of the switch is reported."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from oauth2_server.audit import canonical, chain
-from tests.admin_helpers import event, execute, insert_log_rows, seal, verify
+from oauth2_server.audit import canonical, sealing
+from tests.admin_helpers import event, execute, insert_log_rows, verify
+from tests.chain_helpers import seal_now
 
 
 def legacy_link_hash(prev_hash, row, seal_seq):
@@ -22,19 +22,23 @@ def legacy_link_hash(prev_hash, row, seal_seq):
 @pytest.fixture
 def switched_chain(server, db, unique, monkeypatch):
     """Three rows sealed in format 1, then three in RFC 8785; returns their ids."""
-    time.sleep(0.5)  # let the live servers' audit buffers flush (0.2 s in tests)
     client = unique("formats")
     now = datetime.now(UTC)
     rows = [
-        event("issued", now - timedelta(milliseconds=60 - i), client_id=client, token_id=f"t{i}")
-        for i in range(6)
+        event("issued", now + timedelta(microseconds=i), client_id=client, token_id=f"t{i}")
+        for i in range(3)
     ]
     with monkeypatch.context() as patched:
-        patched.setattr(chain, "link_hash", legacy_link_hash)
-        old = insert_log_rows(db, rows[:3])
-        seal(db)
-    new = insert_log_rows(db, rows[3:])
-    seal(db)
+        patched.setattr(sealing, "link_hash", legacy_link_hash)
+        old = insert_log_rows(db, rows)
+        seal_now(db)
+    now = datetime.now(UTC)
+    rows = [
+        event("issued", now + timedelta(microseconds=i), client_id=client, token_id=f"t{i}")
+        for i in range(3, 6)
+    ]
+    new = insert_log_rows(db, rows)
+    seal_now(db)
     return old + new
 
 

@@ -2,7 +2,8 @@
 stored as it was sent (issue #11 item 8).
 
 - `audit export --output FILE` writes a hidden partial file beside FILE and renames it
-  only once complete: a killed export leaves nothing at FILE.
+  only once complete, then FILE.manifest.json the same way: a killed export leaves
+  nothing at either path.
 - CSV marks NULL (`\\N` by default) apart from an empty string; `--bom` starts the file
   with a UTF-8 byte-order mark.
 - The user agent is decoded as UTF-8 (RFC 9110 §5.5: field values are octets; Latin-1 is
@@ -26,10 +27,16 @@ from tests.admin_helpers import admin_api, event, insert_log_rows, run_cli
 from tests.conftest import ROOT, free_port, server_env
 
 BASE = datetime(2032, 5, 1, tzinfo=UTC)
+# Rows dated BASE are never sealed (no seal reaches the future); an export's open `until`
+# is bounded to now, so these exports name one past BASE.
+UNTIL = "2033-01-01"
 
 
 def _export(db, client: str, target, *extra: str) -> subprocess.CompletedProcess[str]:
-    return run_cli(db, "audit", "export", "--client-id", client, "--output", str(target), *extra)
+    return run_cli(
+        db, "audit", "export", "--client-id", client, "--until", UNTIL, "--output", str(target),
+        *extra,
+    )  # fmt: skip
 
 
 def test_csv_tells_null_from_an_empty_string(db, unique, tmp_path) -> None:
@@ -73,7 +80,8 @@ def test_a_killed_export_leaves_nothing_at_the_final_path(db, unique, tmp_path) 
     target = tmp_path / "audit.jsonl"
     process = subprocess.Popen(
         [sys.executable, "-m", "oauth2_server", "audit", "export", "--format", "jsonl"]
-        + ["--client-id", client, "--output", str(target), "--batch-size", "1"],
+        + ["--client-id", client, "--until", UNTIL, "--output", str(target)]
+        + ["--batch-size", "1"],
         env=server_env(db.url, db.keys, free_port()),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
@@ -94,6 +102,7 @@ def test_a_killed_export_leaves_nothing_at_the_final_path(db, unique, tmp_path) 
         if process.poll() is None:
             process.kill()
     assert not target.exists()
+    assert not target.with_name("audit.jsonl.manifest.json").exists()
     written = partial[0].read_text().splitlines()
     assert 0 < len(written) < 2000  # it was killed mid-way, and that file is not the export
     assert partial[0].name.startswith(".")  # hidden beside the final path
@@ -108,9 +117,14 @@ def test_a_complete_export_is_renamed_into_place(db, unique, tmp_path) -> None:
     target.write_text("an older export\n")
     result = _export(db, client, target, "--format", "jsonl", "--batch-size", "2")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stderr.strip().splitlines()[-1]) == {"rows": 5, "output": str(target)}
+    summary = json.loads(result.stderr.strip().splitlines()[-1])
+    assert summary["rows"] == 5 and summary["output"] == str(target)
     assert len(target.read_text().splitlines()) == 5
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.jsonl"]  # no partial left
+    # no partial file left; the signed manifest beside the export
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "audit.jsonl",
+        "audit.jsonl.manifest.json",
+    ]
 
 
 def test_a_failed_export_leaves_the_previous_file_alone(db, unique, tmp_path) -> None:

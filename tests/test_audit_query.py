@@ -8,6 +8,7 @@ reaches them, and with per-test client ids, so other tests' rows never match.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -15,8 +16,18 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import TypeAdapter
 
-from tests.admin_helpers import admin_api, assert_error, event, insert_log_rows, run_cli
+from oauth2_server.admin import answers
+from oauth2_server.audit import chain as audit_chain
+from tests.admin_helpers import (
+    _with_sessions,
+    admin_api,
+    assert_error,
+    event,
+    insert_log_rows,
+    run_cli,
+)
 
 BASE = datetime(2031, 3, 10, tzinfo=UTC)
 
@@ -222,3 +233,98 @@ def test_csv_export_defuses_spreadsheet_formulas(db, unique, tmp_path):
     )
     row = next(csv.DictReader(io.StringIO(target.read_text())))
     assert row["subject"].startswith("'=")
+
+
+AUDIT_PAGE = TypeAdapter(answers.AuditPage)
+
+
+def seal_now(db) -> int:
+    """Seal every row up to now (no delay, no margin), in-process."""
+    return asyncio.run(
+        _with_sessions(db, lambda sessions: audit_chain.seal_pending(sessions, 0, margin=0))
+    )
+
+
+def _watermark_walk(admin, after: int, limit: int, **params) -> tuple[list[dict], int]:
+    """Every row after `after` by watermark pages of `limit`; (rows, final next_after)."""
+    rows: list[dict] = []
+    while True:
+        response = admin.get("/audit", params={**params, "after": str(after), "limit": limit})
+        assert response.status_code == 200, response.text
+        page = response.json()
+        assert page["after"] == after and page["next_cursor"] is None
+        AUDIT_PAGE.validate_python(page)  # what /admin/openapi.json documents
+        if not page["items"]:
+            assert page["next_after"] == after
+            return rows, after
+        assert page["next_after"] == page["items"][-1]["seal_seq"]
+        assert page["items"][0]["seal_seq"] > after  # progress: never the row at `after`
+        rows += page["items"]
+        after = page["next_after"]
+
+
+def test_after_returns_every_sealed_row_once_in_seal_seq_order(db, admin, unique):
+    """Issue #11 item 7: the watermark `after` (a seal_seq) pages through the sealed rows
+    exactly once, equal to a direct SQL read; rows not sealed yet come after the next
+    seal, never before."""
+    seal_now(db)
+    start = int(db.scalar("SELECT coalesce(max(seal_seq), 0) FROM oauth2_token_logs"))
+    client = unique("watermark")
+    now = datetime.now(UTC)  # current rows only: sealing runs here
+    planted = insert_log_rows(db, [event("issued", now, client_id=client) for _ in range(5)])
+    assert _watermark_walk(admin, start, 2, client_id=client)[0] == []  # not sealed yet
+    seal_now(db)
+    rows, last = _watermark_walk(admin, start, 2)
+    sequence = [row["seal_seq"] for row in rows]
+    assert sequence == sorted(set(sequence))  # increasing: no repeats
+    expected = db.rows(
+        "SELECT id FROM oauth2_token_logs WHERE seal_seq > :a AND seal_seq <= :b ORDER BY seal_seq",
+        a=start,
+        b=last,
+    )
+    assert [row["id"] for row in rows] == [row.id for row in expected]
+    assert set(planted) <= {row["id"] for row in rows}
+    mine, _ = _watermark_walk(admin, start, 3, client_id=client)  # filters still apply
+    assert [row["id"] for row in mine] == planted
+    # the reads above were rows too: sealed now, they follow `last`, and nothing else does
+    seal_now(db)
+    newer, _ = _watermark_walk(admin, last, 1000)
+    reads = [row for row in newer if row["action"] == "audit_read"]
+    assert {"filters": {"client_id": client}, "after": start} in [
+        {"filters": row["details"]["filters"], "after": row["details"]["after"]} for row in reads
+    ]
+
+
+def test_cli_query_after_matches_the_api(db, admin, unique):
+    seal_now(db)
+    start = int(db.scalar("SELECT coalesce(max(seal_seq), 0) FROM oauth2_token_logs"))
+    client = unique("watermark-cli")
+    insert_log_rows(db, [event("issued", datetime.now(UTC), client_id=client) for _ in range(3)])
+    seal_now(db)
+    result = run_cli(db, "audit", "query", "--after", str(start), "--client-id", client)
+    assert result.returncode == 0, result.stderr
+    page = json.loads(result.stdout)
+    api, _ = _watermark_walk(admin, start, 1000, client_id=client)
+    assert [item["id"] for item in page["items"]] == [item["id"] for item in api]
+    assert page["next_after"] == api[-1]["seal_seq"]
+    refused = run_cli(db, "audit", "query", "--after", "-1")
+    assert refused.returncode == 2 and "after" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"after": "-1"}, "after"),
+        ({"after": "x"}, "after"),
+        ({"after": "1.5"}, "after"),
+        ({"after": "¹"}, "after"),
+        ({"after": "9" * 20}, "after"),
+        ({"after": ["1", "2"]}, "after"),
+        ({"after": "1", "cursor": "abc"}, "cursor"),
+        ({"after": "1", "order": "desc"}, "order"),
+    ],
+)
+def test_bad_after_is_a_400_naming_the_parameter(db, admin, params, field):
+    before = db.count("oauth2_token_logs")
+    assert_error(admin.get("/audit", params=params), 400, field)
+    assert db.count("oauth2_token_logs") == before

@@ -31,7 +31,7 @@ FILLED_IN = {
     "OAUTH2_ENCRYPTION_KEYS": "k1:KlLZ7CfqCHW2b2KHQtFzYFQ6P_-VHO6NyU5Mr-EeL7c",
 }
 _VARIABLE = re.compile(r"\$\{(\w+)(?::([?-])([^}]*))?\}")
-SERVER_ROLES = ("migrate", "server", "janitor")  # services running the image
+SERVER_ROLES = ("migrate", "server", "worker", "janitor")  # services running the image
 
 
 def interpolate(text: str, env: dict[str, str]) -> str:
@@ -62,14 +62,25 @@ def test_compose_runs_database_migration_server_janitor_and_proxy_in_order():
         return {dep: spec["condition"] for dep, spec in services[name]["depends_on"].items()}
 
     assert waits_for("migrate") == {"db": "service_healthy"}
-    for name in ("server", "janitor"):
+    for name in ("server", "worker", "janitor"):
         assert waits_for(name) == {
             "db": "service_healthy",
             "migrate": "service_completed_successfully",
         }
     assert waits_for("proxy") == {"server": "service_healthy"}
-    for name in ("db", "server", "janitor", "proxy"):
+    for name in ("db", "server", "worker", "janitor", "proxy"):
         assert services[name]["restart"] == "unless-stopped"
+
+
+def test_compose_runs_the_upstream_refresh_worker():
+    """Issue #14 item 1: `oauth2-server worker` runs as its own service, publishing no
+    port; the server's workers leave refreshing to it."""
+    services = compose()["services"]
+    worker = services["worker"]
+    assert worker["command"] == ["oauth2-server", "worker"]
+    assert "build" in worker and "ports" not in worker and "expose" not in worker
+    server_env = services["server"]["environment"]
+    assert str(server_env.get("OAUTH2_UPSTREAM_REFRESH_WORKER", "false")) == "false"
 
 
 def test_server_healthcheck_asks_readyz_without_curl():

@@ -14,6 +14,7 @@ from sqlalchemy import insert
 
 from oauth2_server.db.models import AccessToken, AuthorizationCode, RefreshToken
 from tests.admin_helpers import event, insert_log_rows, run_cli, verify
+from tests.chain_helpers import fresh_database
 from tests.conftest import ROOT, free_port, server_env
 
 TABLES = ("oauth2_authorization_codes", "oauth2_access_tokens", "oauth2_refresh_tokens")
@@ -139,26 +140,35 @@ def test_two_concurrent_janitors_delete_each_expired_row_once_and_nothing_live(d
         assert sum(r["deleted"][table] for r in reports) == removed >= len(expired[table])
 
 
-def test_old_audit_rows_are_removed_once_sealed_and_the_chain_still_verifies(db, unique):
+def test_old_audit_rows_are_removed_once_sealed_and_the_chain_still_verifies(database, tmp_path):
+    """On a fresh database (rows dated 200 days ago may only be planted before a chain's
+    first seal): the janitor seals them, removes them with a signed retention record,
+    and the chain verifies."""
     long_ago = datetime.now(UTC) - timedelta(days=200)
-    client = unique("retention")
-    insert_log_rows(
-        db, [event("issued", long_ago + timedelta(seconds=i), client_id=client) for i in range(3)]
-    )
-    result = run_cli(db, "janitor", env={"OAUTH2_AUDIT_SEAL_DELAY": "1"})
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert db.count("oauth2_token_logs", "client_id = :c", c=client) == 0
-    assert report["audit_rows_removed"] >= 3
-    month = f"oauth2_token_logs_p{long_ago:%Y%m}"
-    if db.backend == "postgresql":
-        assert month in report["partitions_dropped"]
-        assert db.scalar("SELECT to_regclass(:n)", n=month) is None
-        now = datetime.now(UTC)
-        for ahead in range(3):
-            index = now.year * 12 + now.month - 1 + ahead
-            name = f"oauth2_token_logs_p{index // 12}{index % 12 + 1:02d}"
-            assert db.scalar("SELECT to_regclass(:n)", n=name) is not None, name
-        assert db.count("oauth2_token_logs_default") == 0
-    report = verify(db)
-    assert report.ok, report.problem
+    client = "retention"
+    with fresh_database(database, tmp_path) as db:
+        insert_log_rows(
+            db,
+            [event("issued", long_ago + timedelta(seconds=i), client_id=client) for i in range(3)],
+        )
+        result = run_cli(
+            db, "janitor", env={"OAUTH2_AUDIT_SEAL_DELAY": "1", "OAUTH2_AUDIT_SEAL_MARGIN": "1"}
+        )
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert db.count("oauth2_token_logs", "client_id = :c", c=client) == 0
+        assert report["audit_rows_removed"] >= 3
+        assert report["retention_records"][0]["first_seq"] == 1
+        month = f"oauth2_token_logs_p{long_ago:%Y%m}"
+        if db.backend == "postgresql":
+            assert month in report["partitions_dropped"]
+            assert db.scalar("SELECT to_regclass(:n)", n=month) is None
+            now = datetime.now(UTC)
+            for ahead in range(3):
+                index = now.year * 12 + now.month - 1 + ahead
+                name = f"oauth2_token_logs_p{index // 12}{index % 12 + 1:02d}"
+                assert db.scalar("SELECT to_regclass(:n)", n=name) is not None, name
+            assert db.count("oauth2_token_logs_default") == 0
+        report = verify(db)
+        assert report.ok, report.problem
+        assert report.retention_records == 1

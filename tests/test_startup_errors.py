@@ -223,8 +223,9 @@ def test_every_option_has_help_and_every_data_command_takes_json():
     missing_help: list[str] = []
     missing_json: list[str] = []
     # long-running or streaming commands: serve, the stand-in provider, audit export
-    # (its format is --format csv|jsonl)
-    no_json = {"serve", "dev fake-provider", "audit export"}
+    # (its format is --format csv|jsonl), audit tail (--jsonl), and audit verify-export,
+    # whose report is always JSON
+    no_json = {"serve", "dev fake-provider", "audit export", "audit tail", "audit verify-export"}
 
     def walk(parser: argparse.ArgumentParser, path: str) -> None:
         subcommands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]

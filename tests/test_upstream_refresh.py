@@ -5,6 +5,9 @@ exchanges (row lock), with the provider's answers handled as Google's docs say.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,6 +24,7 @@ from tests.fake_google import (
     exchange_client,
     wait_refresh_settled,
 )
+from tests.upstream_worker_helpers import make_due, refreshes_by_account, wait_for
 
 # Extra settings for this module's server (read by the `upstream` fixture in conftest.py).
 # The refresh cap equals the caller's deadline here: a refresh that times out for its
@@ -220,3 +224,27 @@ def test_upstream_refresh_token_is_never_returned_or_logged(upstream, db, google
     log = upstream.log()
     for token in (refresh_token, refresh_token_2, *google.issued_access_tokens):
         assert token not in log
+
+
+def test_worker_process_refreshes_and_stops_on_sigterm(upstream, db, google, unique):
+    """`oauth2-server worker` (compose's `worker` service; issue #14 item 1) as its own
+    process, beside a server that does not refresh ahead (this module's): it refreshes
+    a due grant and, on SIGTERM, finishes and exits 0."""
+    branch_id = unique("process")
+    connect_branch(upstream, db, google, branch_id)
+    env = {**upstream.env, "OAUTH2_UPSTREAM_REFRESH_INTERVAL": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "oauth2_server", "worker"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        make_due(db, branch_id)
+        wait_for(lambda: credential_of(db, branch_id)["last_refreshed_at"], timeout=30)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=30)[0].decode()
+    assert process.returncode == 0, output
+    assert refreshes_by_account(google)[credential_of(db, branch_id)["account_sub"]] == 1
+    assert "upstream refresh worker: {'ok': " in output  # it was this process

@@ -15,7 +15,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from oauth2_server.admin import audit, branches, clients, docs, tokens, users
+from oauth2_server.admin import (
+    audit,
+    audit_export,
+    branches,
+    clients,
+    docs,
+    stats,
+    tokens,
+    users,
+)
 from oauth2_server.admin.openapi import openapi_document
 
 
@@ -52,8 +61,12 @@ routes = [
     Route("/branches/{branch_id}", branches.update_branch, methods=["PATCH"]),
     Route("/branches/{branch_id}/connect", branches.connect, methods=["POST"]),
     Route("/branches/{branch_id}/disconnect", branches.disconnect, methods=["POST"]),
+    Route("/upstream/grants", branches.list_grants, methods=["GET"]),
     Route("/tokens", tokens.list_tokens, methods=["GET"]),
     Route("/tokens/revoke", tokens.revoke, methods=["POST"]),
     Route("/audit", audit.query_audit, methods=["GET"]),
+    Route("/stats", stats.get_stats, methods=["GET"]),
     Route("/audit/summary", audit.summarize_audit, methods=["GET"]),
+    Route("/audit/export", audit_export.export_audit, methods=["GET"]),
+    Route("/audit/exports/{export_id}/manifest", audit_export.export_manifest, methods=["GET"]),
 ]

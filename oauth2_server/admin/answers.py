@@ -236,6 +236,18 @@ class Page(TypedDict, Generic[T]):
 
 
 @with_config(STRICT)
+class AuditPage(TypedDict):
+    """One page of audit rows: by `cursor` (`next_cursor` fetches the next, null on the
+    last page), or by watermark (`after` given: rows in `seal_seq` order, `next_after`
+    the watermark to ask with next; `next_cursor` null)."""
+
+    items: list[AuditRow]
+    next_cursor: str | None
+    after: NotRequired[Annotated[int, Field(ge=0)]]
+    next_after: NotRequired[Annotated[int, Field(ge=0)]]
+
+
+@with_config(STRICT)
 class Error(TypedDict):
     """Every admin error: nothing was changed."""
 

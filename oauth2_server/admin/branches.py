@@ -11,21 +11,26 @@ set on the client (`PATCH /admin/clients/{id}` with `branches`).
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import Field, with_config
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import Response
+from typing_extensions import TypedDict
 
 from oauth2_server.admin import answers, models
+from oauth2_server.admin.answers import Timestamp
 from oauth2_server.admin.errors import AdminError, bad_request, json_response, not_found
-from oauth2_server.admin.http import Actor, admin_endpoint, listing, reading
+from oauth2_server.admin.http import Actor, admin_endpoint, listing, query_params, reading
+from oauth2_server.admin.models import STRICT
 from oauth2_server.audit.log import AuditEvent, record
 from oauth2_server.registry import branches as registry
 from oauth2_server.registry.paging import iso
+from oauth2_server.upstream import health
 from oauth2_server.upstream.connect import ConnectError, ConnectionStart, begin_connection
 from oauth2_server.upstream.disconnect import DisconnectResult
-from oauth2_server.upstream.providers import ProviderNotConfigured, UnknownProvider
+from oauth2_server.upstream.providers import ProviderNotConfigured, UnknownProvider, provider_names
 
 endpoint = functools.partial(admin_endpoint, tag="branches")
 
@@ -146,3 +151,62 @@ async def disconnect(request: Request, actor: Actor, body: dict[str, Any]) -> Re
     except (ConnectError, UnknownProvider, ProviderNotConfigured) as exc:
         raise _upstream_error(exc) from None
     return json_response(result.summary())
+
+
+# -- upstream grant health (issue #14 item 2) -------------------------------------------
+
+
+@with_config(STRICT)
+class RefreshFailing(TypedDict):
+    """Why a grant's refreshes fail (never a token)."""
+
+    since: Annotated[Timestamp | None, Field(description="first failure of this run")]
+    attempts: Annotated[int, Field(ge=1, description="failed refreshes in a row")]
+    error_class: Annotated[
+        str | None,
+        Field(description="upstream_unavailable, provider_refused or misconfigured"),
+    ]
+    last_error_at: Timestamp | None
+
+
+@with_config(STRICT)
+class GrantHealth(TypedDict):
+    """An upstream grant, the branches linked to it and its health."""
+
+    credential_id: str
+    provider: str
+    account_email: str | None
+    branches: list[str]
+    consent_error: str | None
+    refresh_in_progress: bool
+    state: Literal["ok", "refresh_failing", "needs_consent"]
+    refresh_failing: RefreshFailing | None
+    last_refreshed_at: Timestamp | None
+    next_refresh_at: Annotated[
+        Timestamp | None,
+        Field(description="when the refresh worker next refreshes it (None: needs consent)"),
+    ]
+    access_expires_at: Timestamp | None
+
+
+@with_config(STRICT)
+class GrantList(TypedDict):
+    """Every upstream grant (at most 1,000) with its health, and the count per state."""
+
+    grants: list[GrantHealth]
+    counts: dict[str, int]
+    truncated: bool
+
+
+@endpoint(GrantList, query={"provider": "only this provider's grants"}, errors=(400,))
+async def list_grants(request: Request, actor: Actor) -> Response:
+    """Upstream grants with their health: `ok`, `refresh_failing` (since, attempts, last
+    error class) or `needs_consent`, with the last and next refresh time (the service of
+    `oauth2-server branches grants`)."""
+    provider = (query_params(request, {"provider"}).get("provider") or [None])[0]
+    if provider is not None and provider not in provider_names():
+        raise bad_request("provider", f"provider must be one of {', '.join(provider_names())}")
+    service = _service(request)
+    ahead = service.settings.upstream_refresh_ahead
+    listed = await service.bridge.read(lambda s: health.list_grants(s, ahead, provider))
+    return json_response(listed)

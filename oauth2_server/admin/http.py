@@ -2,13 +2,21 @@
 
 Authentication is RFC 6750 §2.1: `Authorization: Bearer <access token>` issued by this
 server, verified with the OAuthService's `AccessTokenCodec` (signature, issuer, expiry,
-`typ`) and then by its `jti` row (not revoked, not expired), with scope `admin` (§3.1):
+`typ`) and then by its `jti` row (not revoked, not expired), with scope `admin` (§3.1). A
+DPoP-bound token (RFC 9449) comes as `Authorization: DPoP <token>` with a `DPoP` proof of
+its key for this request (§7.1); presented as a bearer token it is `invalid_token`:
 
 - no credentials: 401 with `WWW-Authenticate: Bearer realm="oauth2-server"` (no error
   code, §3.1);
 - a malformed Authorization header: 400 `invalid_request`;
 - a token that is not valid, revoked or expired: 401 `invalid_token`;
-- a valid token without scope `admin`: 403 `insufficient_scope`.
+- a valid token without scope `admin`: 403 `insufficient_scope`;
+- with OAUTH2_ADMIN_REQUIRE_PERSON on, a token of an admin client registered to no
+  person (the bootstrap client among them): 403 `person_required` (issue #11 item 2).
+
+The `Actor` of an accepted token names the admin client, the token's `jti`, the person
+the client is registered to and whether it is the bootstrap client, read from the
+client's row on every request (a change of person applies to the next request).
 
 Errors are `admin.errors` (one JSON form); bodies are read and validated by
 `admin.bodies` with their `admin.models` model, which `admin_endpoint` records for
@@ -26,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -34,16 +43,19 @@ from oauth2_server.admin.bodies import read_json
 from oauth2_server.admin.errors import AdminError, bad_request, error_response, json_response
 from oauth2_server.audit.cursors import CursorCodec, CursorError, query_scope
 from oauth2_server.logs import note_client
+from oauth2_server.oauth.dpop import ALGORITHMS, DPoPError
 from oauth2_server.registry.actor import Actor
 from oauth2_server.registry.errors import RegistryError
 from oauth2_server.registry.paging import DEFAULT_PAGE, MAX_PAGE, make_cursor_codec
-from oauth2_server.storage.tokens import get_access_token
+from oauth2_server.storage.clients import ClientView, get_client_view
+from oauth2_server.storage.tokens import AccessTokenRecord, get_access_token
 from oauth2_server.web.forms import BadRequest, parse_params, request_context
 
 ADMIN_SCOPE = "admin"
 # Characters no path parameter may hold: C0 controls, DEL, lone surrogates.
 INVALID_TEXT = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 REALM = "oauth2-server"
+DPOP_ALGS = " ".join(ALGORITHMS)
 
 
 def _bearer_challenge(error: str | None = None, description: str | None = None) -> str:
@@ -69,11 +81,13 @@ def _unauthorized(error: str | None, description: str) -> AdminError:
 TOKEN68 = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
 
 
-async def authenticate(request: Request) -> Actor:
-    """The admin behind a request (RFC 6750 §2.1, §3.1). Raises AdminError 400/401/403."""
+def _access_token(request: Request) -> tuple[str, str]:
+    """(scheme, access token) of `Authorization: Bearer` (RFC 6750 §2.1) or `Authorization:
+    DPoP` (RFC 9449 §7.1), the scheme lowercased. AdminError 401 when absent (or another
+    scheme), 400 when malformed."""
     header = request.headers.get("authorization")
     scheme, _, credentials = (header or "").partition(" ")
-    if not header or scheme.lower() != "bearer":
+    if not header or scheme.lower() not in ("bearer", "dpop"):
         raise _unauthorized(
             None, "an access token with scope 'admin' is required: Authorization: Bearer …"
         )
@@ -86,13 +100,57 @@ async def authenticate(request: Request) -> Actor:
             "Authorization",
             {"WWW-Authenticate": _bearer_challenge("invalid_request")},
         )
+    return scheme.lower(), credentials
+
+
+async def _check_dpop(
+    request: Request, service: Any, scheme: str, token: str, claims: dict[str, Any]
+) -> None:
+    """RFC 9449 §7: a DPoP-bound token (`cnf.jkt`) only with `Authorization: DPoP` and a
+    proof of its key for this request (`DPoPVerifier.check_presented`: `htm`, `htu`,
+    `ath`, replay). A bearer token needs nothing more. AdminError 401 otherwise."""
+    if scheme == "bearer" and "cnf" not in claims:
+        return
+    if scheme == "bearer":
+        raise _unauthorized(
+            "invalid_token",
+            "this access token is bound to a DPoP key: send it as Authorization: DPoP with a "
+            "DPoP proof (RFC 9449 section 7.1)",
+        )
+    url = service.issuer + request.url.path
+    try:
+        await service.dpop.check_presented(
+            request.headers.getlist("dpop"), request.method, url, token, claims
+        )
+    except DPoPError as exc:
+        raise AdminError(
+            401,
+            exc.error,
+            exc.description,
+            headers={"WWW-Authenticate": f'DPoP error="{exc.error}", algs="{DPOP_ALGS}"'},
+        ) from None
+
+
+def _token_and_client(db: Session, jti: str) -> tuple[AccessTokenRecord | None, ClientView | None]:
+    """The access token's row and its client's (None where there is none)."""
+    row = get_access_token(db, jti)
+    return row, get_client_view(db, row.client_id) if row is not None else None
+
+
+async def authenticate(request: Request) -> Actor:
+    """The admin behind a request (RFC 6750 §2.1, §3.1; issue #11 item 2). Raises
+    AdminError 400/401/403 (module doc)."""
     service = request.app.state.oauth
-    claims = service.codec.decode(credentials)
+    scheme, token = _access_token(request)
+    claims = service.codec.decode(token)
     if claims is None:
         raise _unauthorized("invalid_token", "the access token is invalid or expired")
-    row = await service.bridge.read(lambda db: get_access_token(db, claims["jti"]))
+    await _check_dpop(request, service, scheme, token, claims)
+    row, client = await service.bridge.read(lambda db: _token_and_client(db, claims["jti"]))
     if row is None or row.revoked_at is not None or row.expires_at <= datetime.now(UTC):
         raise _unauthorized("invalid_token", "the access token was revoked or has expired")
+    if client is None:  # deleted (its tokens were revoked in the same transaction)
+        raise _unauthorized("invalid_token", "the access token's client no longer exists")
     if ADMIN_SCOPE not in row.scope.split():
         raise AdminError(
             403,
@@ -100,7 +158,15 @@ async def authenticate(request: Request) -> Actor:
             "this endpoint requires scope 'admin'",
             headers={"WWW-Authenticate": _bearer_challenge("insufficient_scope")},
         )
-    return Actor(row.client_id, row.jti, request_context(request))
+    if service.settings.admin_require_person and client.person is None:
+        raise AdminError(
+            403,
+            "person_required",
+            "admin tokens must belong to a client registered to a person "
+            "(OAUTH2_ADMIN_REQUIRE_PERSON); use a personal admin client",
+        )
+    context = request_context(request)
+    return Actor(row.client_id, row.jti, context, person=client.person, bootstrap=client.bootstrap)
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]

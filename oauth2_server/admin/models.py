@@ -25,7 +25,7 @@ from typing import Annotated, Any, Required
 from pydantic import ConfigDict, Field, with_config
 from typing_extensions import TypedDict  # pydantic needs it before Python 3.12
 
-from oauth2_server.registry.clients import AUTH_METHODS, GRANT_TYPES
+from oauth2_server.registry.clients import AUTH_METHODS, GRANT_TYPES, PERSON_MAX
 from oauth2_server.registry.users import MIN_PASSWORD
 
 # Text from outside never holds a C0 control character or DEL (PostgreSQL cannot store
@@ -70,6 +70,31 @@ AuthMethod = Annotated[
     text(f"one of {', '.join(AUTH_METHODS)}; default by `public`", 40, enum=list(AUTH_METHODS)),
 ]
 
+Person = Annotated[
+    str,
+    text(
+        "the named person this client is registered to, e.g. `Ada Lovelace <ada@example.com>`"
+        " (printable text): every audit row its tokens write names them; empty: none",
+        PERSON_MAX,
+    ),
+]
+
+
+RequirePar = Annotated[
+    bool,
+    Field(
+        description="true: authorization requests only through /oauth2/par (RFC 9126 §6); "
+        "default false"
+    ),
+]
+DPoPBound = Annotated[
+    bool,
+    Field(
+        description="true: every token request must carry a DPoP proof, so every access "
+        "token is bound to the client's key (RFC 9449 §5.2); default false"
+    ),
+]
+
 
 @with_config(STRICT)
 class ClientCreate(TypedDict, total=False):
@@ -83,6 +108,9 @@ class ClientCreate(TypedDict, total=False):
     public: Annotated[bool, Field(description="a public client (PKCE, no secret); default false")]
     token_endpoint_auth_method: AuthMethod
     branches: Branches
+    person: Person
+    require_pushed_authorization_requests: RequirePar
+    dpop_bound_access_tokens: DPoPBound
 
 
 @with_config(STRICT)
@@ -95,6 +123,11 @@ class ClientUpdate(TypedDict, total=False):
     scope: Scope
     active: Annotated[bool, Field(description="false deactivates the client, revokes its tokens")]
     branches: Annotated[Branches, Field(description="replaces the client's list of branches")]
+    person: Annotated[
+        Person, Field(description="registers the client to this person (empty: to no one)")
+    ]
+    require_pushed_authorization_requests: RequirePar
+    dpop_bound_access_tokens: DPoPBound
 
 
 # -- users ---------------------------------------------------------------------------

@@ -159,8 +159,9 @@ def openapi_document(routes: Sequence[BaseRoute], issuer: str) -> dict[str, Any]
             "version": "1",
             "description": "Clients, users, branches, tokens and the audit trail. "
             "Authenticate with an access token of this server with scope `admin` "
-            "(RFC 6750 §2.1). Errors are JSON with `error`, `error_description` and "
-            "`field`.",
+            "(RFC 6750 §2.1); with OAUTH2_ADMIN_REQUIRE_PERSON on, of a client registered "
+            "to a person (`person`), else 403 `person_required`. Errors are JSON with "
+            "`error`, `error_description` and `field`.",
         },
         "servers": [{"url": issuer, "description": "this server (its OAuth issuer)"}],
         "paths": paths,

@@ -1,43 +1,42 @@
 """Tamper evidence for `oauth2_token_logs`: rows sealed into a SHA-256 hash chain.
 
-Sealing happens outside requests (the janitor, `oauth2-server audit seal`), so issuing
-tokens never waits on the chain. A sealer takes the chain row (`oauth2_audit_chain`,
-locked: `FOR UPDATE SKIP LOCKED` on PostgreSQL, the write lock on SQLite), then gives
-the next unsealed rows, in (`created_at`, `id`) order and older than the seal delay,
-consecutive `seal_seq` numbers and
+Sealing happens outside requests (`audit.sealing`: the janitor, `oauth2-server audit
+seal`), so issuing tokens never waits on the chain. Rows get consecutive `seal_seq`
+numbers and
 
     row_hash = SHA-256(prev_hash ‖ "\\n" ‖ canonical JSON of the row's content and seq)
 
 where `prev_hash` is the previous sealed row's `row_hash` (64 zeros at the start) and the
 canonical JSON is RFC 8785 (`audit.canonical`, which also keeps verifying rows sealed in
-the format before it).
-The chain order is therefore the (`created_at`, `id`) order, which the keyset index
-already serves.
+the format before it). The chain order is `seal_seq` order (index
+`ix_oauth2_token_logs_seal_seq`), which is `created_at` order for rows sealed by this
+release (`audit.sealing` seals behind a horizon no row can still commit before).
 
-`verify_chain` walks the table in that order from the start and reports the first
+`ChainWalker` walks sealed rows in that order from the anchor and reports the first
 problem: a row whose content no longer matches its hash, or whose `prev_hash` does not
-link (altered); a gap in `seal_seq` (deleted); a duplicated `seal_seq`, a sealed-looking
-row after the head, or an unsealed row inside the sealed range (inserted).
+link (altered); a gap in `seal_seq` (deleted); a duplicated `seal_seq` or a seq at or
+before the anchor (inserted); a row that differs from a signed checkpoint
+(`audit.checkpoints`). `audit.verify` adds the checks against signed checkpoints and
+retention records, and stragglers.
 
-Retention removes the oldest rows (a whole month partition on PostgreSQL); the last
-removed row becomes the chain's anchor (`anchor_seq`, `anchor_hash`), where
-verification starts. The chain is keyless: someone who can write the database and
-recompute every later hash is caught only by comparing with a head recorded elsewhere
-(`audit verify` prints it; `--expect SEQ:HASH` checks one).
+Retention removes the oldest rows (a prefix of the chain; `audit.retention` signs a
+record of each removal); the last removed row becomes the chain's anchor (`anchor_seq`,
+`anchor_hash`), where verification starts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, tuple_, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from oauth2_server.audit.canonical import FORMAT_LEGACY, FORMAT_RFC8785, link_hash, matching_format
+from oauth2_server.audit.canonical import FORMAT_LEGACY, FORMAT_RFC8785, matching_format
+from oauth2_server.audit.canonical import link_hash as link_hash  # re-exported
 from oauth2_server.audit.rows import CHAIN_FIELDS, columns
 from oauth2_server.db.models import AuditChain, TokenLog
 
@@ -49,7 +48,9 @@ Position = tuple[datetime, int]
 
 @dataclass(frozen=True)
 class ChainState:
-    """The chain row: head (last sealed row) and anchor (last row removed by retention)."""
+    """The chain row: head (last sealed row), anchor (last row removed by retention),
+    `sealed_through` (every row created at or before it is sealed; None before the first
+    complete seal pass) and the baseline where signed retention records start."""
 
     head_seq: int
     head_hash: str
@@ -57,12 +58,25 @@ class ChainState:
     anchor_seq: int
     anchor_hash: str
     anchor_position: Position | None
+    sealed_through: datetime | None = None
+    baseline_seq: int = 0
+    baseline_hash: str = GENESIS_HASH
 
 
 def _state(row: AuditChain) -> ChainState:
     head = (row.head_created_at, row.head_log_id) if row.head_log_id is not None else None
     anchor = (row.anchor_created_at, row.anchor_log_id) if row.anchor_log_id is not None else None
-    return ChainState(row.head_seq, row.head_hash, head, row.anchor_seq, row.anchor_hash, anchor)  # type: ignore[arg-type]
+    return ChainState(
+        row.head_seq,
+        row.head_hash,
+        head,  # type: ignore[arg-type]
+        row.anchor_seq,
+        row.anchor_hash,
+        anchor,  # type: ignore[arg-type]
+        row.sealed_through,
+        row.baseline_seq,
+        row.baseline_hash,
+    )
 
 
 def chain_state(session: Session) -> ChainState:
@@ -116,98 +130,30 @@ def move_anchor(session: Session, state: ChainState, last_removed: Any) -> None:
     )
 
 
-def _after(position: Position | None) -> Any:
-    if position is None:
-        return True
-    return tuple_(TokenLog.created_at, TokenLog.id) > tuple_(*position)
-
-
-def seal_batch(session: Session, now: datetime, delay: float, batch_size: int) -> int:
-    """Seal up to `batch_size` rows older than `delay` seconds, continuing the chain, in
-    the caller's transaction (commit it). Returns rows sealed; -1 if another sealer
-    holds the chain."""
-    state = lock_chain(session)
-    if state is None:
-        return -1
-    rows = session.execute(
-        select(*ROW_COLUMNS)
-        .where(
-            _after(state.head_position),
-            TokenLog.seal_seq.is_(None),
-            TokenLog.created_at <= now - timedelta(seconds=delay),
-        )
-        .order_by(TokenLog.created_at, TokenLog.id)
-        .limit(batch_size)
-    ).all()
-    if not rows:
-        return 0
-    seq, prev = state.head_seq, state.head_hash
-    params: list[dict[str, Any]] = []
-    for row in rows:
-        seq += 1
-        digest = link_hash(prev, row, seq)
-        params.append(
-            {
-                "b_id": row.id,
-                "b_created": row.created_at,
-                "b_seq": seq,
-                "b_prev": prev,
-                "b_hash": digest,
-            }
-        )
-        prev = digest
-    table = TokenLog.__table__
-    session.connection().execute(
-        update(table)
-        .where(
-            table.c.id == bindparam("b_id"),
-            table.c.created_at == bindparam("b_created"),
-            table.c.seal_seq.is_(None),
-        )
-        .values(
-            seal_seq=bindparam("b_seq"), prev_hash=bindparam("b_prev"), row_hash=bindparam("b_hash")
-        ),
-        params,
-    )
-    last = rows[-1]
-    session.execute(
-        update(AuditChain)
-        .where(AuditChain.id == 1)
-        .values(
-            head_seq=seq,
-            head_hash=prev,
-            head_created_at=last.created_at,
-            head_log_id=last.id,
-            updated_at=datetime.now(UTC),
-        )
-    )
-    return len(rows)
-
-
 async def seal_pending(
     sessionmaker: async_sessionmaker[AsyncSession],
     delay: float,
     batch_size: int = 1000,
-    now: datetime | None = None,
+    margin: float | None = None,
 ) -> int:
-    """Seal every row older than `delay` seconds, one transaction per batch.
+    """Seal rows up to the horizon without signing checkpoints (`audit.sealing.seal_pending`
+    does; tests and tools use this). Returns rows sealed."""
+    from oauth2_server.audit import sealing  # sealing imports this module
 
-    Returns rows sealed (0 when another sealer is busy: it seals them)."""
-    now = now or datetime.now(UTC)
-    total = 0
-    while True:
-        async with sessionmaker() as session, session.begin():
-            count = await session.run_sync(lambda s: seal_batch(s, now, delay, batch_size))
-        if count <= 0:
-            return total
-        total += count
-        if count < batch_size:
-            return total
+    run = await sealing.seal_pending(
+        sessionmaker,
+        delay,
+        batch_size,
+        margin=sealing.DEFAULT_MARGIN if margin is None else margin,
+    )
+    return run.sealed
 
 
 @dataclass(frozen=True)
 class Problem:
-    """The first break in the chain: `kind` is `altered`, `deleted` or `inserted`."""
+    """The first break in the chain: `kind` is `altered`, `deleted`, `inserted`,
+    `unsealed` (stragglers: `oauth2-server audit repair`) or `forged` (a checkpoint or
+    retention record that does not verify, or a moved anchor no record covers)."""
 
     kind: str
     log_id: int | None
@@ -217,8 +163,9 @@ class Problem:
 
 @dataclass
 class VerifyReport:
-    """Outcome of `verify_chain`. `checked`: sealed rows verified; `pending`: rows newer
-    than the head when verification started (not sealed yet, or sealed meanwhile)."""
+    """Outcome of a verification. `checked`: sealed rows verified; `pending`: rows sealed
+    after verification started or not sealed yet; `checkpoints`/`retention_records`:
+    signed statements verified; `checkpoint_seq`: the newest checkpoint verified."""
 
     head_seq: int
     head_hash: str
@@ -228,20 +175,38 @@ class VerifyReport:
     problem: Problem | None = None
     notes: list[str] = field(default_factory=list)
     formats: dict[int, int] = field(default_factory=dict)  # rows checked per chain format
+    checkpoints: int = 0
+    retention_records: int = 0
+    checkpoint_seq: int | None = None
+    stragglers: int = 0
 
     @property
     def ok(self) -> bool:
         return self.problem is None
 
+    def fail(
+        self, kind: str, message: str, seq: int | None = None, log_id: int | None = None
+    ) -> None:
+        """Record `message` as the problem unless one was found already."""
+        if self.problem is None:
+            self.problem = Problem(kind, log_id, seq, message)
+
 
 class ChainWalker:
-    """Checks rows fed in (`created_at`, `id`) order against a `ChainState`."""
+    """Checks sealed rows fed in `seal_seq` order against a `ChainState`, an optional
+    head recorded elsewhere (`expect`: seq, hash) and signed checkpoints (seq → hash)."""
 
-    def __init__(self, state: ChainState, expect: tuple[int, str] | None = None) -> None:
+    def __init__(
+        self,
+        state: ChainState,
+        expect: tuple[int, str] | None = None,
+        checkpoints: dict[int, str] | None = None,
+    ) -> None:
         self.state = state
         self.expected_seq = state.anchor_seq + 1
         self.prev_hash = state.anchor_hash
         self.expect = expect
+        self.checkpoints = checkpoints or {}
         self.report = VerifyReport(state.head_seq, state.head_hash, state.anchor_seq)
         self.last_format = FORMAT_RFC8785
         self.legacy_after_rfc8785 = 0
@@ -265,13 +230,17 @@ class ChainWalker:
         """Check the next rows; False once a problem is found (see `report.problem`)."""
         state = self.state
         for row in rows:
-            position = (row.created_at, row.id)
             where = f"row id {row.id} ({row.action} at {row.created_at.isoformat()})"
-            if state.anchor_position is not None and position <= state.anchor_position:
-                return self._fail("inserted", f"{where} is dated before the chain's anchor", row)
-            if state.head_position is None or position > state.head_position:
-                # newer than the head read at the start (possibly sealed since): a forged
-                # seal here is caught once the chain grows past it (duplicate seal_seq)
+            if row.seal_seq is not None and row.seal_seq <= state.anchor_seq:
+                return self._fail(
+                    "inserted",
+                    f"{where} has seal_seq {row.seal_seq}, at or before the chain's anchor "
+                    f"{state.anchor_seq} (removed by retention): an inserted or restored row",
+                    row,
+                )
+            if row.seal_seq is None or row.seal_seq > state.head_seq:
+                # sealed after the head read at the start: a forged seal here is caught
+                # once the chain grows past it (duplicate seal_seq)
                 self.report.pending += 1
                 continue
             problem = self._sequence_problem(row, where) or self._hash_problem(row, where)
@@ -283,12 +252,7 @@ class ChainWalker:
         return True
 
     def _sequence_problem(self, row: Any, where: str) -> tuple[str, str] | None:
-        """(kind, message) when a row inside the sealed range breaks the `seal_seq` run."""
-        if row.seal_seq is None:
-            return "inserted", (
-                f"{where} is not sealed but lies inside the sealed range: inserted "
-                "after sealing (or written later than the seal delay)"
-            )
+        """(kind, message) when a row breaks the `seal_seq` run."""
         if row.seal_seq < self.expected_seq:
             return "inserted", (
                 f"{where} repeats seal_seq {row.seal_seq} (expected {self.expected_seq}): "
@@ -303,7 +267,7 @@ class ChainWalker:
 
     def _hash_problem(self, row: Any, where: str) -> tuple[str, str] | None:
         """(kind, message) when a row does not link, does not match its hash in any chain
-        format (`audit.canonical`), or differs from the expected checkpoint."""
+        format (`audit.canonical`), or differs from a signed checkpoint or `expect`."""
         if row.prev_hash != self.prev_hash:
             return "altered", (
                 f"{where} does not link to the previous sealed row (its prev_hash differs): "
@@ -315,6 +279,12 @@ class ChainWalker:
         if chain_format is None:
             return "altered", f"{where} was altered: its content no longer matches its hash"
         self._count(chain_format)
+        signed = self.checkpoints.get(row.seal_seq)
+        if signed is not None and row.row_hash != signed:
+            return "altered", (
+                f"{where} differs from the signed checkpoint at seal_seq {row.seal_seq}: "
+                "the chain was rewritten (a row altered and every later hash recomputed)"
+            )
         expect = self.expect
         if expect is not None and row.seal_seq == expect[0] and row.row_hash != expect[1]:
             return "altered", f"checkpoint seal_seq {expect[0]} differs: the chain was rewritten"
@@ -328,45 +298,70 @@ class ChainWalker:
                 f"{self.legacy_after_rfc8785} rows after the first RFC 8785 seal are sealed in "
                 "chain format 1 (by an older release, or content RFC 8785 cannot express)"
             )
-        if report.problem is None:
-            last = self.expected_seq - 1
-            if last < self.state.head_seq:
-                report.problem = Problem(
-                    "deleted",
-                    None,
-                    last + 1,
-                    f"sealed rows with seal_seq {last + 1}–{self.state.head_seq} are missing "
-                    "at the end of the chain",
-                )
-            elif self.prev_hash != self.state.head_hash:
-                report.problem = Problem(
-                    "altered",
-                    None,
-                    last,
-                    "the last sealed row does not match the recorded head hash",
-                )
-            elif self.expect is not None and self.expect[0] <= self.state.anchor_seq:
-                report.notes.append(
-                    f"checkpoint seal_seq {self.expect[0]} was removed by retention; not checked"
-                )
-            elif self.expect is not None and self.expect[0] > last:
-                report.problem = Problem(
-                    "deleted",
-                    None,
-                    self.expect[0],
-                    f"checkpoint seal_seq {self.expect[0]} is beyond the head",
-                )
+        if report.problem is not None:
+            return report
+        last = self.expected_seq - 1
+        if last < self.state.head_seq:
+            report.fail(
+                "deleted",
+                f"sealed rows with seal_seq {last + 1}–{self.state.head_seq} are missing "
+                "at the end of the chain",
+                last + 1,
+            )
+        elif self.prev_hash != self.state.head_hash:
+            report.fail(
+                "altered", "the last sealed row does not match the recorded head hash", last
+            )
+        elif self.expect is not None and self.expect[0] <= self.state.anchor_seq:
+            report.notes.append(
+                f"checkpoint seal_seq {self.expect[0]} was removed by retention; not checked"
+            )
+        elif self.expect is not None and self.expect[0] > last:
+            report.fail(
+                "deleted",
+                f"checkpoint seal_seq {self.expect[0]} is beyond the head",
+                self.expect[0],
+            )
         return report
 
 
-def rows_after(session: Session, position: Position | None, limit: int) -> Sequence[Any]:
-    """The next `limit` rows after `position` in chain order (`created_at`, `id`)."""
-    return session.execute(
+def sealed_after(session: Session, after: int, limit: int) -> list[Any]:
+    """The next sealed rows with `seal_seq` > `after`, in `seal_seq` order: `limit` of
+    them, plus every other row sharing the last one's seq (a duplicate is never split
+    across calls; resume with the last row's seq)."""
+    rows = session.execute(
         select(*ROW_COLUMNS)
-        .where(_after(position))
-        .order_by(TokenLog.created_at, TokenLog.id)
+        .where(TokenLog.seal_seq > after)
+        .order_by(TokenLog.seal_seq)
         .limit(limit)
     ).all()
+    if len(rows) < limit:
+        return sorted(rows, key=lambda r: (r.seal_seq, r.created_at, r.id))
+    last = rows[-1].seal_seq
+    same = session.execute(
+        select(*ROW_COLUMNS)
+        .where(TokenLog.seal_seq == last)
+        .order_by(TokenLog.created_at, TokenLog.id)
+    ).all()
+    head = sorted(
+        (r for r in rows if r.seal_seq < last), key=lambda r: (r.seal_seq, r.created_at, r.id)
+    )
+    return [*head, *same]
+
+
+async def walk_chain(
+    sessionmaker: async_sessionmaker[AsyncSession], walker: ChainWalker, batch_size: int = 2000
+) -> VerifyReport:
+    """Feed every sealed row to `walker` in batches (memory bounded by `batch_size`), from
+    the start (rows at or before the anchor are reported as inserted)."""
+    after = 0
+    while True:
+        async with sessionmaker() as session:
+            rows = await session.run_sync(sealed_after, after, batch_size)
+        if not walker.feed(rows) or not rows:
+            break
+        after = rows[-1].seal_seq
+    return walker.finish()
 
 
 async def verify_chain(
@@ -374,17 +369,8 @@ async def verify_chain(
     expect: tuple[int, str] | None = None,
     batch_size: int = 2000,
 ) -> VerifyReport:
-    """Recompute the whole chain in batches (memory bounded by `batch_size`) and report
-    the first altered, deleted or inserted row. `expect` = (seal_seq, row_hash) of a
-    head recorded earlier, checked too."""
-    async with sessionmaker() as session:
-        state = await session.run_sync(chain_state)
-    walker = ChainWalker(state, expect)
-    position: Position | None = None
-    while True:
-        async with sessionmaker() as session:
-            rows = await session.run_sync(rows_after, position, batch_size)
-        if not walker.feed(rows) or len(rows) < batch_size:
-            break
-        position = (rows[-1].created_at, rows[-1].id)
-    return walker.finish()
+    """`audit.verify.verify_audit_trail` without an outside JWKS: the chain, its signed
+    checkpoints and retention records, and stragglers."""
+    from oauth2_server.audit import verify  # verify imports this module
+
+    return await verify.verify_audit_trail(sessionmaker, expect, batch_size=batch_size)

@@ -4,14 +4,19 @@ One run, in this order:
 
 1. PostgreSQL: create the audit partitions of this month and the next `MONTHS_AHEAD`
    and move rows out of the default partition (`audit_partitions`, advisory lock).
-2. Seal audit rows older than `OAUTH2_AUDIT_SEAL_DELAY` into the hash chain.
-3. Retention: audit rows older than `OAUTH2_AUDIT_RETENTION_DAYS` go, once sealed: whole
-   month partitions on PostgreSQL, batches of rows on SQLite; the chain's anchor moves
-   to the last removed row.
+2. Seal audit rows into the hash chain up to the horizon (`audit.sealing`: older than
+   `OAUTH2_AUDIT_SEAL_DELAY` and than any row that can still commit), each seal
+   transaction with a signed checkpoint, copied to `OAUTH2_AUDIT_CHECKPOINT_SINK`.
+3. Retention: audit rows older than `OAUTH2_AUDIT_RETENTION_DAYS` go, once sealed and
+   only as a prefix of the chain: whole month partitions on PostgreSQL, batches of rows
+   on SQLite; each removal writes a signed retention record (`audit.retention`) and moves
+   the chain's anchor to its last row. Without a signing key retention is skipped.
 4. Delete expired authorization codes (kept `CODE_REPLAY_WINDOW` seconds past expiry so
    a replay is still recognised), expired access-token rows, and refresh-token rows of
    families whose every token has expired.
-5. Delete failure-limiter counters (`oauth2_auth_failures`) whose window has ended.
+5. Delete failure-limiter counters (`oauth2_auth_failures`) whose window has ended,
+   pushed authorization requests never used (`oauth2_pushed_requests`) and DPoP proof ids
+   past their window (`oauth2_used_jtis`), once expired.
 
 Deletions run `OAUTH2_JANITOR_BATCH_SIZE` rows per transaction, each batch one
 `DELETE … WHERE key IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` (SQLite serialises
@@ -27,14 +32,18 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, delete, exists, select, tuple_
+from sqlalchemy import Select, delete, exists, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, aliased
 
 from oauth2_server.audit import partitions as audit_partitions
-from oauth2_server.audit.chain import lock_chain, move_anchor, seal_pending
+from oauth2_server.audit.chain import lock_chain
+from oauth2_server.audit.checkpoints import Sink
 from oauth2_server.audit.log import AuditEvent, record
+from oauth2_server.audit.retention import Policy, Removal, record_removal
+from oauth2_server.audit.sealing import seal_pending
+from oauth2_server.audit.signing import SigningKey
 from oauth2_server.config import Settings
 from oauth2_server.db.models import (
     AccessToken,
@@ -43,7 +52,9 @@ from oauth2_server.db.models import (
     TokenLog,
 )
 from oauth2_server.storage.auth_failures import delete_ended
+from oauth2_server.storage.pushed_requests import delete_expired_pushed_requests
 from oauth2_server.storage.upstream_states import delete_expired_states
+from oauth2_server.storage.used_jtis import delete_expired_jtis
 
 log = logging.getLogger("oauth2_server.janitor")
 
@@ -63,6 +74,8 @@ class JanitorReport:
     partitions_created: list[str] = field(default_factory=list)
     partitions_dropped: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    checkpoint_seq: int | None = None  # the last checkpoint this run signed
+    retention_records: list[dict[str, Any]] = field(default_factory=list)  # sealed seq ranges
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,40 +123,51 @@ def delete_expired_batch(session: Session, table: str, now: datetime, limit: int
     return deleted
 
 
-def purge_audit_batch(session: Session, cutoff: datetime, limit: int) -> int:
-    """SQLite retention: delete the oldest sealed rows (and unsealed rows inside the
-    sealed range) created before `cutoff`, and move the chain's anchor to the last
-    deleted sealed row. Returns rows deleted."""
+def purge_audit_batch(
+    session: Session, cutoff: datetime, limit: int, policy: Policy
+) -> dict[str, Any] | None:
+    """SQLite retention: delete the oldest sealed rows, a prefix of the chain (seq
+    anchor+1 on) created before `cutoff`, with a signed retention record moving the
+    chain's anchor to the last of them. Returns the record (None: nothing to remove)."""
     state = lock_chain(session)
-    if state is None or state.head_position is None:
-        return 0
+    if state is None:
+        return None
     rows = session.execute(
         select(TokenLog.id, TokenLog.created_at, TokenLog.seal_seq, TokenLog.row_hash)
-        .where(
-            TokenLog.created_at < cutoff,
-            tuple_(TokenLog.created_at, TokenLog.id) <= tuple_(*state.head_position),
-        )
-        .order_by(TokenLog.created_at, TokenLog.id)
+        .where(TokenLog.seal_seq > state.anchor_seq)
+        .order_by(TokenLog.seal_seq)
         .limit(limit)
     ).all()
-    if not rows:
-        return 0
+    prefix = []
+    for expected, row in enumerate(rows, state.anchor_seq + 1):
+        if row.seal_seq != expected or row.created_at >= cutoff:
+            break
+        prefix.append(row)
+    if not prefix:
+        return None
+    created = [row.created_at for row in prefix]
+    removal = Removal(
+        prefix[0].seal_seq, prefix[-1].seal_seq, len(prefix), min(created), max(created), prefix[-1]
+    )
+    statement = record_removal(session, state, removal, policy)
     session.execute(
         delete(TokenLog)
-        .where(TokenLog.id.in_([row.id for row in rows]))
+        .where(TokenLog.id.in_([row.id for row in prefix]))
         .execution_options(synchronize_session=False)
     )
-    sealed = [row for row in rows if row.seal_seq is not None]
-    if sealed:
-        move_anchor(session, state, sealed[-1])
     record(
         session,
         AuditEvent(
             "audit_rows_removed",
-            details={"rows": len(rows), "created_before": cutoff.isoformat()},
+            details={
+                "rows": len(prefix),
+                "created_before": cutoff.isoformat(),
+                "first_seq": removal.first_seq,
+                "last_seq": removal.last_seq,
+            },
         ),
     )
-    return len(rows)
+    return statement
 
 
 async def _write(sessionmaker: async_sessionmaker[AsyncSession], call: Any, *args: Any) -> Any:
@@ -180,37 +204,98 @@ async def _maintain_partitions(
 
 
 async def _drop_old_partitions(
-    sessionmaker: async_sessionmaker[AsyncSession], cutoff: datetime, report: JanitorReport
+    sessionmaker: async_sessionmaker[AsyncSession],
+    cutoff: datetime,
+    report: JanitorReport,
+    policy: Policy,
 ) -> None:
+    """Drop month partitions past `cutoff`, oldest first; months whose rows are not the
+    start of the chain alone go together with the next (`partitions.drop_months`)."""
     partitions = await _write(sessionmaker, audit_partitions.monthly_partitions)
-    for partition in partitions:
-        if partition.end > cutoff:
-            return
-
-        def drop(session: Session, partition: Any = partition) -> int | None | str:
-            if not audit_partitions.try_lock(session):
-                return "locked"
-            rows = audit_partitions.drop_month(session, partition)
-            if rows is not None:
-                record(
-                    session,
-                    AuditEvent(
-                        "audit_partition_dropped",
-                        details={"partition": partition.name, "rows": rows},
-                    ),
-                )
-            return rows
-
+    expired = [p for p in partitions if p.end <= cutoff]
+    group: list[audit_partitions.Partition] = []
+    for partition in expired:
+        group.append(partition)
+        names = [p.name for p in group]
+        made: list[dict[str, Any]] = []
         try:
-            rows = await _write(sessionmaker, drop)
+            rows = await _write(sessionmaker, _drop, list(group), policy, made)
         except DBAPIError as exc:
-            report.skipped.append(f"drop {partition.name}: {type(exc.orig).__name__}")
+            report.skipped.append(f"drop {', '.join(names)}: {type(exc.orig).__name__}")
             return
+        if rows == audit_partitions.NOT_A_PREFIX:
+            continue  # a later month holds seqs in between: try both together
         if rows == "locked" or rows is None:
-            report.skipped.append(f"drop {partition.name}: not sealed yet or locked")
+            report.skipped.append(f"drop {', '.join(names)}: not sealed yet or locked")
             return
-        report.partitions_dropped.append(partition.name)
+        report.partitions_dropped += names
         report.audit_rows_removed += int(rows)
+        report.retention_records += made
+        group = []
+    if group:
+        report.skipped.append(f"drop {', '.join(p.name for p in group)}: not the chain's start")
+
+
+def _drop(
+    session: Session, months: list[Any], policy: Policy, made: list[dict[str, Any]]
+) -> int | None | str:
+    """Drop `months` together (`partitions.drop_months`) under the partition lock, audited."""
+    if not audit_partitions.try_lock(session):
+        return "locked"
+    rows = audit_partitions.drop_months(session, months, policy, made)
+    if rows is not None and rows >= 0:
+        record(
+            session,
+            AuditEvent(
+                "audit_partition_dropped",
+                details={"partition": ", ".join(p.name for p in months), "rows": rows},
+            ),
+        )
+    return rows
+
+
+async def _seal(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    batch: int,
+    signer: SigningKey | None,
+    report: JanitorReport,
+) -> None:
+    sink = Sink(settings.audit_checkpoint_sink)
+    run = await seal_pending(
+        sessionmaker,
+        settings.audit_seal_delay,
+        batch,
+        margin=settings.audit_seal_margin,
+        signer=signer,
+        published=lambda checkpoint: sink.push(checkpoint.as_dict()),
+    )
+    report.sealed = run.sealed
+    report.checkpoint_seq = run.checkpoint_seq
+
+
+async def _retention(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    cutoff: datetime,
+    batch: int,
+    policy: Policy,
+    report: JanitorReport,
+) -> None:
+    sink = Sink(settings.audit_checkpoint_sink)
+    if not settings.is_sqlite:
+        await _drop_old_partitions(sessionmaker, cutoff, report, policy)
+    else:
+        while item := await _write(sessionmaker, purge_audit_batch, cutoff, batch, policy):
+            report.audit_rows_removed += item["rows"]
+            report.retention_records.append(item)
+    for item in report.retention_records:
+        sink.push(item)
+    # the report names each record by its seq range; the JWS is in the table and the sink
+    report.retention_records = [
+        {key: item[key] for key in ("first_seq", "last_seq", "rows")}
+        for item in report.retention_records
+    ]
 
 
 async def run_janitor(
@@ -220,23 +305,26 @@ async def run_janitor(
     now: datetime | None = None,
     seal: bool = True,
     batch_size: int | None = None,
+    signer: SigningKey | None = None,
+    actor: str = "janitor",
 ) -> JanitorReport:
     """One janitor run (module docstring). `now` is the reference time for expiry and
-    retention (UTC, default the current time)."""
+    retention (UTC, default the current time; sealing reads the database's clock);
+    `signer` signs checkpoints and retention records (without it neither is written and
+    retention is skipped); `actor` names who ran it in retention records."""
     now = now or datetime.now(UTC)
     batch = batch_size or settings.janitor_batch_size
     report = JanitorReport()
-    postgres = not settings.is_sqlite
-    if postgres:
+    if not settings.is_sqlite:
         await _maintain_partitions(sessionmaker, now, report)
     if seal:
-        report.sealed = await seal_pending(sessionmaker, settings.audit_seal_delay, batch, now)
+        await _seal(settings, sessionmaker, batch, signer, report)
     cutoff = now - timedelta(days=settings.audit_retention_days)
-    if postgres:
-        await _drop_old_partitions(sessionmaker, cutoff, report)
+    if signer is None:
+        report.skipped.append("retention: no signing key to sign its records")
     else:
-        while (removed := await _write(sessionmaker, purge_audit_batch, cutoff, batch)) > 0:
-            report.audit_rows_removed += removed
+        policy = Policy(settings.audit_retention_days, actor, signer)
+        await _retention(settings, sessionmaker, cutoff, batch, policy, report)
     for table in KEYS:
         total = 0
         while (count := await _write(sessionmaker, delete_expired_batch, table, now, batch)) > 0:
@@ -246,6 +334,12 @@ async def run_janitor(
     report.deleted["oauth2_upstream_states"] = await _write(
         sessionmaker, delete_expired_states, now
     )
+    # Pushed authorization requests never used (RFC 9126) and DPoP proof ids past their
+    # window (RFC 9449 §11.1): each already refused by its own expiry.
+    report.deleted["oauth2_pushed_requests"] = await _write(
+        sessionmaker, delete_expired_pushed_requests, now
+    )
+    report.deleted["oauth2_used_jtis"] = await _write(sessionmaker, delete_expired_jtis, now)
     ended = now - timedelta(seconds=settings.client_auth_failure_window)
     total = 0
     while (count := await _write(sessionmaker, delete_ended, ended, batch)) > 0:

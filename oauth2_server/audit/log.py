@@ -118,13 +118,14 @@ def revoked_token(
 ) -> AuditEvent:
     """The `token_revoked` row of one token a revocation changed (issue #11: "was token
     X revoked, and by whom" is answered by `token_id`, after the janitor deleted the
-    token's own row): its kind, its client as `target_client_id`, its family, and
-    `details` (the cause). `client_id` is who revoked it (an admin client, None from the
-    CLI, or the client whose credential was replayed)."""
+    token's own row): its kind, its client as `target_client_id`, its user as `subject`,
+    its family, and `details` (the cause). `client_id` is who revoked it (an admin client,
+    None from the CLI, or the client whose credential was replayed)."""
     return AuditEvent(
         "token_revoked",
         context,
         client_id=client_id,
+        subject=token.subject,
         token_id=token.token_id,
         details={
             "kind": token.kind,
@@ -135,10 +136,31 @@ def revoked_token(
     )
 
 
+# A row is never written with a `created_at` more than this many seconds before its
+# insert (`fresh_row`): what lets the sealer's horizon (`audit.sealing`) trust that no
+# row older than its margin can still commit.
+RESTAMP_AFTER = 1.0
+
+
+def fresh_row(row: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """`row` as it is inserted at `now` (UTC): unchanged unless its `created_at` is more
+    than `RESTAMP_AFTER` seconds old (a row buffered through a slow flush or an outage),
+    then stamped `now` with the event's own time kept in `details.occurred_at` (ISO 8601;
+    the first time is kept when a row is restamped again). Issue #11 item 5."""
+    created = row["created_at"]
+    if (now - created).total_seconds() <= RESTAMP_AFTER:
+        return row
+    details = dict(row.get("details") or {})
+    details.setdefault("occurred_at", created.isoformat())
+    return {**row, "created_at": now, "details": details}
+
+
 def record(session: Session, *events: AuditEvent) -> None:
-    """Insert audit rows in the caller's transaction (commit or roll back with the change)."""
+    """Insert audit rows in the caller's transaction (commit or roll back with the change),
+    each stamped fresh (`fresh_row`)."""
     if events:
-        rows = [event.row() for event in events]
+        now = utcnow()
+        rows = [fresh_row(event.row(), now) for event in events]
         session.connection().execute(_INSERT_LOG, rows[0] if len(rows) == 1 else rows)
 
 
@@ -278,7 +300,8 @@ class AuditBuffer:
                 size = min(self._batch_size, remaining, len(self._rows))
                 if size == 0:
                     break
-                batch = [self._rows.popleft() for _ in range(size)]
+                now = utcnow()  # rows held past RESTAMP_AFTER are stamped at their write
+                batch = [fresh_row(self._rows.popleft(), now) for _ in range(size)]
                 remaining -= size
                 done, kept = await self._write(batch)
                 written += done

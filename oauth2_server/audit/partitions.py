@@ -10,8 +10,9 @@ token issuance behind it:
 - `ensure_month` creates a month's partition as a plain table, moves that month's rows
   out of the default partition in one statement, and ATTACHes it (SHARE UPDATE
   EXCLUSIVE on the parent: inserts and queries continue);
-- `drop_month` drops a month past retention once the hash chain has sealed all of it,
-  moving the chain's anchor to its last sealed row, in one transaction.
+- `drop_months` drops months past retention once the hash chain has sealed all of them
+  and they are the start of the chain, with a signed retention record moving the chain's
+  anchor to their last row, in one transaction.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from oauth2_server.audit.chain import lock_chain, move_anchor
+from oauth2_server.audit.chain import lock_chain
+from oauth2_server.audit.retention import Policy, Removal, record_removal
 
 TABLE = "oauth2_token_logs"
 DEFAULT_PARTITION = f"{TABLE}_default"
@@ -129,30 +132,62 @@ def ensure_month(session: Session, month: datetime) -> int:
     return max(moved, 0)
 
 
-def drop_month(session: Session, partition: Partition) -> int | None:
-    """Drop a partition whose rows are all sealed, moving the chain's anchor to its last
-    sealed row. Returns rows dropped, or None when the chain is not sealed through the
-    partition yet or another sealer holds the chain (try again later)."""
-    state = lock_chain(session)
-    if state is None or state.head_position is None:
-        return None
-    pending = session.execute(
+NOT_A_PREFIX = -1  # `drop_months`: the rows are not the start of the chain on their own
+
+
+def _summary(session: Session, partitions: list[Partition]) -> Any:
+    """Rows, sealed rows, seq range and time range of `partitions` together."""
+    union = " UNION ALL ".join(
+        f"SELECT seal_seq, created_at FROM {p.name}"  # noqa: S608
+        for p in partitions
+    )
+    return session.execute(
         text(
-            f"SELECT 1 FROM {partition.name} "  # noqa: S608
-            "WHERE (created_at, id) > (:created, :id) LIMIT 1"
-        ),
-        {"created": state.head_position[0], "id": state.head_position[1]},
-    ).first()
-    if pending is not None:
-        return None
-    last = session.execute(
-        text(
-            f"SELECT seal_seq, row_hash, created_at, id FROM {partition.name} "  # noqa: S608
-            "WHERE seal_seq IS NOT NULL ORDER BY created_at DESC, id DESC LIMIT 1"
+            "SELECT count(*) AS total, count(seal_seq) AS sealed, min(seal_seq) AS first_seq, "  # noqa: S608
+            "max(seal_seq) AS last_seq, min(created_at) AS from_at, max(created_at) AS to_at "
+            f"FROM ({union}) AS expired"
         )
-    ).first()
-    count = int(session.scalar(text(f"SELECT count(*) FROM {partition.name}")) or 0)  # noqa: S608
-    if last is not None:
-        move_anchor(session, state, last)
-    session.execute(text(f"DROP TABLE {partition.name}"))
-    return count
+    ).one()
+
+
+def drop_months(
+    session: Session, partitions: list[Partition], policy: Policy, made: list[dict[str, Any]]
+) -> int | None:
+    """Drop `partitions` (consecutive months past retention) in one transaction, with a
+    signed retention record (`audit.retention`, appended to `made` as JSON) moving the
+    chain's anchor to their last row. Only a prefix of the chain goes: every row
+    sealed, seqs exactly anchor+1..L.
+    Returns rows dropped; None when a row is not sealed yet or another sealer holds the
+    chain (try later); `NOT_A_PREFIX` when later months hold seqs in between (a
+    straggler sealed late): try again with the next month included."""
+    state = lock_chain(session)
+    if state is None:
+        return None
+    summary = _summary(session, partitions)
+    total = int(summary.total)
+    if summary.sealed != total:
+        return None
+    if total and (
+        summary.first_seq != state.anchor_seq + 1 or summary.last_seq - state.anchor_seq != total
+    ):
+        return NOT_A_PREFIX
+    if total:
+        union = " UNION ALL ".join(
+            f"SELECT seal_seq, row_hash, created_at, id FROM {p.name} "  # noqa: S608
+            "WHERE seal_seq = :last"
+            for p in partitions
+        )
+        last = session.execute(text(union), {"last": summary.last_seq}).one()
+        removal = Removal(
+            int(summary.first_seq),
+            int(summary.last_seq),
+            total,
+            summary.from_at,
+            summary.to_at,
+            last,
+            [p.name for p in partitions],
+        )
+        made.append(record_removal(session, state, removal, policy))
+    for partition in partitions:
+        session.execute(text(f"DROP TABLE {partition.name}"))
+    return total

@@ -7,8 +7,10 @@ Filters (all optional, combined with AND; `FILTER_DOCS` is their one description
 |---|---|
 | `since`, `until` | `created_at` ≥ since, < until: ISO 8601, a date, or relative (`-1h`) |
 | `action` | one or more actions; `admin_*` matches a prefix |
-| `client_id`, `subject`, `branch_id`, `ip`, `family_id`, `token_id`, `request_id` | exact match |
-| `target_client_id` | the client an `admin_*` change is about (`details.target_client_id`) |
+| `client_id`, `subject`, `branch_id`, `family_id`, `token_id`, `request_id` | exact match |
+| `target_client_id` | the client a change or revocation is about (`details.target_client_id`) |
+| `target_subject`, `target_branch_id` | the user / branch a row is about (`subject`, `branch_id`) |
+| `ip` | an address (exact) or a network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`) |
 | `min_risk` | `risk_score` ≥ this (0–1) |
 | `flag` | rows carrying this security flag |
 | `order` | `asc` (oldest first, default) or `desc` |
@@ -17,11 +19,24 @@ Pages use keyset pagination on (`created_at`, `id`), which every filter index en
 so page N costs what page 1 costs. The position travels in a signed cursor
 (`oauth2_server.audit.cursors`) bound to the filters. Every page read is itself recorded
 (`read_audited`).
+
+Incremental pulls (issue #11 item 7) use the watermark `after` instead of a cursor
+(`audit.watermark`): sealed rows with `seal_seq` > `after`, in `seal_seq` order. A row
+is sealed once, by one sealer at a time, with the next sequence number, so the sealed
+rows kept are always seq anchor+1..head with no gap: a reader that resumes from the last
+`seal_seq` it saw gets every row exactly once, whenever it committed (`created_at` is not
+a watermark: batched rows commit after later-stamped ones).
+
+Who the row is about, apart from who acted: the actor of an `admin_*` row is its
+`client_id` (the admin client) and `details` (person, or CLI operator); `subject` and
+`branch_id` never hold the actor, only the user / branch the event concerns (a token's
+user, the user an admin changed, the account a sign-in tried), so `target_subject` and
+`target_branch_id` read those columns, and `target_client_id` reads
+`details.target_client_id` (the client an admin change or a revoked token belongs to).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -33,6 +48,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from oauth2_server.audit.cursors import CursorCodec, CursorError, query_scope
+from oauth2_server.audit.errors import AuditQueryError
+from oauth2_server.audit.ipfilter import ip_condition, parse_ip, prepare
 from oauth2_server.audit.log import record
 from oauth2_server.audit.rows import EXPORT_FIELDS, columns, row_json
 from oauth2_server.db.models import TokenLog
@@ -45,14 +62,21 @@ FILTER_DOCS: dict[str, str] = {
     "until": "created_at < this instant (same forms); must be after `since`",
     "action": "action, repeatable; a trailing * matches a prefix (admin_*)",
     "client_id": "client id (for admin_* rows: the admin client)",
-    "target_client_id": "the client an admin_* change is about (details.target_client_id)",
+    "target_client_id": "the client a change is about: an admin_* change's client, a "
+    "revoked token's client (details.target_client_id; client_id is who acted)",
+    "target_subject": "the user the row is about: a token's, sign-in's or consent's user, "
+    "the user an admin_* change or a revocation concerns (the subject column: it never "
+    "holds the acting admin, who is client_id and details.person/operator)",
+    "target_branch_id": "the branch the row is about (the branch_id column: a token's "
+    "upstream branch, the branch an admin_* change concerns; never the actor)",
     "subject": "token subject (user `sub`, or the client id for client_credentials); for "
     "admin_* rows: the user the change is about",
     "branch_id": "branch id (for admin_* rows: the branch the change is about)",
     "family_id": "refresh-token family (one grant: its code, tokens, reuse and revocation)",
     "token_id": "token id: an access token's jti, or a refresh token's digest prefix",
     "request_id": "request id (X-Request-ID) of the HTTP request that wrote the row",
-    "ip": "client IP address",
+    "ip": "client IP address (exact), or a network in CIDR notation: 10.0.0.0/8, "
+    "2001:db8::/32 (host bits must be zero; /32 and /128 are exact)",
     "min_risk": "risk_score ≥ this, 0–1",
     "flag": "rows carrying this security flag (see SECURITY.md)",
     "order": "asc (oldest first, default) or desc",
@@ -60,15 +84,6 @@ FILTER_DOCS: dict[str, str] = {
 FLAG_PATTERN = re.compile(r"^[a-z0-9_]{1,40}$")
 ACTION_PATTERN = re.compile(r"^[a-z0-9_]{1,40}\*?$")
 COLUMNS = columns(EXPORT_FIELDS)
-
-
-class AuditQueryError(ValueError):
-    """A filter or cursor is invalid; `field` names it (HTTP 400)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,8 @@ class AuditFilter:
     ip: str | None = None
     actions: tuple[str, ...] = ()
     target_client_id: str | None = None
+    target_subject: str | None = None
+    target_branch_id: str | None = None
     family_id: str | None = None
     token_id: str | None = None
     request_id: str | None = None
@@ -162,7 +179,7 @@ def parse_filter(params: Mapping[str, Sequence[str]], extra: Sequence[str] = ())
         "actions": _actions(params),
         "min_risk": _min_risk(params),
         "flag": _flag(params),
-        "ip": _ip(params),
+        "ip": parse_ip(_one(params, "ip")),
         "order": _order(params),
     }
     for name, longest in TEXT_FILTERS.items():
@@ -179,6 +196,8 @@ TEXT_FILTERS = {
     "subject": 200,
     "branch_id": 200,
     "target_client_id": 200,
+    "target_subject": 200,
+    "target_branch_id": 200,
     "family_id": 64,
     "token_id": 64,
     "request_id": 64,
@@ -218,16 +237,6 @@ def _flag(params: Mapping[str, Sequence[str]]) -> str | None:
     return flag
 
 
-def _ip(params: Mapping[str, Sequence[str]]) -> str | None:
-    ip = _one(params, "ip")
-    if ip is None:
-        return None
-    try:
-        return str(ipaddress.ip_address(ip))
-    except ValueError:
-        raise AuditQueryError("ip", f"ip {ip!r} is not an IP address") from None
-
-
 def _order(params: Mapping[str, Sequence[str]]) -> str:
     order = _one(params, "order") or "asc"
     if order not in ("asc", "desc"):
@@ -243,6 +252,19 @@ def parse_limit(raw: str | None) -> int:
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not 1 <= int(raw) <= MAX_LIMIT:
         raise AuditQueryError("limit", f"limit must be an integer from 1 to {MAX_LIMIT}")
     return int(raw)
+
+
+# Exact-match filters and the column each reads (`target_*`: see the module docstring).
+EXACT_COLUMNS = {
+    "client_id": "client_id",
+    "subject": "subject",
+    "target_subject": "subject",
+    "branch_id": "branch_id",
+    "target_branch_id": "branch_id",
+    "family_id": "family_id",
+    "token_id": "token_id",
+    "request_id": "request_id",
+}
 
 
 def _flag_condition(dialect: str, flag: str) -> Any:
@@ -267,10 +289,12 @@ def conditions(f: AuditFilter, dialect: str) -> list[Any]:
         options = [TokenLog.action.in_(exact)] if exact else []
         options += [TokenLog.action.startswith(p, autoescape=True) for p in prefixes]
         where.append(or_(*options))
-    for name in ("client_id", "subject", "branch_id", "ip", "family_id", "token_id", "request_id"):
+    for name, column in EXACT_COLUMNS.items():
         value = getattr(f, name)
         if value is not None:
-            where.append(getattr(TokenLog, name) == value)
+            where.append(getattr(TokenLog, column) == value)
+    if f.ip is not None:
+        where.append(ip_condition(dialect, f.ip))
     if f.target_client_id is not None:
         where.append(literal_column(_TARGET_CLIENT[dialect]) == f.target_client_id)
     if f.min_risk:
@@ -289,7 +313,7 @@ def query_rows(
     session: Session, f: AuditFilter, after: Position | None, limit: int
 ) -> Sequence[Any]:
     """One page of rows matching `f`, after `after` in the filter's order."""
-    dialect = session.get_bind().dialect.name
+    dialect = prepare(session)
     key = tuple_(TokenLog.created_at, TokenLog.id)
     stmt = select(*COLUMNS).where(*conditions(f, dialect))
     if after is not None:
@@ -303,7 +327,7 @@ def query_rows(
 
 def count_rows(session: Session, f: AuditFilter) -> int:
     """How many rows match `f` (used for an export's progress bar)."""
-    dialect = session.get_bind().dialect.name
+    dialect = prepare(session)
     stmt = select(func.count()).select_from(TokenLog).where(*conditions(f, dialect))
     return int(session.scalar(stmt) or 0)
 
@@ -332,11 +356,12 @@ def read_audited(
     """`read()` (one page of the audit trail, a dict with `items`, or a summary with
     `groups`), recorded in the same transaction as an `audit_read` row by `actor`
     (`registry.actor.Actor`): the filters given, how many rows (or groups) were returned,
-    and a summary's `group_by`."""
+    a summary's `group_by` and a watermark read's `after` (`audit.watermark`)."""
     page = read()
     details = {"filters": f.described(), "rows": len(page.get("items", page.get("groups", ())))}
-    if "group_by" in page:
-        details["group_by"] = page["group_by"]
+    for name in ("group_by", "after"):  # a summary's grouping; a watermark read's start
+        if name in page:
+            details[name] = page[name]
     record(session, actor.event(AUDIT_READ, details=details))
     return page
 

@@ -23,8 +23,9 @@ CONTENT_FIELDS: tuple[str, ...] = (
     "id", "created_at", "action", "client_id", "subject", "branch_id", "grant_type",
     "token_id", "family_id", "ip", "user_agent", "request_id", "risk_score", "flags", "details",
 )  # fmt: skip
-# What GET /admin/audit and `audit export` show (`row_hash` on export only).
-EXPORT_FIELDS: tuple[str, ...] = (*CONTENT_FIELDS, "seal_seq", "row_hash")
+# What GET /admin/audit and `audit export` show (`prev_hash` and `row_hash` on export
+# only: with them an export's sealed rows can be checked offline, `audit.export_verify`).
+EXPORT_FIELDS: tuple[str, ...] = (*CONTENT_FIELDS, "seal_seq", "prev_hash", "row_hash")
 # What sealing and verification read: the content and the chain links.
 CHAIN_FIELDS: tuple[str, ...] = (*CONTENT_FIELDS, "seal_seq", "prev_hash", "row_hash")
 
@@ -45,9 +46,11 @@ def content_json(row: Any) -> dict[str, Any]:
 
 
 def row_json(row: Any, with_hash: bool = False) -> dict[str, Any]:
-    """A row as JSON: `content_json` plus `seal_seq`, and `row_hash` only on export."""
+    """A row as JSON: `content_json` plus `seal_seq`, and `prev_hash` and `row_hash`
+    only on export."""
     item = content_json(row)
     item["seal_seq"] = row.seal_seq
     if with_hash:
+        item["prev_hash"] = row.prev_hash
         item["row_hash"] = row.row_hash
     return item

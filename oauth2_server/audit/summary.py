@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from oauth2_server.audit.ipfilter import prepare
 from oauth2_server.audit.query import AuditFilter, AuditQueryError, conditions, count_rows
 from oauth2_server.db.models import TokenLog
 
@@ -45,7 +46,7 @@ def parse_group_by(params: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
 def summarize(session: Session, f: AuditFilter, group_by: tuple[str, ...]) -> dict[str, Any]:
     """`{"group_by": [...], "groups": [{column: value, ..., "count": n}], "total": n,
     "truncated": bool}` for the rows matching `f`."""
-    dialect = session.get_bind().dialect.name
+    dialect = prepare(session)
     columns = [getattr(TokenLog, name) for name in group_by]
     count = func.count().label("count")
     stmt = (

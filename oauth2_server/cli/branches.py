@@ -3,7 +3,7 @@ connections (DESIGN.md "Upstream brokering").
 
     branches create BRANCH --name NAME [--contact-email E] [--google-account-id A]
                                         [--google-location-id L]
-    branches list | status [BRANCH] | activate BRANCH | deactivate BRANCH
+    branches list | status [BRANCH] | grants [--provider P] | activate BRANCH | deactivate BRANCH
     branches grant BRANCH --client CLIENT_ID      (BRANCH may be '*': every branch)
     branches ungrant BRANCH --client CLIENT_ID
     branches connect BRANCH --provider google     (prints the authorization URL)
@@ -39,6 +39,7 @@ from oauth2_server.storage import branches as branch_storage
 from oauth2_server.storage import utcnow
 from oauth2_server.storage.upstream import ConnectionStatus
 from oauth2_server.upstream.connect import ConnectError, begin_connection
+from oauth2_server.upstream.health import grant_health, list_grants
 from oauth2_server.upstream.providers import (
     ProviderNotConfigured,
     UnknownProvider,
@@ -132,6 +133,8 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> None:
             "refresh_failures": s.refresh_failures,
             "last_refresh_error": s.last_refresh_error,
             "last_refresh_error_at": _iso(s.last_refresh_error_at),
+            # issue #14 item 2: ok | refresh_failing | needs_consent, last and next refresh
+            "health": grant_health(s, settings.upstream_refresh_ahead) if s.provider else None,
         }
         for s in _transaction(settings, call)
     ]
@@ -142,12 +145,14 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> None:
         if not row["connected"]:
             print(f"{row['branch_id']}\tnot connected")
             continue
-        flag = "NEEDS CONSENT" if row["needs_consent"] else "ok"
+        health = row["health"]
+        flag = health["state"].upper() if health["state"] != "ok" else "ok"
         print(
             f"{row['branch_id']}\t{row['provider']}\t{row['account_email'] or '-'}\t{flag}\n"
             f"    scopes: {row['scope']}\n"
             f"    access token expires: {row['access_expires_at']}  "
             f"last refresh: {row['last_refreshed_at'] or 'never'}  "
+            f"next refresh: {health['next_refresh_at'] or '-'}  "
             f"grant shared by {row['grant_shared_by']} branch(es)"
             + (f"\n    reason: {row['consent_error']}" if row["needs_consent"] else "")
             + _refresh_lines(row)
@@ -166,12 +171,46 @@ def _refresh_lines(row: dict[str, Any]) -> str:
             "refuses the grant, reconnect: oauth2-server branches connect "
             f"{row['branch_id']} --provider {row['provider']}"
         )
-    if row["refresh_failures"]:
+    failing = row["health"]["refresh_failing"]
+    if failing:
         lines += (
-            f"\n    last refresh error ({row['refresh_failures']} in a row, "
-            f"{row['last_refresh_error_at']}): {row['last_refresh_error']}"
+            f"\n    refresh failing since {failing['since']}: {failing['attempts']} attempt(s), "
+            f"last {failing['last_error_at']} ({failing['error_class']}): "
+            f"{row['last_refresh_error']}"
         )
     return lines
+
+
+def cmd_grants(settings: Settings, args: argparse.Namespace) -> None:
+    """Every upstream grant with its health (the service of GET /admin/upstream/grants)."""
+    listed = _transaction(
+        settings,
+        lambda db: list_grants(db, settings.upstream_refresh_ahead, args.provider or None),
+    )
+    if args.json:
+        print(json.dumps(listed))
+        return
+    for grant in listed["grants"]:
+        failing = grant["refresh_failing"]
+        detail = (
+            f"failing since {failing['since']}, {failing['attempts']} attempt(s), "
+            f"{failing['error_class']}"
+            if failing
+            else (grant["consent_error"] or "")
+            if grant["state"] == "needs_consent"
+            else ""
+        )
+        print(
+            f"{grant['credential_id']}\t{grant['provider']}\t{grant['state']}\t"
+            f"branches: {', '.join(grant['branches']) or '-'}\t"
+            f"last refresh: {grant['last_refreshed_at'] or 'never'}\t"
+            f"next: {grant['next_refresh_at'] or '-'}" + (f"\t{detail}" if detail else "")
+        )
+    counts = " ".join(f"{state}={n}" for state, n in listed["counts"].items())
+    print(
+        f"{len(listed['grants'])} grant(s): {counts}"
+        + (" (truncated)" if listed["truncated"] else "")
+    )
 
 
 def _set_active(active: bool) -> Callable[[Settings, argparse.Namespace], None]:
@@ -281,6 +320,8 @@ def register(sub: Any) -> None:
     command("list", cmd_list, "list branches and the clients granted them")
     status = command("status", cmd_status, "upstream connection of each branch")
     status.add_argument("branch", nargs="?", help="branch id (default: every branch)")
+    grants = command("grants", cmd_grants, "upstream grants and their health")
+    grants.add_argument("--provider", choices=provider_names(), help="only this provider's")
     for name, active in (("activate", True), ("deactivate", False)):
         command(name, _set_active(active), f"{name} a branch").add_argument(
             "branch", help="branch id"

@@ -3,7 +3,8 @@
 
 They call the same services as the admin API (`registry.clients`, `registry.users`,
 `registry.tokens`), so the rules are the same on both paths. Changes are audited like API
-changes (`admin_*` rows, `via: cli`, the OS user as `operator`). Every command but
+changes (`admin_*` rows, `via: cli`, the OS account as `operator`, with the host, marked
+`"authenticated": false`: the command line names no person, issue #11 item 2). Every command but
 `clients create` and `users create` (which print text unless `--json`) prints JSON.
 
 A client changed here is acted on by every running server from the moment the change
@@ -100,10 +101,20 @@ def cmd_clients_create(settings: Settings, args: Any) -> None:
         "scope": " ".join(_split(args.scope) or []),
         "public": args.public,
         "token_endpoint_auth_method": args.auth_method,
+        "person": args.person,
+        "require_pushed_authorization_requests": args.require_par,
+        "dpop_bound_access_tokens": args.dpop_bound,
     }
     actor = cli_actor()
     client, secret = transaction(settings, lambda s: clients.create_client(s, actor, body))
-    shown = ("name", "token_endpoint_auth_method", "grant_types", "redirect_uris", "scope")
+    shown = (
+        "name",
+        "token_endpoint_auth_method",
+        "grant_types",
+        "redirect_uris",
+        "scope",
+        "person",
+    )
     result = {
         "client_id": client["client_id"],
         "client_secret": secret,
@@ -120,7 +131,16 @@ def cmd_clients_create(settings: Settings, args: Any) -> None:
 
 
 def cmd_clients_update(settings: Settings, args: Any) -> None:
-    body = options_body(args, {"name": "name", "active": "active"})
+    body = options_body(
+        args,
+        {
+            "name": "name",
+            "active": "active",
+            "person": "person",
+            "require_par": "require_pushed_authorization_requests",
+            "dpop_bound": "dpop_bound_access_tokens",
+        },
+    )
     for dest, name in (
         ("grant_type", "grant_types"),
         ("redirect_uri", "redirect_uris"),
@@ -231,6 +251,12 @@ def _json(parser: argparse.ArgumentParser, func: Any) -> argparse.ArgumentParser
     return parser
 
 
+PERSON_HELP = (
+    "the named person an admin client belongs to, e.g. 'Ada Lovelace <ada@example.com>': "
+    "audit rows of its tokens name them"
+)
+REQUIRE_PAR_HELP = "authorization requests only through /oauth2/par (RFC 9126)"
+DPOP_BOUND_HELP = "every token request must carry a DPoP proof (RFC 9449)"
 # The positional argument naming one resource, per key.
 KEY_HELP = {"client_id": "the client's client_id", "subject": "the user's subject (token `sub`)"}
 
@@ -278,6 +304,9 @@ def _register_clients(clients_group: Any) -> None:
     create.add_argument(
         "--client-id", help="id to use (A-Z a-z 0-9 . _ ~ -), never a user's subject"
     )
+    create.add_argument("--person", help=PERSON_HELP)
+    create.add_argument("--require-par", action="store_true", help=REQUIRE_PAR_HELP)
+    create.add_argument("--dpop-bound", action="store_true", help=DPOP_BOUND_HELP)
     add_json(create)
     create.set_defaults(func=cmd_clients_create)
     client_id = _list_and_show(
@@ -290,6 +319,9 @@ def _register_clients(clients_group: Any) -> None:
     c.add_argument("--redirect-uri", action="append", help="exact redirect URIs (repeatable)")
     c.add_argument("--scope", action="append", help="registered scopes (space separated)")
     c.add_argument("--branch", action="append", help="branch ids it may broker (`*`: all)")
+    c.add_argument("--person", help=PERSON_HELP + "; '' registers it to no one")
+    c.add_argument("--require-par", action=argparse.BooleanOptionalAction, help=REQUIRE_PAR_HELP)
+    c.add_argument("--dpop-bound", action=argparse.BooleanOptionalAction, help=DPOP_BOUND_HELP)
     _active(c)
     c = clients_group.add_parser("rotate-secret", help="new client secret, printed once")
     _json(c, cmd_clients_rotate_secret).add_argument("client_id", help=client_id)

@@ -27,6 +27,9 @@ from oauth2_server import http_limits, logs
 from oauth2_server.cli import branches as cli_branches
 from oauth2_server.cli import commands as admin_commands
 from oauth2_server.cli import dev as dev_cli
+from oauth2_server.cli import stats as stats_cli
+from oauth2_server.cli import webhooks as webhooks_cli
+from oauth2_server.cli import worker as worker_cli
 from oauth2_server.cli.support import (
     EXIT_CONFLICT,
     EXIT_UNEXPECTED,
@@ -275,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     admin_commands.register(sub, clients, users)  # clients/users …, tokens, audit, janitor
     cli_branches.register(sub)  # branches create|list|status|grant|connect|disconnect …
     dev_cli.register(sub)  # dev fake-provider google|microsoft (development only)
+    worker_cli.register(sub)  # worker [--once]: proactive upstream refresh
+    stats_cli.register(sub)  # stats [--json]: the statistics of GET /admin/stats
+    webhooks_cli.register(sub)  # webhooks generate-secret
     return parser
 
 

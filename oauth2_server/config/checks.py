@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from oauth2_server.config.errors import ConfigError, shown
+from oauth2_server.config.webhook import webhook_problems
 
 if TYPE_CHECKING:
     from oauth2_server.config.settings import Settings
@@ -33,6 +34,7 @@ def cross_field_problems(settings: Settings) -> list[str]:
             parse_keyring(settings.encryption_keys, settings.encryption_primary_key)
         except ConfigError as exc:
             found.extend(exc.problems)
+    found.extend(webhook_problems(settings))
     if settings.production:
         if not settings.encryption_keys:
             found.append(

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from typing import Self
+from typing import Annotated, Any, Self
 
-from pydantic import ValidationError, create_model, model_validator
+from pydantic import BeforeValidator, ValidationError, create_model, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from oauth2_server.config.checks import cross_field_problems
@@ -33,7 +33,10 @@ from oauth2_server.config.values import (
     ScopeDescriptions,
     SecretDatabaseUrl,
     SecretText,
+    bounded,
     is_secret,
+    parse_float,
+    parse_int,
 )
 
 log = logging.getLogger("oauth2_server.config")
@@ -45,6 +48,22 @@ ENV_PREFIX = "OAUTH2_"
 RETIRED = {
     "OAUTH2_SECRET_CACHE_TTL": "client secrets are stored as SHA-256 and need no cache",
 }
+
+
+def _in_range(parse: Any, low: float, high: float) -> BeforeValidator:
+    """A validator of text parsed by `parse` and accepted from `low` to `high`."""
+    check = bounded(parse, lambda v: low <= v <= high, f"expected {low:g} to {high:g}")
+    return BeforeValidator(lambda raw: check(raw) if isinstance(raw, str) else raw)
+
+
+PushedRequestTtl = Annotated[int, _in_range(parse_int, 1, 60)]
+DPoPWindow = Annotated[int, _in_range(parse_int, 5, 300)]
+
+# The proactive refresh worker's bounds (issue #14 item 1).
+RefreshAhead = Annotated[int, _in_range(parse_int, 60, 86400)]
+RefreshInterval = Annotated[float, _in_range(parse_float, 1, 3600)]
+RefreshConcurrency = Annotated[int, _in_range(parse_int, 1, 64)]
+RefreshBackoffMax = Annotated[int, _in_range(parse_int, 1, 86400)]
 
 
 def env_name(attr: str) -> str:
@@ -142,6 +161,17 @@ class _Settings(BaseSettings):
     retry after a lost answer). 0: every reuse revokes."""
     authorization_code_ttl: PositiveInt = 60
     """Authorization code lifetime, seconds; at most 60."""
+    pushed_request_ttl: PushedRequestTtl = 60
+    """Seconds a pushed authorization request's `request_uri` can be used (RFC 9126 §2.2), 1–60."""
+    dpop_proof_window: DPoPWindow = 60
+    """Seconds a DPoP proof's `iat` may be from the server's clock, either way (RFC 9449 §11.1),
+    5–300; its `jti` is remembered across the deployment for twice as long."""
+    dpop_nonce: Flag = False
+    """Require a server-provided nonce in DPoP proofs (RFC 9449 §8): a proof without a current one
+    is answered `use_dpop_nonce` with a fresh `DPoP-Nonce` header."""
+    require_pushed_authorization_requests: Flag = False
+    """Accept authorization requests only through `/oauth2/par` (RFC 9126 §5), for every client:
+    `/oauth2/authorize` without a `request_uri` is refused."""
     access_token_audience: str = ""
     """`aud` of access tokens (RFC 9068 §2.2); empty means the issuer."""
     session_ttl: PositiveInt = 3600
@@ -189,10 +219,22 @@ class _Settings(BaseSettings):
     audit_seal_delay: NonNegativeFloat = 60.0
     """Seconds an audit row waits before the janitor seals it into the hash chain; must exceed the
     longest time between a row's timestamp and its commit."""
+    audit_seal_margin: NonNegativeFloat = 15.0
+    """Seconds the sealer keeps clear of rows that may still commit: it seals only rows older than
+    this (and, on PostgreSQL, than the oldest open transaction minus this); must exceed clock skew
+    between servers and the database, and on SQLite the longest wait for its write lock."""
+    audit_checkpoint_sink: str = ""
+    """Write-once copy of each signed checkpoint and retention record: a file path (one JSON line
+    appended each) or an http(s) URL (POSTed as JSON); empty: none. A failure is logged and counted,
+    never blocks sealing."""
     janitor_batch_size: PositiveInt = 1000
     """Rows the janitor deletes or seals per transaction (short locks)."""
     bootstrap_admin: Flag = True
     """On an empty database, `serve` creates an admin client and prints its secret once."""
+    admin_require_person: Flag = False
+    """Refuse (403 `person_required`) admin API tokens of clients registered to no person
+    (`clients create --person`), the bootstrap admin client among them. The command line is not
+    affected."""
     log_level: LogLevel = "info"
     """Log level."""
     log_format: LogFormat = "auto"
@@ -213,6 +255,41 @@ class _Settings(BaseSettings):
     token in it, is still stored; at least OAUTH2_UPSTREAM_TIMEOUT."""
     upstream_state_ttl: PositiveInt = 600
     """Seconds a `branches connect` authorization URL (its single-use `state`) stays valid."""
+    upstream_refresh_worker: Flag = False
+    """`serve` also runs the proactive refresh worker (each worker process; safe with many, as is
+    a separate `oauth2-server worker`, which docker-compose.yml runs instead)."""
+    upstream_refresh_ahead: RefreshAhead = 600
+    """Seconds before expiry the refresh worker refreshes an upstream access token (60-86400; at
+    least OAUTH2_UPSTREAM_MIN_TTL to spare exchanges a refresh; shorter-lived tokens: half their
+    lifetime)."""
+    upstream_refresh_interval: RefreshInterval = 30.0
+    """Seconds between the refresh worker's cycles (±20 % jitter; 1-3600); also the base of a
+    failing grant's backoff."""
+    upstream_refresh_concurrency: RefreshConcurrency = 4
+    """Refreshes one refresh worker runs at the provider at once (1-64)."""
+    upstream_refresh_backoff_max: RefreshBackoffMax = 3600
+    """Longest wait in seconds (±20 % jitter) before the refresh worker retries a grant whose
+    refreshes keep failing (the wait doubles per failure from OAUTH2_UPSTREAM_REFRESH_INTERVAL)."""
+    upstream_failing_threshold: PositiveInt = 3
+    """Failed refreshes in a row after which an `upstream.refresh_failing` event is sent (the
+    grant's health is `refresh_failing` from the first)."""
+    # -- webhooks (issue 14 item 3; README "Webhooks") -----------------------------------
+    webhook_url: str = ""
+    """Where webhook events are POSTed, signed per Standard Webhooks; https when
+    OAUTH2_ENV=production. Empty: events wait in the outbox until one is set."""
+    webhook_secret: SecretText = ""
+    """Signing secret of the webhooks, `whsec_<base64 of 24-64 random bytes>` (required with
+    OAUTH2_WEBHOOK_URL; `oauth2-server webhooks generate-secret` makes one)."""
+    webhook_timeout: PositiveFloat = 10.0
+    """Seconds one delivery may take in all (connect, send, answer); past it the attempt fails
+    and is retried."""
+    webhook_poll_interval: PositiveFloat = 2.0
+    """Seconds between the delivery loop's looks at the outbox when it is idle."""
+    webhook_backoff_max: PositiveFloat = 3600.0
+    """Longest wait in seconds before retrying an event (the wait doubles from 5 s per failed
+    attempt, ±20 % jitter); retries never stop, and later events of the same subject wait."""
+    webhook_retention_days: PositiveInt = 7
+    """Days a delivered event stays in the outbox before the delivery loop deletes it."""
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Self:

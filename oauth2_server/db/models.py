@@ -28,6 +28,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -66,7 +67,11 @@ class Client(Base):
     (argon2id for secrets set before migration 0005, until their next use); null for public.
 
     `version` goes up by one with every change of the row (`storage.clients`), so a
-    worker's cached copy can be checked against it in the statement that uses it."""
+    worker's cached copy can be checked against it in the statement that uses it.
+
+    `person`: the named person an admin client is registered to, named in every audit
+    row its tokens write (issue #11 item 2); `bootstrap`: the admin client the first
+    start created (migration 0010)."""
 
     __tablename__ = "oauth2_clients"
 
@@ -82,6 +87,15 @@ class Client(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     version: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    person: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    bootstrap: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # issue #15: RFC 9126 §6 and RFC 9449 §5.2 client metadata (migration 0016)
+    require_pushed_authorization_requests: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
+    dpop_bound_access_tokens: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
 
 
 class User(Base):
@@ -185,6 +199,9 @@ class RefreshToken(Base):
     # The family's absolute end (OAUTH2_REFRESH_FAMILY_MAX_AGE after the code exchange),
     # copied to every rotated token; `expires_at` never passes it. NULL: no limit.
     family_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # RFC 9449 §5: the thumbprint of the DPoP key a public client's refresh token is bound
+    # to (migration 0016); null: not bound.
+    dpop_jkt: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class TokenLog(Base):
@@ -216,6 +233,20 @@ class TokenLog(Base):
             "id",
             postgresql_where=text("risk_score > 0"),
             sqlite_where=text("risk_score > 0"),
+        ),
+        # chain order (verify walks it) and rows waiting to be sealed (issue #11 item 5)
+        Index(
+            "ix_oauth2_token_logs_seal_seq",
+            "seal_seq",
+            postgresql_where=text("seal_seq IS NOT NULL"),
+            sqlite_where=text("seal_seq IS NOT NULL"),
+        ),
+        Index(
+            "ix_oauth2_token_logs_unsealed",
+            "created_at",
+            "id",
+            postgresql_where=text("seal_seq IS NULL"),
+            sqlite_where=text("seal_seq IS NULL"),
         ),
     )
 
@@ -259,6 +290,49 @@ class AuditChain(Base):
     anchor_created_at: Mapped[datetime | None] = mapped_column(nullable=True)
     anchor_log_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     updated_at: Mapped[datetime]
+    # issue #11 item 5: every row created at or before `sealed_through` is sealed (an
+    # unsealed one is a straggler for `audit repair`); `baseline_*`: the anchor when
+    # signed retention records began (migration 0009), where their chain starts.
+    sealed_through: Mapped[datetime | None] = mapped_column(nullable=True)
+    baseline_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    baseline_hash: Mapped[str] = mapped_column(String(64), default="0" * 64)
+
+
+class AuditCheckpoint(Base):
+    """A signed checkpoint of the audit chain, one per seal transaction (issue #11 item 5):
+    `seq` and `row_hash` of the head it sealed, `kid` of the signing key and `statement`,
+    the compact JWS (`audit.checkpoints` documents the payload)."""
+
+    __tablename__ = "oauth2_audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(BigInteger, unique=True)
+    row_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    kid: Mapped[str] = mapped_column(String(64))
+    statement: Mapped[str] = mapped_column(Text)
+
+
+class AuditRetention(Base):
+    """A signed retention record (issue #11 item 5): sealed rows `first_seq`–`last_seq`
+    (`rows` of them, created `from_at`–`to_at`, UTC) removed under a policy of
+    `policy_days` by `actor`; `last_hash` is the last removed row's `row_hash`, the
+    chain's anchor afterwards. `statement` is the compact JWS (`audit.retention`)."""
+
+    __tablename__ = "oauth2_audit_retention"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    first_seq: Mapped[int] = mapped_column(BigInteger, unique=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    rows: Mapped[int] = mapped_column(BigInteger)
+    from_at: Mapped[datetime]
+    to_at: Mapped[datetime]
+    last_hash: Mapped[str] = mapped_column(String(64))
+    policy_days: Mapped[int] = mapped_column(Integer)
+    actor: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    kid: Mapped[str] = mapped_column(String(64))
+    statement: Mapped[str] = mapped_column(Text)
 
 
 class SigningKey(Base):
@@ -331,11 +405,17 @@ class UpstreamCredential(Base):
     taken over after the lease). `access_issued_at` dates the stored access token (its
     lifetime is `access_expires_at - access_issued_at`). `last_refresh_error` (never a
     token), `last_refresh_error_at` and `refresh_failures` (consecutive) describe the
-    last failed refreshes.
+    last failed refreshes; `refresh_failing_since` dates the first of them and
+    `last_refresh_error_class` names the last one's kind (`upstream.health`: the grant's
+    health). `next_refresh_at` is when the refresh worker may retry a failing grant
+    (backoff; NULL: due by expiry, found through the `access_expires_at` index).
     """
 
     __tablename__ = "oauth2_upstream_credentials"
-    __table_args__ = (UniqueConstraint("provider", "account_sub"),)
+    __table_args__ = (
+        UniqueConstraint("provider", "account_sub"),
+        Index("ix_oauth2_upstream_credentials_access_expires_at", "access_expires_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     provider: Mapped[str] = mapped_column(String(40))
@@ -357,6 +437,9 @@ class UpstreamCredential(Base):
     last_refresh_error: Mapped[str | None] = mapped_column(String(400), nullable=True)
     last_refresh_error_at: Mapped[datetime | None] = mapped_column(nullable=True)
     refresh_failures: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    refresh_failing_since: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_refresh_error_class: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    next_refresh_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class BranchUpstreamLink(Base):
@@ -406,3 +489,94 @@ class AuthFailure(Base):
     key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     window_start: Mapped[datetime] = mapped_column(index=True)
     count: Mapped[int] = mapped_column(Integer)
+
+
+# -- notifications (issue 14 item 3) -------------------------------------------------------
+
+
+class WebhookOutbox(Base):
+    """One webhook event (Standard Webhooks), written in the transaction of the change it
+    reports (`storage.outbox.enqueue_event`) and delivered later, at least once.
+
+    `seq` orders events; `event_id` (`msg_<32 hex>`) is the `webhook-id` a receiver
+    deduplicates by. Events of one `subject` are delivered in `seq` order: an undelivered
+    earlier one blocks the later ones. `lease_until` marks an event being sent by one
+    delivery loop (others skip it until then); `attempts`, `next_attempt_at` (UTC) and
+    `last_error` (an error class or HTTP status, never a body or secret) record retries;
+    `delivered_at` is set only after the receiver answered 2xx.
+    """
+
+    __tablename__ = "oauth2_webhook_outbox"
+    __table_args__ = (
+        Index(
+            "ix_oauth2_webhook_outbox_pending_subject",
+            "subject",
+            "seq",
+            postgresql_where=text("delivered_at IS NULL"),
+            sqlite_where=text("delivered_at IS NULL"),
+        ),
+        Index(
+            "ix_oauth2_webhook_outbox_pending_due",
+            "next_attempt_at",
+            "seq",
+            postgresql_where=text("delivered_at IS NULL"),
+            sqlite_where=text("delivered_at IS NULL"),
+        ),
+        Index(
+            "ix_oauth2_webhook_outbox_delivered",
+            "delivered_at",
+            postgresql_where=text("delivered_at IS NOT NULL"),
+            sqlite_where=text("delivered_at IS NOT NULL"),
+        ),
+    )
+
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(40), unique=True)
+    event_type: Mapped[str] = mapped_column(String(60))
+    subject: Mapped[str] = mapped_column(String(200))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    next_attempt_at: Mapped[datetime]
+    lease_until: Mapped[datetime | None] = mapped_column(nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_error: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class StatsHourly(Base):
+    """Audit rows of one `action` created in the UTC hour starting at `hour`, for every
+    client (`client_id` empty) or, for `client_auth_failed`, per registered client (`?`:
+    no registered client): the rollup behind the statistics (issue #14 item 4;
+    `storage.stats`). Written once per hour, zeros included, when the hour has settled
+    (ended more than `storage.stats.SETTLE` seconds ago); never changed afterwards."""
+
+    __tablename__ = "oauth2_stats_hourly"
+
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    action: Mapped[str] = mapped_column(String(40), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+
+
+class PushedRequest(Base):
+    """A pushed authorization request (RFC 9126 §2), named by the SHA-256 hex of its
+    `request_uri`: the client that pushed it, its validated parameters (name → values) and
+    its end (UTC, at most 60 s after the push). Taken once by `/oauth2/authorize`."""
+
+    __tablename__ = "oauth2_pushed_requests"
+
+    request_uri_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    parameters: Mapped[dict[str, list[str]]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class UsedJti(Base):
+    """A JWT id seen once (DPoP proofs, RFC 9449 §11.1), named by the SHA-256 hex of its
+    key; kept until `expires_at` (UTC)."""
+
+    __tablename__ = "oauth2_used_jtis"
+
+    jti_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -47,7 +47,7 @@ from oauth2_server.oauth.grants import (
 from oauth2_server.oauth.token_exchange import TokenExchangeConfig, TokenExchangeGrant
 from oauth2_server.oauth.tokens import AccessTokenCodec, IssuedToken, TokenGenerator
 from oauth2_server.storage import tokens as token_storage
-from oauth2_server.storage.clients import ClientRecord, get_client
+from oauth2_server.storage.clients import PUBLIC_METHOD, ClientRecord, get_client
 from oauth2_server.storage.tokens import AccessTokenRecord, RefreshTokenRecord
 
 # RFC 6749 §5.2 errors that Authlib raises without a description.
@@ -194,7 +194,8 @@ class OAuth2AuthorizationServer(AuthorizationServer):
         parent: RefreshTokenRecord | None,
     ) -> None:
         """Store the new refresh token's digest in its family (RFC 6749 §6; RFC 9700
-        §4.14.2), a child of `parent` when this is a rotation, in the transaction."""
+        §4.14.2), a child of `parent` when this is a rotation, in the transaction. A public
+        client's token is bound to the key of the request's DPoP proof (RFC 9449 §5)."""
         assert issued.refresh_token is not None
         assert issued.user_id is not None and issued.refresh_expires_at is not None
         new = token_storage.NewRefreshToken(
@@ -207,6 +208,7 @@ class OAuth2AuthorizationServer(AuthorizationServer):
             issued_at=issued.issued_at,
             expires_at=issued.refresh_expires_at,
             family_expires_at=self._family_expires_at(issued, parent),
+            dpop_jkt=request.token_context.dpop_jkt if _public(request.client) else None,
         )
         token_storage.insert_refresh_token(session_of(request), new)
 
@@ -286,6 +288,11 @@ class OAuth2AuthorizationServer(AuthorizationServer):
                 "type does not accept"
             )
         return "client authentication failed: wrong client_secret"
+
+
+def _public(client: OAuthClient) -> bool:
+    """A public client (RFC 6749 §2.1): it authenticates with `none`."""
+    return client.record.token_endpoint_auth_method == PUBLIC_METHOD
 
 
 def _presented_secret(request: OAuthRequest, client_id: str) -> str | None:

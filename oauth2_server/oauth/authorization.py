@@ -129,14 +129,25 @@ class AuthorizationFlow:
         return response
 
     def _consent_grant(self, request: OAuthRequest, user: UserRecord | None) -> Any:
+        """The validated authorization request's grant, an error redirect, or
+        AuthorizationPageError; a client registered with
+        `require_pushed_authorization_requests` must have pushed it (RFC 9126 §6)."""
         try:
-            return self.server.get_consent_grant(request, end_user=user)
+            grant = self.server.get_consent_grant(request, end_user=user)
         except OAuth2Error as error:
             if error.redirect_uri:
                 return self._redirect(self.server.handle_error_response(request, error))
             raise AuthorizationPageError(
                 error.error, error.get_error_description() or error.error
             ) from None
+        record = request.client.record
+        if record.require_pushed_authorization_requests and not request.token_context.pushed:
+            raise AuthorizationPageError(
+                "invalid_request",
+                "this client sends its authorization requests through /oauth2/par "
+                "(RFC 9126 section 6)",
+            )
+        return grant
 
     def _issue_code(self, request: OAuthRequest, grant: Any, user: UserRecord | None) -> Response:
         return self._redirect(
@@ -302,6 +313,14 @@ class AuthorizationFlow:
                     )
                 )
                 return user
+        self._failed_login(username, user, context, device)
+        return None
+
+    def _failed_login(
+        self, username: str, user: UserRecord | None, context: Any, device: str | None
+    ) -> None:
+        """Audit `login_failed` (batched), scored by the IP's recent failures; a username
+        no user has is named by its keyed digest (`unknown_username_subject`)."""
         risk = auth_failure("login_failed", self.failures_by_ip.add(context.ip))
         subject = user.subject if user else None
         if user is None and self.unknown_user_key and 0 < len(username) <= MAX_USERNAME_LENGTH:
@@ -316,4 +335,3 @@ class AuthorizationFlow:
                 details={"trusted_device": device is not None},
             )
         )
-        return None

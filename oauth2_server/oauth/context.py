@@ -11,12 +11,13 @@ transaction must commit despite an error).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from authlib.oauth2.rfc6749 import OAuth2Error
 
+    from oauth2_server.audit.log import AuditEvent
     from oauth2_server.oauth.clients import OAuthClient
     from oauth2_server.oauth.presented import PresentedToken
     from oauth2_server.storage.client_state import ClientState
@@ -59,6 +60,11 @@ class TokenContext:
     - `keep_changes_on_error`: a detected attack (code replay, refresh reuse) revokes
       tokens and fails the request; its changes commit anyway.
     - `oauth_error`: the RFC 6749 §5.2 error Authlib answered, if any.
+    - `dpop_jkt`: the thumbprint of the key a valid DPoP proof showed (RFC 9449 §6.1):
+      the tokens this request issues are bound to it.
+    - `pushed`: the authorization request's parameters came from `/oauth2/par` (RFC 9126).
+    - `refusals`: audit rows of a refused request whose transaction rolls back; the
+      service writes them through the batch buffer afterwards.
     """
 
     preauth_client: OAuthClient | None = None
@@ -71,3 +77,6 @@ class TokenContext:
     introspected: Introspected | None = None
     keep_changes_on_error: bool = False
     oauth_error: OAuth2Error | None = None
+    dpop_jkt: str | None = None
+    pushed: bool = False
+    refusals: list[AuditEvent] = field(default_factory=list)

@@ -84,6 +84,8 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
             payload.update(
                 sub=token.claims["sub"], aud=token.claims.get("aud"), jti=token.claims["jti"]
             )
+            if "cnf" in token.claims:  # RFC 9449 §6.2: the key the token is bound to
+                payload.update(cnf=token.claims["cnf"], token_type="DPoP")  # noqa: S106
         return payload
 
 
@@ -119,7 +121,7 @@ class RevocationEndpoint(_RevocationEndpoint):
                 "revoked",
                 request.context,
                 client_id=token.client_id,
-                subject=token.claims["sub"] if token.claims else None,
+                subject=token.subject,
                 token_id=token.token_id,
                 details={"token_type": token.token_type, "family_id": family_id, "revoked": count},
             ),

@@ -16,6 +16,7 @@ from typing import Any
 
 from authlib.oauth2.rfc6749 import (
     AuthorizationCodeMixin,
+    InvalidGrantError,
     InvalidRequestError,
     InvalidScopeError,
     TokenMixin,
@@ -28,9 +29,10 @@ from oauth2_server import metrics
 from oauth2_server.audit.log import AuditEvent, revoked_token
 from oauth2_server.audit.risk import second_use
 from oauth2_server.crypto.hashing import token_digest
-from oauth2_server.oauth.bridge import session_of, writer_of
+from oauth2_server.oauth.bridge import OAuthRequest, session_of, writer_of
 from oauth2_server.storage import tokens as token_storage
 from oauth2_server.storage import utcnow
+from oauth2_server.storage.outbox import enqueue_event
 from oauth2_server.storage.protocols import RefreshRotation, SessionWriter
 from oauth2_server.storage.tokens import (
     CodeRecord,
@@ -157,20 +159,24 @@ def detected_second_use(
     first_use: datetime | None,
     details: dict[str, Any],
     revoked: list[RevokedToken],
+    user_id: int | None = None,
 ) -> None:
     """Audit a second use of a single-use credential (RFC 6749 §4.1.2 code replay, RFC
     9700 §4.14.2 refresh reuse) whose family the caller has revoked, scored by
     `risk.second_use` (1.00, or 0.30 flagged `race` within 1 s of the first use, UTC), and
     keep the transaction's changes although the request fails. `client_id` is the client
-    that presented it; `revoked`, the tokens the caller revoked, each also gets its
-    `token_revoked` row."""
+    that presented it; `user_id`, the grant's user (the row's `subject`, issue #11);
+    `revoked`, the tokens the caller revoked, each also gets its `token_revoked` row."""
     now = request.context.received_at or utcnow()
     assessment = second_use(action, first_use, now)
+    owners = token_storage.user_subjects(session_of(request), [user_id])
+    subject = owners.get(user_id) if user_id is not None else None
     writer_of(request).record(
         AuditEvent(
             action,
             request.context,
             client_id=client_id,
+            subject=subject,
             grant_type=grant_type,
             token_id=opaque_token_id(digest),
             risk_score=assessment.score,
@@ -179,6 +185,13 @@ def detected_second_use(
         ),
         *(revoked_token(t, request.context, client_id, cause=action) for t in revoked),
     )
+    # Issue #14 item 3: the webhook event, committed with the revocation (storage.outbox).
+    event: dict[str, Any] = {"client_id": client_id, "detection": action, "revoked": len(revoked)}
+    if details.get("family_id"):
+        event["family_id"] = details["family_id"]
+    if assessment.flags:
+        event["flags"] = assessment.flags
+    enqueue_event(session_of(request), "token.reuse_detected", f"client:{client_id}", event)
     request.token_context.keep_changes_on_error = True
 
 
@@ -235,6 +248,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
                 stored.consumed_at,
                 {"family_id": stored.family_id, "code_client_id": stored.client_id},
                 revoked,
+                user_id=stored.user_id,
             )
         return None
 
@@ -243,6 +257,33 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
 
     def authenticate_user(self, authorization_code: CodeView) -> UserRecord | None:
         return _active_user(session_of(self.request), authorization_code.record.user_id)
+
+
+def _check_dpop_binding(request: OAuthRequest, stored: RefreshTokenRecord) -> None:
+    """RFC 9449 §5: a refresh token bound to a DPoP key is used only with a proof of that
+    key. Raises InvalidGrantError (the transaction rolls back: nothing rotated), with an
+    audit row `refresh_refused` flagged `dpop_key_mismatch`."""
+    if stored.dpop_jkt is None or stored.dpop_jkt == request.token_context.dpop_jkt:
+        return
+    owners = token_storage.user_subjects(session_of(request), [stored.user_id])
+    request.token_context.refusals.append(
+        AuditEvent(
+            "refresh_refused",
+            request.context,
+            client_id=request.client.client_id,
+            subject=owners.get(stored.user_id),
+            grant_type="refresh_token",
+            risk_score=0.5,
+            flags=["dpop_key_mismatch"],
+            details={
+                "family_id": stored.family_id,
+                "reason": "DPoP proof missing or made with another key",
+            },
+        )
+    )
+    raise InvalidGrantError(
+        description="the refresh token is bound to a DPoP key; send a proof made with it"
+    )
 
 
 class RefreshTokenGrant(grants.RefreshTokenGrant):
@@ -279,6 +320,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         use = rotation.redeem_refresh_token(digest, client_id, now, self.reuse_grace)
         if use.outcome in ("rotated", "grace"):
             assert use.token is not None
+            _check_dpop_binding(request, use.token)
             if use.outcome == "grace":
                 metrics.REFRESH_GRACE.inc()
             return RefreshView(use.token, grace=use.outcome == "grace")
@@ -296,6 +338,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
                 stored.rotated_at,
                 {"family_id": stored.family_id},
                 revoked,
+                user_id=stored.user_id,
             )
         return None
 

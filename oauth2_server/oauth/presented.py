@@ -33,6 +33,15 @@ class PresentedToken(TokenMixin):
     refresh: RefreshTokenRecord | None = None
     claims: dict[str, Any] | None = None
     client_active: bool = True
+    user_subject: str | None = None  # a refresh token's user's `sub` (find_presented_token)
+
+    @property
+    def subject(self) -> str | None:
+        """The token's `sub` as its audit rows name it (issue #11): the access token's
+        claim or row, or the refresh token's user (None when that user is gone)."""
+        if self.claims is not None:
+            return self.claims.get("sub")
+        return self.access.subject if self.access is not None else self.user_subject
 
     @property
     def client_id(self) -> str:
@@ -74,4 +83,7 @@ def find_presented_token(db: Session, codec: AccessTokenCodec, token: str) -> Pr
     refresh = token_storage.find_refresh_token(db, digest)
     if refresh is None:
         return None
-    return PresentedToken("refresh_token", opaque_token_id(digest), refresh=refresh)
+    owner = token_storage.user_subjects(db, [refresh.user_id]).get(refresh.user_id)
+    return PresentedToken(
+        "refresh_token", opaque_token_id(digest), refresh=refresh, user_subject=owner
+    )

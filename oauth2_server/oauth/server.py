@@ -41,9 +41,11 @@ from oauth2_server.oauth.clients import (
     parse_client_credentials,
 )
 from oauth2_server.oauth.context import IntrospectionPrefetch
+from oauth2_server.oauth.dpop import DPoPVerifier
 from oauth2_server.oauth.exchange_flow import TokenExchange, claimed_client_id
 from oauth2_server.oauth.introspection_jwt import as_requested
 from oauth2_server.oauth.keys import KeyStore
+from oauth2_server.oauth.par import PushedAuthorization
 from oauth2_server.oauth.presented import PresentedToken
 from oauth2_server.oauth.throttling import (
     Attempt,
@@ -86,8 +88,8 @@ def _refusal_event(
 
 class OAuthService:
     """What the HTTP layer calls: token (RFC 6749 §3.2, RFC 8693), introspection (RFC 7662),
-    revocation (RFC 7009); `authorization` is the authorization endpoint's login and consent
-    (RFC 6749 §4.1)."""
+    revocation (RFC 7009), pushed authorization requests (RFC 9126, `pushed`);
+    `authorization` is the authorization endpoint's login and consent (RFC 6749 §4.1)."""
 
     grant_types_supported = ["authorization_code", "refresh_token", "client_credentials"]
     grant_types_supported.append(TOKEN_EXCHANGE)
@@ -140,6 +142,14 @@ class OAuthService:
             keys.keyring.derive(b"oauth2-server device cookie"),
             settings.device_cookie_ttl,
             keys.keyring.derive(UNKNOWN_USERNAME_PURPOSE),
+        )
+        self.pushed = PushedAuthorization(server, bridge, settings.pushed_request_ttl, audit_buffer)
+        self.dpop = DPoPVerifier(
+            bridge,
+            audit_buffer,
+            settings.dpop_proof_window,
+            settings.dpop_nonce,
+            keys.keyring.derive(b"oauth2-server dpop nonce"),
         )
 
     # -- client authentication (RFC 6749 §2.3.1), before entering the bridge ------------
@@ -316,6 +326,8 @@ class OAuthService:
         else:
             response = await self.bridge.run(request, call)
         self._note_client_failure(request, credentials)
+        for event in request.token_context.refusals:
+            self.audit_buffer.add(event)
         return response
 
     # -- endpoints ----------------------------------------------------------------------
@@ -326,7 +338,11 @@ class OAuthService:
         client_credentials with a pre-verified client needs no database read, so it takes
         the bridge's deferred-write hot path (one statement on PostgreSQL). Token exchange
         (RFC 8693) may refresh an upstream grant between two bridge calls (TokenExchange).
+        A DPoP proof binds the tokens to the client's key (RFC 9449, `oauth.dpop`).
         """
+        refused = await self.dpop.bind(request, self.issuer + "/oauth2/token")
+        if refused is not None:
+            return refused
         grant_type = request.form.get("grant_type")
         if grant_type == TOKEN_EXCHANGE:
             response = await self.exchange.token(request, self._authenticated_call)
@@ -389,12 +405,16 @@ class OAuthService:
                     "introspected",
                     request.context,
                     client_id=request.client.client_id if request.client else None,
-                    subject=token.claims["sub"] if token is not None and token.claims else None,
+                    subject=token.subject if token is not None else None,
                     token_id=token.token_id if token is not None else None,
                     details={"active": answered.active},
                 )
             )
         return as_requested(response, request, self.keys, self.issuer)
+
+    async def push_authorization_request(self, request: OAuthRequest) -> Response:
+        """RFC 9126 §2: a pushed authorization request, client authenticated as above."""
+        return await self._authenticated_call(request, lambda: self.pushed.push(request))
 
     async def revoke(self, request: OAuthRequest) -> Response:
         """RFC 7009 revocation; the audit row commits with the revocation."""

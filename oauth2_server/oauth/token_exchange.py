@@ -155,7 +155,8 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):
 
     def _subject_claims(self, token: str, client_id: str) -> dict[str, Any]:
         """RFC 8693 §2.1 `subject_token`: an unexpired, unrevoked access token of ours,
-        issued to this client."""
+        issued to this client; a DPoP-bound one (`cnf.jkt`, RFC 9449) only with a proof of
+        its key on this request."""
         claims = self.config.codec.decode(token)
         if claims is None:
             raise InvalidRequestError(
@@ -175,6 +176,12 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):
             raise InvalidRequestError("subject_token has been revoked")
         if row.expires_at <= utcnow():
             raise InvalidRequestError("subject_token has expired")
+        bound = claims.get("cnf")
+        if isinstance(bound, dict) and bound.get("jkt") != self.request.token_context.dpop_jkt:
+            raise InvalidRequestError(
+                "subject_token is bound to a DPoP key: send a DPoP proof made with that key "
+                "(RFC 9449)"
+            )
         return claims
 
     def _check_parameters(self) -> tuple[str, str, str]:

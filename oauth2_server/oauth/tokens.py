@@ -16,9 +16,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
+from authlib.oauth2 import OAuth2Error
 from cachetools import TLRUCache
 
 from oauth2_server.crypto.hashing import new_opaque_token
+from oauth2_server.oauth.bridge import current_request
 from oauth2_server.oauth.keys import ALG, KeyStore
 
 AT_JWT_TYP = "at+jwt"
@@ -130,6 +132,13 @@ def _until_expiry(_key: bytes, value: tuple[dict[str, Any], str], _now: float) -
     return float(value[0]["exp"])
 
 
+class DPoPRequired(OAuth2Error):
+    """RFC 9449 §5.2: a client registered with `dpop_bound_access_tokens` sent no proof."""
+
+    error = "invalid_dpop_proof"
+    status_code = 400
+
+
 class TokenGenerator:
     """Authlib's token generator (`register_token_generator("default", …)`).
 
@@ -158,19 +167,22 @@ class TokenGenerator:
         jti = str(uuid.uuid4())
         subject = user.subject if user is not None else client.client_id
         scope = scope or ""
-        access_token = self.codec.encode(
-            {
-                "sub": subject,
-                "client_id": client.client_id,
-                "scope": scope,
-                "jti": jti,
-                "iat": int(now.timestamp()),
-                "exp": int(expires_at.timestamp()),
-            }
-        )
+        claims: dict[str, Any] = {
+            "sub": subject,
+            "client_id": client.client_id,
+            "scope": scope,
+            "jti": jti,
+            "iat": int(now.timestamp()),
+            "exp": int(expires_at.timestamp()),
+        }
+        jkt = current_request().token_context.dpop_jkt
+        if jkt is None and client.record.dpop_bound_access_tokens:
+            raise DPoPRequired(description="this client must send a DPoP proof (RFC 9449)")
+        if jkt is not None:  # RFC 9449 §6.1: bound to the proof's key
+            claims["cnf"] = {"jkt": jkt}
         token: dict[str, Any] = {
-            "access_token": access_token,
-            "token_type": "Bearer",
+            "access_token": self.codec.encode(claims),
+            "token_type": "DPoP" if jkt is not None else "Bearer",  # RFC 9449 §5
             "expires_in": ttl,
         }
         if scope:

@@ -12,10 +12,11 @@ from oauth2_server.storage.tokens import RevokedToken
 
 @dataclass(frozen=True)
 class Actor:
-    """Who makes an admin change or reads the audit trail: the admin client and its
-    token's `jti` (API), or the operator of the CLI: the OS account the process runs as
-    and its host, which the server cannot authenticate. Audit rows carry `client_id` =
-    the admin client (null from the CLI)."""
+    """Who makes an admin change or reads the audit trail: the admin client, its token's
+    `jti` and the named person the client is registered to (API; issue #11 item 2), or
+    the operator of the CLI: the OS account the process runs as and its host, which the
+    server cannot authenticate. Audit rows carry `client_id` = the admin client (null
+    from the CLI). `bootstrap`: the client is the first start's bootstrap admin."""
 
     client_id: str | None
     token_id: str | None
@@ -23,13 +24,20 @@ class Actor:
     via: str = "api"
     operator: str | None = None
     host: str | None = None
+    person: str | None = None
+    bootstrap: bool = False
 
     def details(self, **details: Any) -> dict[str, Any]:
-        """`details` with who acted: `via`, and `admin_jti` (API) or `operator`, `host`
-        and `"authenticated": false` (CLI)."""
+        """`details` with who acted: `via`, and `admin_jti` and `person` (API; null when
+        the admin client is registered to no one) or `operator`, `host` and
+        `"authenticated": false` (CLI); `"bootstrap": true` when the bootstrap admin
+        client acted."""
         who: dict[str, Any] = {"via": self.via, **details}
         if self.token_id:
             who["admin_jti"] = self.token_id
+            who["person"] = self.person
+        if self.bootstrap:
+            who["bootstrap"] = True
         if self.operator:
             who["operator"] = self.operator
             who["host"] = self.host

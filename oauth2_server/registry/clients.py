@@ -15,6 +15,7 @@ naming the field at fault.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import asdict
 from typing import Any
 
@@ -28,6 +29,7 @@ from oauth2_server.registry.redirect_uris import validate_redirect_uri
 from oauth2_server.storage import branches as branch_storage
 from oauth2_server.storage import clients as storage
 from oauth2_server.storage import utcnow
+from oauth2_server.storage.outbox import enqueue_event
 from oauth2_server.storage.revocation import TokenFilter, revoke_tokens
 from oauth2_server.storage.subjects import IDENTIFIER, SubjectTaken
 
@@ -41,6 +43,12 @@ GRANT_TYPES = (
 PUBLIC_METHOD = storage.PUBLIC_METHOD
 ADMIN_SCOPE = storage.ADMIN_SCOPE
 SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]+$")  # RFC 6749 §3.3
+PERSON_MAX = 200  # characters of `person` (the column's length)
+
+
+# Per-client switches of issue #15: push authorization requests (RFC 9126 §6), send DPoP
+# proofs for every token (RFC 9449 §5.2).
+SENDER_FLAGS = ("require_pushed_authorization_requests", "dpop_bound_access_tokens")
 
 
 def client_json(view: storage.ClientView, branches: list[str]) -> dict[str, Any]:
@@ -99,6 +107,39 @@ def check_metadata(merged: dict[str, Any], public: bool) -> None:
     merged["scope"] = normal_scope(merged["scope"])
 
 
+def normal_person(value: str | None) -> str | None:
+    """The named person a client is registered to (issue #11 item 2), e.g. "Ada Lovelace
+    <ada@example.com>": NFC-normalised, surrounding spaces removed, None when empty.
+    Raises FieldInvalid (`person`) past PERSON_MAX characters or for a character that is
+    not printable (controls, line breaks, format characters such as bidi overrides)."""
+    if value is None:
+        return None
+    if len(value) > 4 * PERSON_MAX:  # bound the work before normalising
+        raise FieldInvalid("person", f"person must be at most {PERSON_MAX} characters")
+    person = unicodedata.normalize("NFC", value).strip(" ")
+    if len(person) > PERSON_MAX:
+        raise FieldInvalid("person", f"person must be at most {PERSON_MAX} characters")
+    if not person.isprintable():
+        raise FieldInvalid("person", "person must be printable text on one line")
+    return person or None
+
+
+def check_person_change(actor: Actor, current: storage.ClientView, person: str | None) -> None:
+    """Who may register a client to a person: never the bootstrap client (its secret was
+    printed at first start; FieldInvalid), and never an admin client itself (it would
+    choose the name its own rows carry; Conflict). Both name the field `person`."""
+    if person == current.person:
+        return
+    if current.bootstrap and person is not None:
+        raise FieldInvalid(
+            "person",
+            "the bootstrap admin client cannot be registered to a person; create a "
+            "personal admin client instead",
+        )
+    if actor.client_id == current.client_id:
+        raise Conflict("person", "an admin client cannot change its own person; use another")
+
+
 def auth_method(body: dict[str, Any]) -> str:
     """The token endpoint auth method of a new client (RFC 7591 §2): the one given, else
     `none` for a public client and `client_secret_basic` otherwise. FieldInvalid when
@@ -148,18 +189,24 @@ def create_client(
 ) -> tuple[dict[str, Any], str | None]:
     """Register a client from `body` (the admin API's CREATE fields: `name`, and optional
     `client_id`, `grant_types` (default client_credentials), `redirect_uris`, `scope`,
-    `public`, `token_endpoint_auth_method`, `branches`). Returns (client JSON, secret
-    shown once; None for a public client).
+    `public`, `token_endpoint_auth_method`, `branches`, `person`,
+    `require_pushed_authorization_requests` (RFC 9126 §6), `dpop_bound_access_tokens`
+    (RFC 9449 §5.2)). Returns (client JSON, secret shown once; None for a public client).
 
     FieldInvalid for bad metadata; Conflict when the name (case-insensitive) or the
     client_id is taken, by a client or a user's subject (RFC 9700 §4.15). `bootstrap`
-    marks the first start's admin client in the audit row."""
+    marks the first start's admin client (its row's flag, `details.bootstrap` of its
+    creation row); the new client's person is `details.target_person`."""
     method = auth_method(body)
+    person = normal_person(body.get("person"))
+    if bootstrap and person is not None:
+        raise FieldInvalid("person", "the bootstrap admin client has no person")
     merged = {
         "name": body["name"],
         "grant_types": body.get("grant_types") or ["client_credentials"],
         "redirect_uris": body.get("redirect_uris") or [],
         "scope": body.get("scope") or "",
+        **{flag: bool(body.get(flag)) for flag in SENDER_FLAGS},
     }
     check_metadata(merged, method == PUBLIC_METHOD)
     client_id = body.get("client_id") or storage.new_client_id()
@@ -169,7 +216,12 @@ def create_client(
         raise Conflict("name", f"a client named {merged['name']!r} exists")
     try:
         created, secret = storage.create_client(
-            session, client_id=client_id, token_endpoint_auth_method=method, **merged
+            session,
+            client_id=client_id,
+            token_endpoint_auth_method=method,
+            person=person,
+            bootstrap=bootstrap,
+            **merged,
         )
     except SubjectTaken as taken:  # a client's id or a user's subject (RFC 9700 §4.15)
         description = f"client_id {client_id!r} is taken" if taken.kind == "client" else None
@@ -181,6 +233,7 @@ def create_client(
         **merged,
         "token_endpoint_auth_method": method,
         "branches": body.get("branches", []),
+        "target_person": person,
     }
     if bootstrap:
         details["bootstrap"] = True
@@ -203,10 +256,14 @@ def update_client(
     session: Session, actor: Actor, client_id: str, body: dict[str, Any]
 ) -> dict[str, Any]:
     """Apply an update (any of `name`, `grant_types`, `redirect_uris`, `scope`, `active`,
-    `branches`; others keep their value). Deactivating revokes the client's tokens
-    (`revoked` in the answer). NotFound (`client_id`), Conflict (`name`; `client_id` when
-    it would lock admins out, `refuse_admin_lockout`), FieldInvalid naming the field."""
+    `branches`, `person` (empty: none), SENDER_FLAGS; others keep their value). Deactivating revokes
+    the client's tokens (`revoked` in the answer). NotFound (`client_id`), Conflict
+    (`name`; `client_id` when it would lock admins out, `refuse_admin_lockout`; `person`,
+    `check_person_change`), FieldInvalid naming the field."""
     current = _require(session, client_id)
+    if "person" in body:
+        body = {**body, "person": normal_person(body["person"])}
+        check_person_change(actor, current, body["person"])
     branches_before = branch_storage.branches_of_clients(session, [client_id])[client_id]
     merged = {key: body.get(key, getattr(current, key)) for key in storage.UPDATABLE}
     check_metadata(merged, current.token_endpoint_auth_method == PUBLIC_METHOD)
@@ -221,6 +278,8 @@ def update_client(
     revoked = []
     if body.get("active") is False:
         revoked = revoke_tokens(session, TokenFilter(client_ids=(client_id,)), utcnow())
+        if current.active:  # the webhook event, committed with the change (issue #14)
+            _deactivated_event(session, client_id, "deactivated", len(revoked))
     details = {
         "target_client_id": client_id,
         "changes": changes,
@@ -257,6 +316,7 @@ def delete_client(session: Session, actor: Actor, client_id: str) -> dict[str, A
     revoked = revoke_tokens(session, TokenFilter(client_ids=(client_id,)), utcnow())
     if not storage.delete_client(session, client_id):
         raise NotFound("client_id", f"client {client_id!r} not found")
+    _deactivated_event(session, client_id, "deleted", len(revoked))
     details = {"target_client_id": client_id, "revoked": len(revoked)}
     record(
         session,
@@ -264,6 +324,12 @@ def delete_client(session: Session, actor: Actor, client_id: str) -> dict[str, A
         *actor.revoked(revoked, revoked_by={"client_deleted": client_id}),
     )
     return {"client_id": client_id, "deleted": True, "revoked": len(revoked)}
+
+
+def _deactivated_event(session: Session, client_id: str, reason: str, revoked: int) -> None:
+    """Enqueue `client.deactivated` (`reason`: deactivated or deleted; `revoked` tokens)."""
+    data = {"client_id": client_id, "reason": reason, "revoked": revoked}
+    enqueue_event(session, "client.deactivated", f"client:{client_id}", data)
 
 
 def list_clients(session: Session, after: list[Any] | None, limit: int) -> dict[str, Any]:

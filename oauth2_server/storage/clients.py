@@ -30,7 +30,16 @@ from oauth2_server.storage.subjects import claim_subject
 
 ADMIN_SCOPE = "admin"
 PUBLIC_METHOD = "none"  # noqa: S105 (an auth method name, RFC 7591 §2)
-UPDATABLE = ("name", "grant_types", "redirect_uris", "scope", "active")
+UPDATABLE = (
+    "name",
+    "grant_types",
+    "redirect_uris",
+    "scope",
+    "active",
+    "person",
+    "require_pushed_authorization_requests",
+    "dpop_bound_access_tokens",
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,8 @@ class ClientRecord:
     active: bool
     updated_at: datetime
     version: int = 1
+    require_pushed_authorization_requests: bool = False  # RFC 9126 §6
+    dpop_bound_access_tokens: bool = False  # RFC 9449 §5.2
 
     @property
     def scopes(self) -> frozenset[str]:
@@ -56,7 +67,9 @@ class ClientRecord:
 
 @dataclass(frozen=True)
 class ClientView:
-    """A client as the admin API shows it: everything but the secret hash."""
+    """A client as the admin API shows it: everything but the secret hash. `person`: the
+    named person it is registered to (null: none); `bootstrap`: the first start's admin
+    client (issue #11 item 2)."""
 
     client_id: str
     name: str
@@ -67,6 +80,10 @@ class ClientView:
     active: bool
     created_at: datetime
     updated_at: datetime
+    person: str | None = None
+    bootstrap: bool = False
+    require_pushed_authorization_requests: bool = False
+    dpop_bound_access_tokens: bool = False
 
 
 _VIEW_COLUMNS = (  # the fields of ClientView, in order
@@ -79,6 +96,10 @@ _VIEW_COLUMNS = (  # the fields of ClientView, in order
     Client.active,
     Client.created_at,
     Client.updated_at,
+    Client.person,
+    Client.bootstrap,
+    Client.require_pushed_authorization_requests,
+    Client.dpop_bound_access_tokens,
 )
 
 
@@ -104,6 +125,8 @@ def _record(row: Client) -> ClientRecord:
         active=row.active,
         updated_at=row.updated_at,
         version=row.version,
+        require_pushed_authorization_requests=row.require_pushed_authorization_requests,
+        dpop_bound_access_tokens=row.dpop_bound_access_tokens,
     )
 
 
@@ -153,12 +176,17 @@ def create_client(
     public: bool = False,
     token_endpoint_auth_method: str | None = None,
     client_id: str | None = None,
+    person: str | None = None,
+    bootstrap: bool = False,
+    require_pushed_authorization_requests: bool = False,
+    dpop_bound_access_tokens: bool = False,
 ) -> tuple[ClientRecord, str | None]:
     """Insert a client row whose metadata the caller validated (`registry.clients`).
     Returns (record, client secret to show once; None for a public client).
 
     The method defaults by `public` (`none` or `client_secret_basic`); `client_id` to a
-    new random one. Raises SubjectTaken when `client_id` is a user's subject or another
+    new random one. `person`: the named person it is registered to; `bootstrap`: the
+    first start's admin client. Raises SubjectTaken when `client_id` is a user's subject or another
     client's id (ASCII case ignored; RFC 9700 §4.15, `storage.subjects`)."""
     method = token_endpoint_auth_method or (PUBLIC_METHOD if public else "client_secret_basic")
     client_id = client_id or new_client_id()
@@ -176,6 +204,10 @@ def create_client(
         active=True,
         created_at=now,
         updated_at=now,
+        person=person,
+        bootstrap=bootstrap,
+        require_pushed_authorization_requests=require_pushed_authorization_requests,
+        dpop_bound_access_tokens=dpop_bound_access_tokens,
     )
     session.add(row)
     session.flush()

@@ -12,6 +12,7 @@ superseded by a grace use of its parent (`redeem_refresh_token`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -19,7 +20,7 @@ from typing import Any, Literal
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from oauth2_server.db.models import AccessToken, AuthorizationCode, RefreshToken
+from oauth2_server.db.models import AccessToken, AuthorizationCode, RefreshToken, User
 
 
 @dataclass(frozen=True)
@@ -157,13 +158,16 @@ def opaque_token_id(token_hash: str) -> str:
 class RevokedToken:
     """A token one revocation changed: `kind` `access_token` or `refresh_token`,
     `token_id` as the audit trail names it (the `jti`, or `opaque_token_id`), and its
-    client, family (None for client_credentials and exchange tokens) and user row id."""
+    client, family (None for client_credentials and exchange tokens), user row id and
+    `subject` (the token's `sub`: its user's, or the client's for client_credentials;
+    None when the user row is gone), which its `token_revoked` row names (issue #11)."""
 
     kind: str
     token_id: str
     client_id: str
     family_id: str | None
     user_id: int | None
+    subject: str | None = None
 
 
 def revoke_where(session: Session, model: Any, now: datetime, *where: Any) -> list[RevokedToken]:
@@ -174,18 +178,38 @@ def revoke_where(session: Session, model: Any, now: datetime, *where: Any) -> li
     synchronize."""
     access = model is AccessToken
     key = AccessToken.jti if access else RefreshToken.token_hash
+    # an access token's row has its `sub`; a refresh token's, its user's row id
+    owner = AccessToken.subject if access else RefreshToken.user_id
     result = session.execute(
         update(model)
         .where(*where, model.revoked_at.is_(None))
         .values(revoked_at=now)
-        .returning(key, model.client_id, model.family_id, model.user_id)
+        .returning(key, model.client_id, model.family_id, model.user_id, owner.label("owner"))
         .execution_options(synchronize_session=False)
-    )
+    ).all()
     kind = "access_token" if access else "refresh_token"
+    subjects = {} if access else user_subjects(session, [row.owner for row in result])
     return [
-        RevokedToken(kind, token if access else opaque_token_id(token), client, family, user)
-        for token, client, family, user in result
+        RevokedToken(
+            kind,
+            token if access else opaque_token_id(token),
+            client,
+            family,
+            user,
+            owner if access else subjects.get(owner),
+        )
+        for token, client, family, user, owner in result
     ]
+
+
+def user_subjects(session: Session, user_ids: Iterable[int | None]) -> dict[int, str]:
+    """The `sub` of each user row id given (one query; ids of deleted users are absent),
+    so audit rows about a user's tokens name the user (issue #11)."""
+    ids = {user_id for user_id in user_ids if user_id is not None}
+    if not ids:
+        return {}
+    rows = session.execute(select(User.id, User.subject).where(User.id.in_(ids)))
+    return {user_id: subject for user_id, subject in rows}
 
 
 @dataclass(frozen=True)
@@ -193,7 +217,8 @@ class NewRefreshToken:
     """A refresh token as issued (RFC 6749 §6) in its family (RFC 9700 §4.14.2): stored
     by its SHA-256 digest `token_hash`, never the token; `parent_id` is the row it
     rotated (None for the family's first). `family_expires_at` is the family's absolute
-    end (None: no limit). Times are UTC."""
+    end (None: no limit). `dpop_jkt`: the DPoP key a public client's token is bound to
+    (RFC 9449 §5; None: not bound). Times are UTC."""
 
     token_hash: str
     family_id: str
@@ -204,6 +229,7 @@ class NewRefreshToken:
     issued_at: datetime
     expires_at: datetime
     family_expires_at: datetime | None = None
+    dpop_jkt: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -57,6 +57,9 @@ class CredentialRow:
     last_refresh_error: str | None = None
     last_refresh_error_at: datetime | None = None
     refresh_failures: int = 0
+    refresh_failing_since: datetime | None = None
+    last_refresh_error_class: str | None = None
+    next_refresh_at: datetime | None = None
 
     def refreshing(self, now: datetime) -> bool:
         """A refresh is in flight at the provider and its lease still holds."""
@@ -87,6 +90,9 @@ CREDENTIAL_COLUMNS = (
     UpstreamCredential.last_refresh_error,
     UpstreamCredential.last_refresh_error_at,
     UpstreamCredential.refresh_failures,
+    UpstreamCredential.refresh_failing_since,
+    UpstreamCredential.last_refresh_error_class,
+    UpstreamCredential.next_refresh_at,
 )
 
 
@@ -184,14 +190,16 @@ def store_tokens(
     account_email: str | None = None,
 ) -> None:
     """Replace a grant's tokens (after a refresh, or a new consent which also clears
-    `needs_consent`, the refresh mark and the failure count: a refresh of the old grant
-    still in flight then stores nothing). `refreshed` sets `last_refreshed_at`."""
+    `needs_consent`, the refresh mark, the failure count and backoff: a refresh of the old
+    grant still in flight then stores nothing, and the grant's health is `ok`).
+    `refreshed` sets `last_refreshed_at`."""
     values = token_values(sealed, access_expires_at, scope, now)
     if refreshed:
         values["last_refreshed_at"] = now
     else:
         values.update(needs_consent=False, consent_error=None, refresh_failures=0)
         values.update(refresh_started_at=None, refresh_lease_until=None)
+        values.update(refresh_failing_since=None, next_refresh_at=None)
     if account_email is not None:
         values["account_email"] = account_email
     session.execute(
@@ -276,6 +284,10 @@ class ConnectionStatus:
     last_refresh_error: str | None = None
     last_refresh_error_at: datetime | None = None
     refresh_failures: int = 0
+    refresh_failing_since: datetime | None = None
+    last_refresh_error_class: str | None = None
+    next_refresh_at: datetime | None = None
+    access_issued_at: datetime | None = None
 
     def refresh_state(self, now: datetime) -> str | None:
         """`in_progress` (a refresh is at the provider, its lease holds), `interrupted`
@@ -311,6 +323,10 @@ def connection_status(session: Session, branch_id: str | None = None) -> list[Co
         UpstreamCredential.last_refresh_error,
         UpstreamCredential.last_refresh_error_at,
         UpstreamCredential.refresh_failures,
+        UpstreamCredential.refresh_failing_since,
+        UpstreamCredential.last_refresh_error_class,
+        UpstreamCredential.next_refresh_at,
+        UpstreamCredential.access_issued_at,
     ).select_from(Branch)
     stmt = (
         join_branch_grant(stmt)
@@ -320,24 +336,16 @@ def connection_status(session: Session, branch_id: str | None = None) -> list[Co
     if branch_id is not None:
         stmt = stmt.where(Branch.branch_id == branch_id)
     return [
-        ConnectionStatus(
-            branch_id=row[0],
-            name=row[1],
-            active=bool(row[2]),
-            provider=row[3],
-            credential_id=row[4],
-            account_email=row[5],
-            scope=row[6],
-            access_expires_at=row[7],
-            last_refreshed_at=row[8],
-            needs_consent=bool(row[9]),
-            consent_error=row[10],
-            branches_sharing=int(row[11] or 0),
-            refresh_started_at=row[12],
-            refresh_lease_until=row[13],
-            last_refresh_error=row[14],
-            last_refresh_error_at=row[15],
-            refresh_failures=int(row[16] or 0),
+        ConnectionStatus(  # the columns above, in the dataclass's field order
+            *row[:2],
+            bool(row[2]),
+            *row[3:9],
+            bool(row[9]),
+            row[10],
+            int(row[11] or 0),
+            *row[12:16],
+            int(row[16] or 0),
+            *row[17:],
         )
         for row in session.execute(stmt)
     ]

@@ -1,7 +1,15 @@
 """Keeping an upstream grant's access token fresh for token exchange (DESIGN.md
-"Upstream brokering" 3): refresh at the provider under the grant's row lock, so that
+"Upstream brokering" 3): refresh at the provider under the grant's refresh mark, so that
 concurrent exchanges cause one upstream refresh; `invalid_grant` marks the grant as
 needing consent.
+
+The proactive refresh worker (`upstream.worker`, issue #14 item 1) claims due grants
+itself (`storage.upstream_refresh.claim_due`) and hands each claim to `refresh_claimed`:
+the provider call and every outcome's write are this module's, for both paths. Health
+transitions (issue #14 items 2-3) are written in the outcome's transaction, with their
+webhook event (`storage.outbox`): `branch.needs_consent` per linked branch,
+`upstream.refresh_failing` when OAUTH2_UPSTREAM_FAILING_THRESHOLD failures are reached,
+`upstream.recovered` on the success after it.
 """
 
 from __future__ import annotations
@@ -9,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.exc import DBAPIError
@@ -22,80 +29,38 @@ from oauth2_server.storage import upstream as storage
 from oauth2_server.storage import upstream_refresh as refresh_storage
 from oauth2_server.storage import utcnow
 from oauth2_server.upstream.base import UpstreamBase, printable
+from oauth2_server.upstream.claims import (
+    WORKER,
+    Caller,
+    Claim,
+    CredentialGone,
+    NeedsConsent,
+    RefreshError,
+    RefreshMisconfigured,
+    RefreshUnavailable,
+    iso,
+    lock_busy,
+    observe,
+)
 from oauth2_server.upstream.client import TokenResponse, UpstreamRejected, UpstreamUnavailable
-from oauth2_server.upstream.freshness import refresh_due
+from oauth2_server.upstream.events import notify, notify_needs_consent
+from oauth2_server.upstream.freshness import refresh_due, retry_delay
 from oauth2_server.upstream.providers import Provider, ProviderNotConfigured, UnknownProvider
 from oauth2_server.upstream.sealing import REFRESH, seal_tokens
+
+__all__ = [
+    "CredentialGone",
+    "NeedsConsent",
+    "RefreshError",
+    "RefreshMisconfigured",
+    "RefreshUnavailable",
+    "Refreshing",
+]
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1  # how often a waiter looks at another process's refresh mark
 LEASE_MARGIN = 5.0  # seconds a mark outlives the refresh cap before it may be taken over
-LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout expired
-
-
-def _observe(provider: str, outcome: str, started: float) -> None:
-    """Count one call to `provider`'s token endpoint (`oauth2_upstream_refreshes_total`)
-    and its latency since `started` (perf_counter seconds)."""
-    metrics.UPSTREAM_REFRESHES.labels(provider, outcome).inc()
-    metrics.UPSTREAM_DURATION.labels(provider).observe(time.perf_counter() - started)
-
-
-# -- refresh outcomes (what token exchange turns into RFC 8693 §2.2.2 errors) ------------
-
-
-class RefreshError(Exception):
-    """A grant could not be made fresh; the message is safe to show the client."""
-
-
-class NeedsConsent(RefreshError):
-    """The provider refused the grant (`invalid_grant`): an admin must reconnect."""
-
-
-class CredentialGone(RefreshError):
-    """The branch was disconnected while the exchange ran."""
-
-
-class RefreshUnavailable(RefreshError):
-    """The provider timed out, failed (5xx) or answered unreadably, or another refresh of
-    the grant is still in flight; the stored tokens did not change (a refresh past its
-    caller's deadline may still store new ones)."""
-
-
-class RefreshMisconfigured(RefreshError):
-    """This server cannot refresh: provider not configured, client rejected by the
-    provider, or stored ciphertext that does not decrypt."""
-
-
-@dataclass(frozen=True)
-class _Caller:
-    """Who asked for the refresh (for its audit rows)."""
-
-    client_id: str
-    branch_id: str
-    context: RequestContext
-
-
-@dataclass(frozen=True)
-class _Claim:
-    """A refresh this process claimed: the row as seen, the mark's time, the provider and
-    the refresh token in clear, and the interrupted mark it took over (if any)."""
-
-    row: storage.CredentialRow
-    started: datetime
-    provider: Provider
-    refresh_token: str
-    took_over: datetime | None
-
-
-def _iso(value: datetime | None) -> str:
-    return value.isoformat(timespec="seconds") if value is not None else "?"
-
-
-def _lock_busy(exc: DBAPIError) -> bool:
-    """The statement gave up waiting for a lock (PostgreSQL lock_timeout, SQLite busy)."""
-    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-    return code == LOCK_NOT_AVAILABLE or "database is locked" in str(exc.orig)
 
 
 class Refreshing(UpstreamBase):
@@ -119,7 +84,7 @@ class Refreshing(UpstreamBase):
         task = self._inflight.get(credential_id)
         if task is None:
             task = asyncio.get_running_loop().create_task(
-                self._refresh(credential_id, _Caller(client_id, branch_id, context))
+                self._refresh(credential_id, Caller(client_id, branch_id, context))
             )
             self._inflight[credential_id] = task
             task.add_done_callback(lambda done: self._settled(credential_id, done))
@@ -153,29 +118,60 @@ class Refreshing(UpstreamBase):
                 lambda db: refresh_storage.read_credential(db, credential_id)
             )
 
-    async def _refresh(self, credential_id: str, caller: _Caller) -> None:
+    async def _refresh(self, credential_id: str, caller: Caller) -> None:
         """The shielded task: claim the refresh (or share another's outcome), call the
         provider within OAUTH2_UPSTREAM_REFRESH_CAP, store the outcome."""
         claim = await self._claim(credential_id, caller)
         if claim is None:
             return  # fresh: refreshed by another refresher while this one looked
+        await self._call_and_store(claim, caller)
+
+    async def refresh_claimed(self, row: storage.CredentialRow, started: datetime) -> str:
+        """Refresh grant `row`, which the refresh worker claimed at `started` (its mark,
+        `storage.upstream_refresh.claim_due`), exactly as an exchange's refresh would.
+        Returns the outcome: `ok`, `needs_consent` or `failed` (recorded on the grant,
+        with its backoff; never raised)."""
+        event = self._event("upstream_refresh_failed", row, WORKER)
+        opened = self._provider_and_token(row, f"grant {row.id}", event)
+        if isinstance(opened, RefreshError):
+            await self._failed(
+                Claim(row, started, None, "", None), WORKER, str(opened), [], "misconfigured"
+            )
+            return "failed"
+        took_over = row.refresh_started_at if row.interrupted(started) else None
+        try:
+            await self._call_and_store(Claim(row, started, *opened, took_over), WORKER)
+        except NeedsConsent:
+            return "needs_consent"
+        except RefreshError:
+            return "failed"
+        return "ok"
+
+    async def _call_and_store(self, claim: Claim, caller: Caller) -> None:
+        """Call the provider for a claimed refresh (within OAUTH2_UPSTREAM_REFRESH_CAP) and
+        store the outcome. Raises NeedsConsent, RefreshUnavailable or
+        RefreshMisconfigured when there are no new tokens."""
+        if claim.provider is None:
+            raise RefreshMisconfigured(f"{claim.row.provider} is not configured")
         started = time.perf_counter()
         try:
             tokens = await self.client.refresh(claim.provider, claim.refresh_token)
         except UpstreamUnavailable as exc:
-            _observe(claim.row.provider, "unavailable", started)
-            await self._failed(claim, caller, printable(exc), ["upstream_unavailable"])
+            observe(claim.row.provider, "unavailable", started)
+            await self._failed(
+                claim, caller, printable(exc), ["upstream_unavailable"], "upstream_unavailable"
+            )
             raise RefreshUnavailable(printable(exc)) from None
         except UpstreamRejected as exc:
             invalid_grant = exc.error == "invalid_grant"
-            _observe(claim.row.provider, "needs_consent" if invalid_grant else "refused", started)
+            observe(claim.row.provider, "needs_consent" if invalid_grant else "refused", started)
             if invalid_grant:
                 raise await self._refused(claim, caller, exc) from None
-            await self._failed(claim, caller, printable(exc), [])
+            await self._failed(claim, caller, printable(exc), [], "provider_refused")
             raise RefreshMisconfigured(
                 f"{claim.row.provider} refused this server's refresh request ({printable(exc)})"
             ) from None
-        _observe(claim.row.provider, "ok", started)
+        observe(claim.row.provider, "ok", started)
         late = time.perf_counter() - started > self.settings.upstream_timeout
         narrowed = await self._write(
             lambda db: self._store_refresh(db, claim, tokens, caller, late)
@@ -183,7 +179,7 @@ class Refreshing(UpstreamBase):
         if narrowed is not None:
             raise NeedsConsent(narrowed)
 
-    async def _claim(self, credential_id: str, caller: _Caller) -> _Claim | None:
+    async def _claim(self, credential_id: str, caller: Caller) -> Claim | None:
         """Claim the grant's refresh: None when it is fresh (nothing to do). While another
         refresher's mark is live, wait for its outcome (at most OAUTH2_UPSTREAM_TIMEOUT) and
         share it: its failure is raised here, without calling the provider again."""
@@ -207,7 +203,7 @@ class Refreshing(UpstreamBase):
                 waited_for = row.refresh_started_at
                 if time.monotonic() >= give_up:
                     raise RefreshUnavailable(
-                        f"a refresh of this grant is in progress since {_iso(waited_for)}"
+                        f"a refresh of this grant is in progress since {iso(waited_for)}"
                     )
                 await asyncio.sleep(POLL_SECONDS)
                 continue
@@ -219,15 +215,15 @@ class Refreshing(UpstreamBase):
                     log.warning(
                         "upstream grant %s: taking over a refresh interrupted since %s",
                         row.id,
-                        _iso(took_over),
+                        iso(took_over),
                     )
-                return _Claim(row, now, provider, refresh_token, took_over)
+                return Claim(row, now, provider, refresh_token, took_over)
 
-    async def _openable(self, row: storage.CredentialRow, caller: _Caller) -> tuple[Provider, str]:
+    async def _openable(self, row: storage.CredentialRow, caller: Caller) -> tuple[Provider, str]:
         """The grant's provider and refresh token in clear; RefreshMisconfigured (audited,
         nothing changed) when either is not to be had."""
         event = self._event("upstream_refresh_failed", row, caller)
-        opened = self._provider_and_token(row, caller.branch_id, event)
+        opened = self._provider_and_token(row, f"branch {caller.branch_id}", event)
         if isinstance(opened, RefreshError):
             await self._audit_failure(event)
             raise opened
@@ -243,13 +239,15 @@ class Refreshing(UpstreamBase):
         try:
             return await self._write(claim)
         except DBAPIError as exc:
-            if not _lock_busy(exc):
+            if not lock_busy(exc):
                 raise
             raise RefreshUnavailable("the grant is locked by another transaction") from None
 
     def _event(
-        self, action: str, row: storage.CredentialRow, caller: _Caller, **details: object
+        self, action: str, row: storage.CredentialRow, caller: Caller, **details: object
     ) -> AuditEvent:
+        if caller is WORKER:
+            details = {"by": "refresh_worker", **details}
         return AuditEvent(
             action,
             caller.context,
@@ -258,32 +256,58 @@ class Refreshing(UpstreamBase):
             details={"provider": row.provider, "credential_id": row.id, **details},
         )
 
-    def _claim_details(self, claim: _Claim) -> dict[str, object]:
+    def _claim_details(self, claim: Claim) -> dict[str, object]:
         if claim.took_over is None:
             return {}
-        return {"took_over_refresh_started_at": _iso(claim.took_over)}
+        return {"took_over_refresh_started_at": iso(claim.took_over)}
 
-    async def _failed(self, claim: _Claim, caller: _Caller, reason: str, flags: list[str]) -> None:
-        """End the claim without new tokens: clear the mark, record the failure, and its
-        audit row, in one transaction."""
-        event = self._event("upstream_refresh_failed", claim.row, caller, reason=reason)
-        event.details.update(self._claim_details(claim))
+    async def _failed(
+        self, claim: Claim, caller: Caller, reason: str, flags: list[str], error_class: str
+    ) -> None:
+        """End the claim without new tokens: clear the mark, record the failure (of kind
+        `error_class`; the worker's retry held back by `freshness.retry_delay`), its audit
+        row and, at OAUTH2_UPSTREAM_FAILING_THRESHOLD failures in a row, the
+        `upstream.refresh_failing` event, in one transaction."""
+        row, settings = claim.row, self.settings
+        event = self._event("upstream_refresh_failed", row, caller, reason=reason)
+        event.details.update(self._claim_details(claim), error_class=error_class)
         event.flags.extend(flags)
 
         def fail(db: Session) -> None:
-            if refresh_storage.fail_refresh(db, claim.row.id, claim.started, reason, utcnow()):
-                record(db, event)
+            now = utcnow()
+            # the backoff of the failure this makes (the count is only changed under a claim)
+            delay = retry_delay(
+                row.refresh_failures + 1,
+                settings.upstream_refresh_interval,
+                settings.upstream_refresh_backoff_max,
+            )
+            recorded = refresh_storage.fail_refresh(
+                db,
+                row.id,
+                claim.started,
+                reason,
+                now,
+                error_class=error_class,
+                retry_at=now + timedelta(seconds=delay),
+            )
+            if recorded is None:
+                return
+            record(db, event)
+            failures, since = recorded
+            if failures == settings.upstream_failing_threshold:
+                data = {"attempts": failures, "since": iso(since), "error_class": error_class}
+                notify(db, "upstream.refresh_failing", row, data)
 
         await self._write(fail)
 
-    async def _refused(self, claim: _Claim, caller: _Caller, exc: UpstreamRejected) -> NeedsConsent:
+    async def _refused(self, claim: Claim, caller: Caller, exc: UpstreamRejected) -> NeedsConsent:
         """`invalid_grant` (RFC 6749 §5.2): the grant is gone at the provider. Mark it as
         needing consent, with its audit row, in one transaction."""
         row = claim.row
         reason = f"{row.provider} refused the refresh: {printable(exc)}"
         if claim.took_over is not None:
             reason += (
-                f" (after a refresh started {_iso(claim.took_over)} was interrupted: the "
+                f" (after a refresh started {iso(claim.took_over)} was interrupted: the "
                 "provider may have rotated the refresh token in its lost answer)"
             )
         event = self._event("upstream_refresh_failed", row, caller, reason=reason)
@@ -295,12 +319,13 @@ class Refreshing(UpstreamBase):
                 db, row.id, reason, utcnow(), started=claim.started
             ):
                 record(db, event)
+                notify_needs_consent(db, row, "invalid_grant")
 
         await self._write(mark)
         return NeedsConsent(reason)
 
     def _provider_and_token(
-        self, row: storage.CredentialRow, branch_id: str, event: AuditEvent
+        self, row: storage.CredentialRow, whose: str, event: AuditEvent
     ) -> tuple[Provider, str] | RefreshError:
         """The grant's provider and its refresh token in clear, or the RefreshMisconfigured
         failure (with its reason in `event`) when either is not to be had."""
@@ -314,12 +339,12 @@ class Refreshing(UpstreamBase):
             event.details["reason"] = "stored refresh token does not decrypt"
             metrics.UPSTREAM_REFRESHES.labels(row.provider, "undecryptable").inc()
             return RefreshMisconfigured(
-                f"the stored {row.provider} grant of branch {branch_id} does not decrypt "
+                f"the stored {row.provider} grant of {whose} does not decrypt "
                 "(tampered, or its encryption key is gone); reconnect the branch"
             )
 
     def _store_refresh(
-        self, db: Session, claim: _Claim, tokens: TokenResponse, caller: _Caller, late: bool
+        self, db: Session, claim: Claim, tokens: TokenResponse, caller: Caller, late: bool
     ) -> str | None:
         """Store a refresh's answer while the claim's mark is still its own, with its audit
         row. Returns the needs-consent reason when the answer lacks a scope the provider
@@ -363,6 +388,8 @@ class Refreshing(UpstreamBase):
             **self._claim_details(claim),
         }
         record(db, self._event("upstream_refreshed", row, caller, **details))
+        if row.refresh_failures >= self.settings.upstream_failing_threshold:
+            notify(db, "upstream.recovered", row, {"after_attempts": row.refresh_failures})
         lacking = provider.spec.required_scopes - set(scope.split())
         if not lacking:
             return None
@@ -374,4 +401,5 @@ class Refreshing(UpstreamBase):
         event = self._event("upstream_refresh_failed", row, caller, reason=reason, scope=scope)
         event.flags.extend(["needs_consent", "scope_narrowed"])
         record(db, event)
+        notify_needs_consent(db, row, "scope_narrowed")
         return reason

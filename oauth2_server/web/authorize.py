@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import re
 import secrets
+import time
 from urllib.parse import urlencode, urlsplit
 
 from starlette.middleware.sessions import SessionMiddleware
@@ -29,6 +30,7 @@ from oauth2_server.oauth.authorization import (
     LoginThrottled,
 )
 from oauth2_server.oauth.bridge import OAuthRequest
+from oauth2_server.oauth.par import session_key
 from oauth2_server.oauth.server import OAuthService
 from oauth2_server.registry.redirect_uris import loopback_host
 from oauth2_server.web.forms import (
@@ -68,6 +70,7 @@ UNECHOABLE = {
 
 SESSION_USER = "uid"
 SESSION_CSRF = "csrf"
+SESSION_PUSHED = "par"  # the pushed authorization request this browser is in (RFC 9126)
 # The trusted-device cookie (oauth.authorization): signed, HttpOnly, SameSite=Lax, Secure
 # outside development, sent to the authorization endpoint only.
 DEVICE_COOKIE = "oauth2_device"
@@ -142,6 +145,15 @@ async def _login_again(
     return _login_page(request, prompt, status, error=error)
 
 
+def _fresh_session(request: Request) -> None:
+    """Empty the session (sign-in, sign-out) but for the pushed authorization request the
+    browser is in (RFC 9126), which it can take from the database only once."""
+    pushed = request.session.get(SESSION_PUSHED)
+    request.session.clear()
+    if pushed is not None:
+        request.session[SESSION_PUSHED] = pushed
+
+
 async def _sign_out(request: Request, service: OAuthService) -> Response:
     """The "not you?" form: end the session (a new CSRF token follows; audited
     `signed_out`) and show the login page for the same authorization request (303 to
@@ -149,7 +161,7 @@ async def _sign_out(request: Request, service: OAuthService) -> Response:
     await service.authorization.signed_out(
         request.session.get(SESSION_USER), request_context(request)
     )
-    request.session.clear()
+    _fresh_session(request)
     return RedirectResponse(
         request.url.path + "?" + urlencode(parse_params(request.url.query), doseq=True),
         status_code=303,
@@ -184,7 +196,11 @@ async def authorize(request: Request) -> Response:
             )
     if action == "logout":
         return await _sign_out(request, service)
-    oauth = oauth_request(request, service.issuer, query, service.allow_http)
+    pushed = await _pushed_parameters(request, service, query)
+    if isinstance(pushed, Response):
+        return pushed
+    oauth = oauth_request(request, service.issuer, pushed, service.allow_http)
+    oauth.token_context.pushed = "request_uri" in query
     force_consent = "consent" in query.get("prompt", [""])[0].split()
     try:
         if action == "login":
@@ -204,6 +220,43 @@ async def authorize(request: Request) -> Response:
         request.session.pop(SESSION_USER, None)
         return _login_page(request, result)
     return _consent_page(request, service, result, user.username)
+
+
+async def _pushed_parameters(
+    request: Request, service: OAuthService, query: dict[str, list[str]]
+) -> dict[str, list[str]] | Response:
+    """The authorization request to act on (RFC 9126 §4): the query string, or with a
+    `request_uri` the parameters pushed under it. The first use takes them from the
+    database (once, `oauth.par`) into this browser's signed session, where the login and
+    consent steps that follow on the same URL find them until they expire. Refusals are
+    error pages, never redirects."""
+    request_uri = query.get("request_uri", [None])[0]
+    if request_uri is None:
+        if service.settings.require_pushed_authorization_requests:
+            return _error_page(
+                request,
+                "invalid_request",
+                "this server accepts authorization requests only through "
+                "/oauth2/par (RFC 9126 section 5)",
+                400,
+            )
+        return query
+    client_id = query.get("client_id", [""])[0]
+    held = request.session.get(SESSION_PUSHED)
+    key = session_key(request_uri)
+    if held and held["key"] == key and held["client_id"] == client_id and held["exp"] > time.time():
+        return held["params"]
+    try:
+        taken = await service.pushed.take(request_uri, client_id, request_context(request))
+    except AuthorizationPageError as exc:
+        return _error_page(request, exc.error, exc.description, exc.status)
+    request.session[SESSION_PUSHED] = {
+        "key": key,
+        "client_id": client_id,
+        "params": taken.parameters,
+        "exp": taken.expires_at.timestamp(),
+    }
+    return taken.parameters
 
 
 def _consent_page(
@@ -250,7 +303,7 @@ async def _login(
     if user is None:
         return await _login_again(request, service, oauth, 401, "Wrong username or password.")
     # A fresh session on sign-in: new CSRF token, nothing carried over.
-    request.session.clear()
+    _fresh_session(request)
     request.session[SESSION_USER] = user.id
     _csrf_token(request)
     response = RedirectResponse(

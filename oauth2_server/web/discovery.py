@@ -7,6 +7,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from oauth2_server.oauth.dpop import ALGORITHMS as DPOP_ALGORITHMS
 from oauth2_server.oauth.introspection_jwt import SIGNING_ALG_VALUES
 from oauth2_server.oauth.server import OAuthService
 
@@ -14,6 +15,7 @@ from oauth2_server.oauth.server import OAuthService
 def server_metadata(service: OAuthService) -> dict[str, Any]:
     """RFC 8414 §2 metadata: every endpoint, grant, auth method; PKCE S256 only."""
     issuer = service.issuer
+    settings = service.settings
     auth_methods = ["client_secret_basic", "client_secret_post", "none"]
     return {
         "issuer": issuer,
@@ -31,6 +33,9 @@ def server_metadata(service: OAuthService) -> dict[str, Any]:
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": True,
+        "pushed_authorization_request_endpoint": f"{issuer}/oauth2/par",
+        "dpop_signing_alg_values_supported": list(DPOP_ALGORITHMS),
+        "require_pushed_authorization_requests": settings.require_pushed_authorization_requests,
     }
 
 

@@ -1,4 +1,5 @@
-"""Token (RFC 6749 §3.2), introspection (RFC 7662) and revocation (RFC 7009) over HTTP.
+"""Token (RFC 6749 §3.2), introspection (RFC 7662), revocation (RFC 7009) and pushed
+authorization requests (RFC 9126) over HTTP.
 
 Parameters come from the POST body only, never the query string (DESIGN.md).
 """
@@ -48,6 +49,11 @@ async def token(request: Request) -> Response:
 async def introspect(request: Request) -> Response:
     """POST /oauth2/introspect (and /introspect): RFC 7662 §2."""
     return await _handle(request, lambda service, req: service.introspect(req))
+
+
+async def pushed_authorization_request(request: Request) -> Response:
+    """POST /oauth2/par: RFC 9126 §2."""
+    return await _handle(request, lambda service, req: service.push_authorization_request(req))
 
 
 async def revoke(request: Request) -> Response:

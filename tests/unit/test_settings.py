@@ -287,6 +287,7 @@ def test_secret_flags_are_the_settings_that_hold_passwords_or_keys():
         "OAUTH2_ENCRYPTION_KEYS",
         "OAUTH2_UPSTREAM_GOOGLE_CLIENT_SECRET",
         "OAUTH2_UPSTREAM_MICROSOFT_CLIENT_SECRET",
+        "OAUTH2_WEBHOOK_SECRET",
     }
 
 

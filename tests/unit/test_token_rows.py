@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from oauth2_server.db.models import AccessToken, AuthorizationCode, Base, RefreshToken
+from oauth2_server.db.models import AccessToken, AuthorizationCode, Base, RefreshToken, User
 from oauth2_server.storage import tokens
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -21,7 +21,8 @@ NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 @pytest.fixture
 def session() -> Iterator[Session]:
     engine = create_engine("sqlite://")
-    tables = [model.__table__ for model in (AccessToken, AuthorizationCode, RefreshToken)]
+    models = (AccessToken, AuthorizationCode, RefreshToken, User)  # User: rows name the user
+    tables = [model.__table__ for model in models]
     Base.metadata.create_all(engine, tables=tables)
     with Session(engine) as session:
         yield session
