@@ -15,6 +15,7 @@ import requests
 from sqlalchemy import insert, text
 
 from oauth2_server.audit import chain as audit_chain
+from oauth2_server.audit import sealing
 from oauth2_server.audit.log import AuditEvent, RequestContext
 from oauth2_server.db.engine import create_engine, create_sessionmaker
 from oauth2_server.db.models import TokenLog
@@ -136,7 +137,12 @@ async def _with_sessions(db: Database, call: Any) -> Any:
 
 def seal(db: Database, delay: float = 0) -> int:
     """Seal pending audit rows now (in-process)."""
-    return asyncio.run(_with_sessions(db, lambda s: audit_chain.seal_pending(s, delay)))
+    return asyncio.run(_with_sessions(db, lambda s: _sealed(s, delay)))
+
+
+async def _sealed(sessions: Any, delay: float, margin: float = sealing.DEFAULT_MARGIN) -> int:
+    """Rows sealed by one unsigned run of `audit.sealing.seal_pending`."""
+    return (await sealing.seal_pending(sessions, delay, margin=margin)).sealed
 
 
 def verify(db: Database, expect: tuple[int, str] | None = None) -> audit_chain.VerifyReport:

@@ -27,8 +27,8 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.api_jws import PyJWS
 
-from oauth2_server.audit import chain as audit_chain
 from tests.admin_helpers import (
+    _sealed,
     _with_sessions,
     admin_api,
     assert_error,
@@ -63,7 +63,7 @@ def _sealed_rows(db: Any, client: str, values: list[dict[str, Any]]) -> None:
     # seal behind a 1.5 s horizon (the server's batched rows, restamped after 1 s, are
     # in by then: no straggler is left for later tests), once these rows are behind it
     time.sleep(SEAL_MARGIN + 0.3)
-    asyncio.run(_with_sessions(db, lambda s: audit_chain.seal_pending(s, 0, margin=SEAL_MARGIN)))
+    asyncio.run(_with_sessions(db, lambda s: _sealed(s, 0, margin=SEAL_MARGIN)))
     assert db.count("oauth2_token_logs", "client_id = :c AND seal_seq IS NULL", c=client) == 0
 
 

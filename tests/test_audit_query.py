@@ -19,8 +19,8 @@ import pytest
 from pydantic import TypeAdapter
 
 from oauth2_server.admin import answers
-from oauth2_server.audit import chain as audit_chain
 from tests.admin_helpers import (
+    _sealed,
     _with_sessions,
     admin_api,
     assert_error,
@@ -240,9 +240,7 @@ AUDIT_PAGE = TypeAdapter(answers.AuditPage)
 
 def seal_now(db) -> int:
     """Seal every row up to now (no delay, no margin), in-process."""
-    return asyncio.run(
-        _with_sessions(db, lambda sessions: audit_chain.seal_pending(sessions, 0, margin=0))
-    )
+    return asyncio.run(_with_sessions(db, lambda sessions: _sealed(sessions, 0, margin=0)))
 
 
 def _watermark_walk(admin, after: int, limit: int, **params) -> tuple[list[dict], int]:

@@ -23,8 +23,7 @@ from typing import Any
 
 import pytest
 
-from oauth2_server.audit import chain as audit_chain
-from tests.admin_helpers import Introspector, _with_sessions, run_cli
+from tests.admin_helpers import Introspector, _sealed, _with_sessions, run_cli
 from tests.conftest import ROOT, free_port, server_env
 
 FLUSH_INTERVAL = "0.5"  # seconds: buffered rows commit up to this late
@@ -32,9 +31,7 @@ SEAL_MARGIN = 3.0  # seconds: the sealer keeps clear of rows that may still comm
 
 
 def seal(db, margin: float) -> int:
-    return asyncio.run(
-        _with_sessions(db, lambda sessions: audit_chain.seal_pending(sessions, 0, margin=margin))
-    )
+    return asyncio.run(_with_sessions(db, lambda sessions: _sealed(sessions, 0, margin=margin)))
 
 
 class TailProcess:

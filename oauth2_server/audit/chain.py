@@ -130,25 +130,6 @@ def move_anchor(session: Session, state: ChainState, last_removed: Any) -> None:
     )
 
 
-async def seal_pending(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    delay: float,
-    batch_size: int = 1000,
-    margin: float | None = None,
-) -> int:
-    """Seal rows up to the horizon without signing checkpoints (`audit.sealing.seal_pending`
-    does; tests and tools use this). Returns rows sealed."""
-    from oauth2_server.audit import sealing  # sealing imports this module
-
-    run = await sealing.seal_pending(
-        sessionmaker,
-        delay,
-        batch_size,
-        margin=sealing.DEFAULT_MARGIN if margin is None else margin,
-    )
-    return run.sealed
-
-
 @dataclass(frozen=True)
 class Problem:
     """The first break in the chain: `kind` is `altered`, `deleted`, `inserted`,

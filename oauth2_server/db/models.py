@@ -209,7 +209,7 @@ class TokenLog(Base):
 
     On PostgreSQL the table is partitioned by month on `created_at`, so the primary key
     is (`id`, `created_at`); SQLite keeps `id` alone as its rowid key. `seal_seq`,
-    `prev_hash` and `row_hash` are null until `audit.chain.seal_pending` links the row
+    `prev_hash` and `row_hash` are null until `audit.sealing.seal_pending` links the row
     into the hash chain, outside the request.
     """
 
