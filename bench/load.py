@@ -56,6 +56,7 @@ from bench import peer as peer_module  # noqa: E402
 from oauth2_server.crypto.keyring import generate_key_spec  # noqa: E402
 from oauth2_server.storage.clients import create_client  # noqa: E402
 
+WRK_THREADS = 2
 WRK_SCRIPT = textwrap.dedent(
     """
     wrk.method = "POST"
@@ -67,12 +68,43 @@ WRK_SCRIPT = textwrap.dedent(
     response = function(status, headers, body)
       if status ~= 200 then bad = bad + 1 end
     end
+    -- BENCH_REQUESTS: a file of single-use requests, one a line, "<DPoP header>\\t<body>"
+    -- (either may be empty: no header, the static body). Thread i of n takes lines i, i+n…
+    -- once each; past its share it starts over and counts `reused` (those are replays).
+    local threads, lines, index = {}, {}, 0
+    reused = 0
+    setup = function(thread)
+      thread:set("id", #threads)
+      table.insert(threads, thread)
+    end
+    init = function(args)
+      local path = os.getenv("BENCH_REQUESTS")
+      if not path or path == "" then return end
+      local n, i = tonumber(os.getenv("BENCH_THREADS")), 0
+      for line in io.lines(path) do
+        if i % n == id then
+          local tab = line:find("\\t", 1, true)
+          table.insert(lines, {line:sub(1, tab - 1), line:sub(tab + 1)})
+        end
+        i = i + 1
+      end
+      request = function()
+        index = index + 1
+        if index > #lines then reused = reused + 1 end
+        local item = lines[(index - 1) % #lines + 1]
+        local headers = {}  -- wrk.format does not add wrk.headers to a table it is given
+        for name, value in pairs(wrk.headers) do headers[name] = value end
+        if item[1] ~= "" then headers["DPoP"] = item[1] end
+        return wrk.format(nil, nil, headers, item[2] ~= "" and item[2] or nil)
+      end
+    end
     done = function(summary, latency, requests)
-      local e = summary.errors
+      local e, used = summary.errors, 0
+      for _, thread in ipairs(threads) do used = used + (thread:get("reused") or 0) end
       io.write(string.format(
-        '{"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"socket_errors":%d,"status_errors":%d}\\n',
+        '{"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"socket_errors":%d,"status_errors":%d,"reused":%d}\\n',
         summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-        e.connect + e.read + e.write + e.timeout, e.status))
+        e.connect + e.read + e.write + e.timeout, e.status, used))
     end
     """
 )
@@ -103,6 +135,7 @@ class Result:
     errors: int
     server_cpu_ms: float | None = None  # server CPU time per request (all workers), ms
     database_cpu_ms: float | None = None  # PostgreSQL backends' CPU time per request, ms
+    reused: int = 0  # requests that had to reuse a single-use line of a requests file
 
     def line(self) -> str:
         cpu = ""
@@ -110,6 +143,8 @@ class Result:
             cpu = f"   cpu/req server {self.server_cpu_ms:.3f} ms"
             if self.database_cpu_ms is not None:
                 cpu += f" + postgres {self.database_cpu_ms:.3f} ms"
+        if self.reused:
+            cpu += f"   EXHAUSTED: {self.reused} requests replayed a used proof/assertion"
         return (
             f"{self.name:<28} {self.requests_per_second:>9,.0f} req/s   "
             f"p50 {self.p50_ms:6.2f} ms   p99 {self.p99_ms:6.2f} ms   errors {self.errors}{cpu}"
@@ -181,15 +216,20 @@ def run_wrk(
     script: Path,
     server_pid: int | None = None,
     database_pids: Callable[[], list[int]] | None = None,
+    requests_file: Path | None = None,
 ) -> Result:
     """Run wrk against `url`; with `server_pid` (and `database_pids`), also the CPU time
-    the server's processes (and those PostgreSQL backends) spent per request."""
+    the server's processes (and those PostgreSQL backends) spent per request. With
+    `requests_file` (lines "<DPoP header>\\t<body>", each sent once: WRK_SCRIPT), every
+    request takes the next line instead of `body` alone."""
     env = {**os.environ, "BENCH_BODY": body, "BENCH_AUTH": auth}
+    if requests_file is not None:
+        env.update(BENCH_REQUESTS=str(requests_file), BENCH_THREADS=str(WRK_THREADS))
     server = _descendants(server_pid) if server_pid else []
     database = database_pids() if database_pids else []
     before = (cpu_seconds(server), cpu_seconds(database))
     output = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
+        ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
         env=env,
         capture_output=True,
         text=True,
@@ -210,6 +250,7 @@ def run_wrk(
         stats["socket_errors"] + stats["status_errors"],
         per_request[0],
         per_request[1] if database else None,
+        stats.get("reused", 0),
     )
 
 
@@ -377,9 +418,12 @@ class BenchContext:
     client_id: str
     secret: str
     env: dict[str, str]
+    seconds: int = 15  # the length of each wrk run
+    rate_hint: float | None = None  # req/s of client_credentials when it ran before, if so
 
 
-# name → function(context) returning (path, body, authorization header)
+# name → function(context) returning (path, body, authorization header), or those and a
+# requests file of single-use lines (`run_wrk`); such a scenario warms up by itself.
 SCENARIOS: dict[str, Callable[[BenchContext], tuple[str, str, str]]] = {}
 
 
@@ -417,6 +461,19 @@ def introspection(ctx: BenchContext) -> tuple[str, str, str]:
         urlencode({"token": token["access_token"]}),
         basic(ctx.client_id, ctx.secret),
     )
+
+
+def baseline_ratios(results: list[Result], baseline: str = "client_credentials") -> list[str]:
+    """Each other scenario's req/s as a ratio to `baseline`'s in the same run (issue #15:
+    the DPoP and private_key_jwt variants of client_credentials should keep >= 0.5)."""
+    base = next((r for r in results if r.name == baseline), None)
+    if base is None or base.requests_per_second <= 0:
+        return []
+    return [f"ratios to {baseline} (same run):"] + [
+        f"  {r.name:<36} {r.requests_per_second / base.requests_per_second:5.2f}"
+        for r in results
+        if r.name != baseline and not r.name.startswith("bare starlette")
+    ]
 
 
 def load_extra_scenarios() -> None:
@@ -575,12 +632,14 @@ def main() -> None:
             ctx = BenchContext(
                 base_url, args.database_url, engine, bench.client_id, bench.secret, env
             )
+            ctx.seconds = args.seconds
             body_size = 0
             for name, build in SCENARIOS.items():
                 if args.only and name not in args.only:
                     continue
-                path, body, auth = build(ctx)
-                body_size = max(body_size, warm_up(base_url + path, body, auth))
+                path, body, auth, *requests_file = build(ctx)
+                if not requests_file:  # a scenario with a requests file warmed up by itself
+                    body_size = max(body_size, warm_up(base_url + path, body, auth))
                 before = scrape(base_url)
                 results.append(
                     run_wrk(
@@ -593,10 +652,13 @@ def main() -> None:
                         script,
                         server_pid=server.pid,
                         database_pids=postgres_backends(engine, bench.database),
+                        requests_file=requests_file[0] if requests_file else None,
                     )
                 )
                 print(results[-1].line(), flush=True)
                 print(tail_summary(before, scrape(base_url)), flush=True)
+                if name == "client_credentials":
+                    ctx.rate_hint = results[-1].requests_per_second
             log_rows = (
                 engine.connect().execute(text("SELECT count(*) FROM oauth2_token_logs")).scalar()
             )
@@ -645,6 +707,7 @@ def main() -> None:
             bare.terminate()
             bare.wait(timeout=30)
     print(f"audit rows written: {log_rows}")
+    print("\n".join(baseline_ratios(results)))
     if peer_results:
         print("\n".join(peer_module.ratio_lines(results, peer_results)))
     engine.dispose()

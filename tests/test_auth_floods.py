@@ -2,7 +2,9 @@
 (issue #8 item 2; RFC 6749 §2.3.1 client authentication, §10.10 guessing; OWASP device
 cookies; DESIGN.md invariants 8-10).
 
-The servers here trust X-Forwarded-For from 127.0.0.1, so a test can play many IPs.
+The servers here trust X-Forwarded-For from 127.0.0.1, so a test can play many IPs. Tests
+that share a `module_server` (same limit) each use their own IPs, clients and users, and
+read /metrics as differences over their own requests.
 argon2 work is observed through `oauth2_argon2_verifications_total` in /metrics and held
 limiter keys through `oauth2_limiter_keys`; nothing of ours is patched.
 """
@@ -77,10 +79,10 @@ def make_legacy(db: Any, client_id: str, secret: str) -> str:
 # -- client secrets --------------------------------------------------------------------
 
 
-def test_wrong_secret_flood_from_many_ips_never_refuses_the_correct_secret(start_server, db):
+def test_wrong_secret_flood_from_many_ips_never_refuses_the_correct_secret(module_server, db):
     """A correct secret always passes: its check is a constant-time compare before any
     limit, however many failures others caused from however many IPs."""
-    live = start_server(OAUTH2_CLIENT_AUTH_FAILURE_LIMIT="3", **TRUST_PROXY)
+    live = module_server(OAUTH2_CLIENT_AUTH_FAILURE_LIMIT="3", **TRUST_PROXY)
     client_id, secret = db.create_client()
     answers = []
     for i in range(30):
@@ -92,11 +94,11 @@ def test_wrong_secret_flood_from_many_ips_never_refuses_the_correct_secret(start
     assert answers[:3] == [401, 401, 401]
 
 
-def test_wrong_secrets_spread_over_many_clients_are_limited_per_ip(start_server, db):
+def test_wrong_secrets_spread_over_many_clients_are_limited_per_ip(module_server, db):
     """RFC 6749 §10.10: a guesser trying one wrong secret for each of many clients stays
     under every per-client limit; the per-IP count stops it (429 with Retry-After). Other
     IPs are not affected, and the correct secret still passes from the guessing IP."""
-    live = start_server(OAUTH2_CLIENT_AUTH_FAILURE_LIMIT="3", **TRUST_PROXY)
+    live = module_server(OAUTH2_CLIENT_AUTH_FAILURE_LIMIT="3", **TRUST_PROXY)
     clients = [db.create_client() for _ in range(5)]
     answers = [
         token_request(live, (client_id, "wrong"), ip="10.15.0.1").status_code
@@ -129,9 +131,9 @@ def test_legacy_argon2_secret_verifies_once_then_is_stored_as_sha256(start_serve
     assert metric(live, "oauth2_argon2_verifications_total") == before + 1
 
 
-def test_concurrent_wrong_secrets_for_a_legacy_client_run_at_most_the_limit(start_server, db):
+def test_concurrent_wrong_secrets_for_a_legacy_client_run_at_most_the_limit(module_server, db):
     """The attempt is reserved BEFORE argon2 runs, so concurrent guesses cannot overshoot."""
-    live = start_server(OAUTH2_CLIENT_AUTH_FAILURE_LIMIT="5", **TRUST_PROXY)
+    live = module_server(OAUTH2_CLIENT_AUTH_FAILURE_LIMIT="5", **TRUST_PROXY)
     client_id, secret = db.create_client()
     make_legacy(db, client_id, secret)
     before = metric(live, "oauth2_argon2_verifications_total")
@@ -246,11 +248,11 @@ def concurrent_logins(
 
 
 def test_guessing_elsewhere_never_locks_out_a_browser_with_its_device_cookie(
-    start_server, db, unique
+    module_server, db, unique
 ):
     """OWASP device cookies: 20 wrong passwords from rotating IPs exhaust the per-username
     budget of browsers WITHOUT the cookie; the user's own browser keeps signing in."""
-    live = start_server(OAUTH2_CLIENT_AUTH_FAILURE_LIMIT="5", **TRUST_PROXY)
+    live = module_server(OAUTH2_CLIENT_AUTH_FAILURE_LIMIT="5", **TRUST_PROXY)
     client_id = web_client(db)
     user = db.create_user(unique("dora"), PASSWORD)
     own = requests.Session()
@@ -283,8 +285,8 @@ def test_guessing_elsewhere_never_locks_out_a_browser_with_its_device_cookie(
     assert wait_for(lambda: db.count("oauth2_token_logs", "action = 'login_throttled'") >= 1)
 
 
-def test_concurrent_wrong_logins_never_exceed_the_limit_in_argon2_runs(start_server, db, unique):
-    live = start_server(OAUTH2_CLIENT_AUTH_FAILURE_LIMIT="5", **TRUST_PROXY)
+def test_concurrent_wrong_logins_never_exceed_the_limit_in_argon2_runs(module_server, db, unique):
+    live = module_server(OAUTH2_CLIENT_AUTH_FAILURE_LIMIT="5", **TRUST_PROXY)
     user = db.create_user(unique("eve"), PASSWORD)
     before = metric(live, "oauth2_argon2_verifications_total")
     attempts = [(user.username, f"x{i}", "10.9.0.1") for i in range(20)]

@@ -77,6 +77,15 @@ def wait_delivered_rows(db, event_ids: set[str], timeout: float = 20.0) -> list[
         time.sleep(0.1)
 
 
+def poll(condition: Any, timeout: float = 15.0) -> None:
+    """Wait until `condition()` is true (checked every 0.05 s); AssertionError at `timeout`
+    seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
 def assert_in_order_once(receiver: Receiver, subjects: list[str], per_subject: int) -> None:
     """Every event of `subjects` accepted exactly once, and in `n` order per subject."""
     accepted = receiver.wait_for(len(subjects) * per_subject, set(subjects))
@@ -165,6 +174,25 @@ def test_client_deactivation_and_deletion_notify_in_order_and_refusals_do_not(
     assert db.count("oauth2_webhook_outbox", "subject = :s", s=f"client:{admin.client_id}") == 0
 
 
+def test_a_stopping_server_hands_back_the_event_it_was_sending(start_server, db, unique, receiver):
+    """Graceful shutdown mid-POST ends the lease at once (outbox.release): the event is
+    not held for timeout + LEASE_MARGIN seconds before another loop may retry it."""
+    receiver.delay = 3.0  # the POST is in flight when the server stops
+    subject = unique("subj")
+    enqueue_many(db, [subject], 1)
+    live = start_server(**hook_settings(receiver, OAUTH2_WEBHOOK_TIMEOUT="10"))
+    leased = "subject = :s AND lease_until IS NOT NULL AND delivered_at IS NULL"
+    deadline = time.monotonic() + 10
+    while db.count("oauth2_webhook_outbox", leased, s=f"test:{subject}") == 0:
+        assert time.monotonic() < deadline, "the event was never claimed"
+        time.sleep(0.05)
+    live.stop()
+    assert db.count("oauth2_webhook_outbox", leased, s=f"test:{subject}") == 0
+    receiver.delay = 0.0
+    start_server(**hook_settings(receiver))
+    assert len(receiver.wait_for(1, {subject}, timeout=10.0)) == 1
+
+
 def test_receiver_down_then_up_gets_every_event_once_in_order_per_subject(
     start_server, db, unique, receiver
 ):
@@ -172,15 +200,16 @@ def test_receiver_down_then_up_gets_every_event_once_in_order_per_subject(
     subjects = [unique("subj") for _ in range(4)]
     ids = enqueue_many(db, subjects, 4)
     first = start_server(**hook_settings(receiver))
-    time.sleep(1.5)
-    first.stop()  # a restart while events are pending: their state is in the table
     head = f"test:{subjects[0]}"
-    tried = db.scalar("SELECT max(attempts) FROM oauth2_webhook_outbox WHERE subject = :s", s=head)
+    attempts = "SELECT max(attempts) FROM oauth2_webhook_outbox WHERE subject = :s"
+    poll(lambda: db.scalar(attempts, s=head) and "failing (ConnectError)" in first.log())
+    first.stop()  # a restart while events are pending: their state is in the table
+    tried = db.scalar(attempts, s=head)
     assert tried >= 1
     receiver.status = 503
     receiver.start()  # up, but failing
     live = start_server(**hook_settings(receiver))
-    time.sleep(1.5)
+    poll(lambda: any(d.status == 503 for d in receiver.received))  # failed while up
     # every first event of a subject fails once more after the receiver recovered: a
     # later event of its subject must not overtake it
     receiver.fail_first_when = lambda event: (event.get("data") or {}).get("n") == 0

@@ -55,6 +55,7 @@ routes = [
     Route("/users/{subject}", users.update_user, methods=["PATCH"]),
     Route("/users/{subject}/deactivate", users.deactivate_user, methods=["POST"]),
     Route("/users/{subject}/password", users.set_password, methods=["PUT"]),
+    Route("/users/{subject}/grants/{client_id}", users.revoke_grant, methods=["DELETE"]),
     Route("/branches", branches.list_branches, methods=["GET"]),
     Route("/branches", branches.create_branch, methods=["POST"]),
     Route("/branches/{branch_id}", branches.get_branch, methods=["GET"]),

@@ -162,6 +162,19 @@ class Revoked(TypedDict):
 
 
 @with_config(STRICT)
+class GrantRevoked(TypedDict):
+    """A user's grant to a client, withdrawn (`consent_revoked`): how many of its tokens
+    were revoked, unredeemed codes deleted, and whether a remembered consent was
+    forgotten (the consent page asks again)."""
+
+    subject: str
+    client_id: str
+    revoked: Count
+    codes_deleted: Count
+    consent_forgotten: bool
+
+
+@with_config(STRICT)
 class AccessToken(TypedDict):
     """A live access token (RFC 9068 claims; never the JWT)."""
 

@@ -30,8 +30,15 @@ from oauth2_server.admin.errors import AdminError, bad_request, json_response
 from oauth2_server.admin.http import Actor, admin_endpoint
 from oauth2_server.admin.models import STRICT
 from oauth2_server.audit import export as audit_export
+from oauth2_server.audit.log import record
 from oauth2_server.audit.manifest import find_manifest
-from oauth2_server.audit.query import AUDIT_EXPORTED, FILTER_DOCS, AuditQueryError, parse_filter
+from oauth2_server.audit.query import (
+    AUDIT_EXPORTED,
+    AUDIT_READ,
+    FILTER_DOCS,
+    AuditQueryError,
+    parse_filter,
+)
 from oauth2_server.web.forms import BadRequest, parse_params
 
 endpoint = functools.partial(admin_endpoint, tag="audit")
@@ -133,13 +140,20 @@ async def export_audit(request: Request, actor: Actor) -> Response:
 async def export_manifest(request: Request, actor: Actor) -> Response:
     """The signed manifest of a finished export (`X-Audit-Export-Id` of GET
     /admin/audit/export, or `details.export_id` of its `audit_exported` row, CLI exports
-    included). 404 naming `export_id` when no finished export has that id."""
+    included). 404 naming `export_id` when no finished export has that id. Each fetch,
+    found or not, is an `audit_read` row (`details.read` "manifest", `export_id`, `rows`
+    1 or 0) by the admin person."""
     export_id = request.path_params["export_id"]
-    document = None
-    if audit_export.EXPORT_ID.match(export_id):
-        document = await request.app.state.oauth.bridge.read(
-            lambda s: find_manifest(s, AUDIT_EXPORTED, export_id)
-        )
+
+    def fetch(session: Any) -> dict[str, Any] | None:
+        document = None
+        if audit_export.EXPORT_ID.match(export_id):
+            document = find_manifest(session, AUDIT_EXPORTED, export_id)
+        details = {"read": "manifest", "export_id": export_id, "rows": int(document is not None)}
+        record(session, actor.event(AUDIT_READ, details=details))
+        return document
+
+    document = await request.app.state.oauth.bridge.write(fetch)
     if document is None:
         raise AdminError(404, "not_found", "no finished export has this id", "export_id")
     return json_response(document)

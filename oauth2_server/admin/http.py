@@ -120,7 +120,12 @@ async def _check_dpop(
     url = service.issuer + request.url.path
     try:
         await service.dpop.check_presented(
-            request.headers.getlist("dpop"), request.method, url, token, claims
+            request.headers.getlist("dpop"),
+            request.method,
+            url,
+            token,
+            claims,
+            request_context(request),
         )
     except DPoPError as exc:
         raise AdminError(

@@ -25,6 +25,7 @@ from typing import Annotated, Any, Required
 from pydantic import ConfigDict, Field, with_config
 from typing_extensions import TypedDict  # pydantic needs it before Python 3.12
 
+from oauth2_server.oauth.resources import MAX_RESOURCE_LENGTH, MAX_RESOURCES
 from oauth2_server.registry.clients import AUTH_METHODS, GRANT_TYPES, PERSON_MAX
 from oauth2_server.registry.users import MIN_PASSWORD
 
@@ -64,6 +65,12 @@ RedirectUris = texts(
     max_items=20,
 )
 Scope = Annotated[str, text("space-separated scopes the client may request", 2000)]
+Resources = texts(
+    "resource indicators the client may request (RFC 8707 §2): absolute URIs without a "
+    "fragment, compared exactly; the access token's `aud`",
+    MAX_RESOURCE_LENGTH,
+    max_items=MAX_RESOURCES,
+)
 Branches = texts("branch ids the client may broker upstream tokens for (`*`: all)", 100)
 AuthMethod = Annotated[
     str,
@@ -94,6 +101,23 @@ DPoPBound = Annotated[
         "token is bound to the client's key (RFC 9449 §5.2); default false"
     ),
 ]
+Jwks = Annotated[
+    dict[str, Any],
+    Field(
+        description="private_key_jwt: the client's public JWK Set (RFC 7517 §5): 1-10 EC P-256, "
+        "RSA or Ed25519 keys, no private members, no oct keys, at most 16384 characters; "
+        "on update, replaces jwks_uri",
+        max_length=10,  # members of the JWK Set object (`keys` and any extension members)
+    ),
+]
+JwksUri = Annotated[
+    str,
+    text(
+        "private_key_jwt: https URL of the client's JWK Set (http only on 127.0.0.1 or [::1], "
+        "fetched in development only); on update, replaces jwks",
+        2000,
+    ),
+]
 
 
 @with_config(STRICT)
@@ -111,6 +135,9 @@ class ClientCreate(TypedDict, total=False):
     person: Person
     require_pushed_authorization_requests: RequirePar
     dpop_bound_access_tokens: DPoPBound
+    jwks: Jwks
+    jwks_uri: JwksUri
+    resources: Resources
 
 
 @with_config(STRICT)
@@ -128,6 +155,9 @@ class ClientUpdate(TypedDict, total=False):
     ]
     require_pushed_authorization_requests: RequirePar
     dpop_bound_access_tokens: DPoPBound
+    jwks: Jwks
+    jwks_uri: JwksUri
+    resources: Annotated[Resources, Field(description="replaces the client's resources")]
 
 
 # -- users ---------------------------------------------------------------------------

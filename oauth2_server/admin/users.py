@@ -18,6 +18,7 @@ from oauth2_server.admin import answers, models
 from oauth2_server.admin.errors import json_response
 from oauth2_server.admin.http import Actor, admin_endpoint, listing, reading
 from oauth2_server.crypto.hashing import hash_secret
+from oauth2_server.registry import grants
 from oauth2_server.registry import users as registry
 
 endpoint = functools.partial(admin_endpoint, tag="users")
@@ -84,5 +85,18 @@ async def set_password(request: Request, actor: Actor, body: dict[str, Any]) -> 
     revoke = body.get("revoke_tokens", False)
     result = await _bridge(request).write(
         lambda s: registry.set_password(s, actor, subject, hashed, revoke)
+    )
+    return json_response(result)
+
+
+@endpoint(answers.GrantRevoked, errors=(404,))
+async def revoke_grant(request: Request, actor: Actor) -> Response:
+    """Withdraw a user's grant to a client (consent revoked): every access and refresh
+    token of the user issued to the client is revoked at once, unredeemed codes are
+    deleted and the remembered consent forgotten. Audited as `consent_revoked`."""
+    subject = request.path_params["subject"]
+    client_id = request.path_params["client_id"]
+    result = await _bridge(request).write(
+        lambda s: grants.revoke_grant(s, actor, subject, client_id)
     )
     return json_response(result)

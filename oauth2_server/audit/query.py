@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -49,7 +49,17 @@ from sqlalchemy.orm import Session
 
 from oauth2_server.audit.cursors import CursorCodec, CursorError, query_scope
 from oauth2_server.audit.errors import AuditQueryError
-from oauth2_server.audit.ipfilter import ip_condition, parse_ip, prepare
+from oauth2_server.audit.ipfilter import (
+    TICK,
+    Window,
+    ip_condition,
+    is_network,
+    network_page,
+    parse_ip,
+    prepare,
+    table_span,
+    window_conditions,
+)
 from oauth2_server.audit.log import record
 from oauth2_server.audit.rows import EXPORT_FIELDS, columns, row_json
 from oauth2_server.db.models import TokenLog
@@ -309,20 +319,47 @@ def conditions(f: AuditFilter, dialect: str) -> list[Any]:
 Position = tuple[datetime, int]
 
 
-def query_rows(
-    session: Session, f: AuditFilter, after: Position | None, limit: int
-) -> Sequence[Any]:
-    """One page of rows matching `f`, after `after` in the filter's order."""
+def page_statement(
+    session: Session, f: AuditFilter, after: Position | None, limit: int, *extra: Any
+) -> Any:
+    """The SELECT of one page of rows matching `f` (and the `extra` conditions), after
+    `after` in the filter's order (keyset on (`created_at`, `id`))."""
     dialect = prepare(session)
     key = tuple_(TokenLog.created_at, TokenLog.id)
-    stmt = select(*COLUMNS).where(*conditions(f, dialect))
+    stmt = select(*COLUMNS).where(*conditions(f, dialect), *extra)
     if after is not None:
         stmt = stmt.where(key > tuple_(*after) if f.order == "asc" else key < tuple_(*after))
     if f.order == "asc":
         stmt = stmt.order_by(TokenLog.created_at, TokenLog.id)
     else:
         stmt = stmt.order_by(TokenLog.created_at.desc(), TokenLog.id.desc())
-    return session.execute(stmt.limit(limit)).all()
+    return stmt.limit(limit)
+
+
+def query_rows(
+    session: Session, f: AuditFilter, after: Position | None, limit: int
+) -> Sequence[Any]:
+    """One page of rows matching `f`, after `after` in the filter's order. A network `ip`
+    filter on PostgreSQL reads it in time windows (`ipfilter.network_page`)."""
+    if not (is_network(f.ip) and prepare(session) == "postgresql"):
+        return session.execute(page_statement(session, f, after, limit)).all()
+    span = table_span(session, f.since, f.until)
+    if span is not None and after is not None:  # the page starts at the keyset position
+        if f.order == "asc":
+            span = replace(span, start=max(span.start, after[0]))
+        else:
+            span = replace(span, end=min(span.end, after[0] + TICK))
+
+    def read(window: Window, n: int, unordered: bool) -> Sequence[Any]:
+        stmt = page_statement(session, f, after, n, *window_conditions(window))
+        if unordered:  # every row of the window first, then the page: see ipfilter
+            rows = stmt.limit(None).order_by(None).cte("window_rows").prefix_with("MATERIALIZED")
+            keys = (rows.c.created_at, rows.c.id)
+            order = keys if f.order == "asc" else (keys[0].desc(), keys[1].desc())
+            stmt = select(*rows.c).order_by(*order).limit(n)
+        return session.execute(stmt).all()
+
+    return network_page(span, f.order == "desc", limit, read)
 
 
 def count_rows(session: Session, f: AuditFilter) -> int:

@@ -14,6 +14,7 @@ from oauth2_server.audit import checkpoints as audit_checkpoints
 from oauth2_server.audit import janitor, sealing
 from oauth2_server.audit import retention as audit_retention
 from oauth2_server.audit.log import record
+from oauth2_server.audit.query import AUDIT_READ
 from oauth2_server.audit.verify import verify_audit_trail
 from oauth2_server.cli.support import (
     CommandFailed,
@@ -149,18 +150,24 @@ def cmd_audit_seal(settings: Settings, args: Any) -> None:
 
 def cmd_audit_checkpoints(settings: Settings, args: Any) -> None:
     """The newest `--limit` signed checkpoints (and with `--retention` every retention
-    record), oldest first, with their JWS."""
+    record), oldest first, with their JWS; the listing is an `audit_read` row
+    (`details.read` "checkpoints", `rows`, and `retention_records` with `--retention`)
+    in the same transaction."""
+    actor = cli_actor()
 
     def read(session: Any) -> dict[str, Any]:
         found = audit_checkpoints.list_checkpoints(session, args.limit)
         answer: dict[str, Any] = {"checkpoints": [c.as_dict() for c in found]}
+        details: dict[str, Any] = {"read": "checkpoints", "limit": args.limit, "rows": len(found)}
         if args.retention:
             records = audit_retention.all_records(session)
             answer["retention"] = [audit_retention.record_json(r) for r in records]
+            details["retention_records"] = len(records)
+        record(session, actor.event(AUDIT_READ, details=details))
         return answer
 
     async def go(sessions: Sessions) -> dict[str, Any]:
-        async with sessions() as session:
+        async with sessions() as session, session.begin():
             return await session.run_sync(read)
 
     print_json(run_async(settings, go))

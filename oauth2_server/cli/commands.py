@@ -36,7 +36,7 @@ from oauth2_server.cli.support import (
 from oauth2_server.config import Settings
 from oauth2_server.crypto.hashing import hash_secret
 from oauth2_server.crypto.keyring import load_keyring
-from oauth2_server.registry import clients, tokens, users
+from oauth2_server.registry import clients, grants, tokens, users
 from oauth2_server.registry.actor import Actor
 from oauth2_server.registry.errors import RegistryError
 from oauth2_server.registry.paging import MAX_PAGE, make_cursor_codec
@@ -65,6 +65,11 @@ def _split(values: list[str] | None) -> list[str] | None:
     if values is None:
         return None
     return [v for value in values for v in value.replace(",", " ").split() if v]
+
+
+def _uris(values: list[str] | None) -> list[str] | None:
+    """Repeatable URI options (a URI may hold a comma): space separated only."""
+    return None if values is None else [v for value in values for v in value.split()]
 
 
 def _listing(name: str, read: Callable[[Session, Any, int], Any]) -> Callable[..., None]:
@@ -104,6 +109,9 @@ def cmd_clients_create(settings: Settings, args: Any) -> None:
         "person": args.person,
         "require_pushed_authorization_requests": args.require_par,
         "dpop_bound_access_tokens": args.dpop_bound,
+        "jwks": _jwks(args.jwks),
+        "jwks_uri": args.jwks_uri,
+        "resources": _uris(args.resource),
     }
     actor = cli_actor()
     client, secret = transaction(settings, lambda s: clients.create_client(s, actor, body))
@@ -114,6 +122,7 @@ def cmd_clients_create(settings: Settings, args: Any) -> None:
         "redirect_uris",
         "scope",
         "person",
+        "resources",
     )
     result = {
         "client_id": client["client_id"],
@@ -150,7 +159,29 @@ def cmd_clients_update(settings: Settings, args: Any) -> None:
             body[name] = _split(getattr(args, dest))
     if args.scope is not None:
         body["scope"] = " ".join(_split(args.scope) or [])
+    if args.jwks is not None:
+        body["jwks"] = _jwks(args.jwks)
+    if args.jwks_uri is not None:
+        body["jwks_uri"] = args.jwks_uri
+    if args.resource is not None:
+        body["resources"] = _uris(args.resource)
     _change(settings, lambda s, actor: clients.update_client(s, actor, args.client_id, body))
+
+
+def _jwks(value: str | None) -> Any:
+    """`--jwks`: a JWK Set as JSON text, or `@PATH` of a file holding it (at most 64 KiB;
+    `registry.client_keys` checks the rest). Raises CommandFailed."""
+    if value is None:
+        return None
+    try:
+        if value.startswith("@"):
+            with open(value[1:], encoding="utf-8") as file:
+                value = file.read(65_537)
+        if len(value) > 65_536:
+            raise ValueError("longer than 64 KiB")
+        return json.loads(value)
+    except (OSError, ValueError) as exc:
+        raise CommandFailed(f"--jwks: not a readable JSON JWK Set ({exc})") from None
 
 
 def cmd_clients_rotate_secret(settings: Settings, args: Any) -> None:
@@ -206,6 +237,11 @@ def cmd_users_set_password(settings: Settings, args: Any) -> None:
     _change(settings, lambda s, actor: users.set_password(s, actor, args.subject, hashed, revoke))
 
 
+def cmd_users_revoke_grant(settings: Settings, args: Any) -> None:
+    """Withdraw a user's grant to a client (`registry.grants.revoke_grant`)."""
+    _change(settings, lambda s, actor: grants.revoke_grant(s, actor, args.subject, args.client_id))
+
+
 # -- tokens -------------------------------------------------------------------------------
 
 _CRITERIA = {name: name for name in tokens.CRITERIA}
@@ -257,6 +293,9 @@ PERSON_HELP = (
 )
 REQUIRE_PAR_HELP = "authorization requests only through /oauth2/par (RFC 9126)"
 DPOP_BOUND_HELP = "every token request must carry a DPoP proof (RFC 9449)"
+JWKS_HELP = "private_key_jwt: the public JWK Set, as JSON or @FILE (RFC 7517)"
+JWKS_URI_HELP = "private_key_jwt: https URL of the client's JWK Set"
+RESOURCE_HELP = "a resource indicator it may request, an absolute URI (RFC 8707; repeatable)"
 # The positional argument naming one resource, per key.
 KEY_HELP = {"client_id": "the client's client_id", "subject": "the user's subject (token `sub`)"}
 
@@ -298,9 +337,13 @@ def _register_clients(clients_group: Any) -> None:
     create.add_argument("--public", action="store_true", help="public client (PKCE, no secret)")
     create.add_argument(
         "--auth-method",
-        choices=["client_secret_basic", "client_secret_post"],
-        help="confidential client authentication (default client_secret_basic)",
+        choices=["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        help="confidential client authentication (default client_secret_basic); "
+        "private_key_jwt (RFC 7523) needs --jwks or --jwks-uri and has no secret",
     )
+    create.add_argument("--jwks", help=JWKS_HELP)
+    create.add_argument("--jwks-uri", help=JWKS_URI_HELP)
+    create.add_argument("--resource", action="append", help=RESOURCE_HELP)
     create.add_argument(
         "--client-id", help="id to use (A-Z a-z 0-9 . _ ~ -), never a user's subject"
     )
@@ -322,6 +365,9 @@ def _register_clients(clients_group: Any) -> None:
     c.add_argument("--person", help=PERSON_HELP + "; '' registers it to no one")
     c.add_argument("--require-par", action=argparse.BooleanOptionalAction, help=REQUIRE_PAR_HELP)
     c.add_argument("--dpop-bound", action=argparse.BooleanOptionalAction, help=DPOP_BOUND_HELP)
+    c.add_argument("--jwks", help=JWKS_HELP + "; replaces the jwks_uri")
+    c.add_argument("--jwks-uri", help=JWKS_URI_HELP + "; replaces the jwks")
+    c.add_argument("--resource", action="append", help=RESOURCE_HELP + "; '' for none")
     _active(c)
     c = clients_group.add_parser("rotate-secret", help="new client secret, printed once")
     _json(c, cmd_clients_rotate_secret).add_argument("client_id", help=client_id)
@@ -330,7 +376,7 @@ def _register_clients(clients_group: Any) -> None:
 
 
 def _register_users(users_group: Any) -> None:
-    """`users create|list|show|deactivate|update|set-password`."""
+    """`users create|list|show|deactivate|update|set-password|revoke-grant`."""
     ucreate = users_group.add_parser("create", help="create a user")
     ucreate.add_argument("--username", required=True, help="the name the user signs in with")
     ucreate.add_argument("--password", help="default: read from stdin or prompt")
@@ -352,6 +398,12 @@ def _register_users(users_group: Any) -> None:
     _json(u, cmd_users_set_password).add_argument("subject", help=subject)
     u.add_argument("--password", help="default: read from stdin or prompt")
     u.add_argument("--revoke-tokens", action="store_true", help="also revoke the user's tokens")
+    u = users_group.add_parser(
+        "revoke-grant",
+        help="withdraw a user's grant to a client: revoke its tokens, forget the consent",
+    )
+    _json(u, cmd_users_revoke_grant).add_argument("subject", help=subject)
+    u.add_argument("client_id", help="the client the grant was given to")
 
 
 def _register_tokens(sub: Any) -> None:

@@ -58,6 +58,8 @@ def _in_range(parse: Any, low: float, high: float) -> BeforeValidator:
 
 PushedRequestTtl = Annotated[int, _in_range(parse_int, 1, 60)]
 DPoPWindow = Annotated[int, _in_range(parse_int, 5, 300)]
+AssertionMaxAge = Annotated[int, _in_range(parse_int, 10, 3600)]
+JwksCacheTtl = Annotated[int, _in_range(parse_int, 0, 86400)]
 
 # The proactive refresh worker's bounds (issue #14 item 1).
 RefreshAhead = Annotated[int, _in_range(parse_int, 60, 86400)]
@@ -169,6 +171,12 @@ class _Settings(BaseSettings):
     dpop_nonce: Flag = False
     """Require a server-provided nonce in DPoP proofs (RFC 9449 §8): a proof without a current one
     is answered `use_dpop_nonce` with a fresh `DPoP-Nonce` header."""
+    client_assertion_max_age: AssertionMaxAge = 300
+    """Seconds ahead of now a `private_key_jwt` client assertion's `exp` may be (RFC 7523 §3),
+    10–3600; its `jti` is remembered across the deployment until `exp`."""
+    client_jwks_cache_ttl: JwksCacheTtl = 300
+    """Seconds a worker reuses a client's JWK Set fetched from its `jwks_uri` (0–86400); an
+    assertion naming an unknown `kid` fetches it again at most once a minute."""
     require_pushed_authorization_requests: Flag = False
     """Accept authorization requests only through `/oauth2/par` (RFC 9126 §5), for every client:
     `/oauth2/authorize` without a `request_uri` is refused."""

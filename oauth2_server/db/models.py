@@ -96,6 +96,11 @@ class Client(Base):
     dpop_bound_access_tokens: Mapped[bool] = mapped_column(
         Boolean, default=False, server_default=false()
     )
+    # issue #15: a private_key_jwt client's public keys (RFC 7523 §2.2; migration 0017)
+    jwks: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    jwks_uri: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    # RFC 8707 §2: the resources (absolute URIs) the client may name (migration 0018)
+    resources: Mapped[list[str]] = mapped_column(JSON, default=list, server_default=text("'[]'"))
 
 
 class User(Base):
@@ -147,6 +152,8 @@ class AuthorizationCode(Base):
     expires_at: Mapped[datetime] = mapped_column(index=True)
     consumed_at: Mapped[datetime | None] = mapped_column(nullable=True)
     family_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    # RFC 8707 §2.2: the resources granted at authorization (migration 0018); null: none
+    resources: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class AccessToken(Base):
@@ -202,6 +209,8 @@ class RefreshToken(Base):
     # RFC 9449 §5: the thumbprint of the DPoP key a public client's refresh token is bound
     # to (migration 0016); null: not bound.
     dpop_jkt: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # RFC 8707 §2.2: the resources granted to the family (migration 0018); null: none
+    resources: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class TokenLog(Base):

@@ -15,8 +15,9 @@ Each cycle (`WebhookDelivery.run_once`):
    a backoff doubling from BASE_BACKOFF seconds up to `OAUTH2_WEBHOOK_BACKOFF_MAX`, ±20 %
    jitter (`mark_failed`). An earlier undelivered event blocks its subject's later ones.
 
-A sender that dies between the POST and the record leaves a lease that runs out; the
-event is then sent again (receivers deduplicate by `webhook-id`). The loop runs beside
+A loop stopped between claim and record hands its unrecorded events back
+(`outbox.release`); a sender that dies there leaves a lease that runs out. The event is
+then sent again (receivers deduplicate by `webhook-id`). The loop runs beside
 the request path in `serve` and in `oauth2-server worker` (`run_delivery`); requests only
 insert outbox rows, so a receiver that hangs or fails never slows them. Failures are
 logged once when they start and once when deliveries succeed again, naming the
@@ -172,11 +173,24 @@ class WebhookDelivery:
         """One cycle: claim, send, record (module docstring); how many events were tried."""
         async with self._sessions() as session, session.begin():
             events = await session.run_sync(outbox.claim_due, BATCH, self.timeout + LEASE_MARGIN)
-        attempts = await asyncio.gather(*(self.post(event) for event in events))
-        for event, attempt in zip(events, attempts, strict=True):
-            await self.record(event, attempt)
+        recorded: set[int] = set()
+        try:
+            attempts = await asyncio.gather(*(self.post(event) for event in events))
+            for event, attempt in zip(events, attempts, strict=True):
+                await self.record(event, attempt)
+                recorded.add(event.seq)
+        except asyncio.CancelledError:  # stopping: hand back what has no outcome yet
+            await asyncio.shield(self._release([e.seq for e in events if e.seq not in recorded]))
+            raise
         self._note(list(attempts))
         return len(events)
+
+    async def _release(self, seqs: list[int]) -> None:
+        """End the leases of `seqs` (`outbox.release`); a database error leaves them to
+        run out, as for a sender that died."""
+        with contextlib.suppress(Exception):
+            async with self._sessions() as session, session.begin():
+                await session.run_sync(outbox.release, seqs)
 
     async def housekeeping(self) -> None:
         """Update the pending-events gauge; hourly, delete delivered events past retention."""
@@ -210,8 +224,8 @@ class WebhookDelivery:
         self._task = asyncio.create_task(self.run())
 
     async def stop(self) -> None:
-        """Cancel the loop (an attempt in flight is retried after its lease) and close
-        the HTTP client."""
+        """Cancel the loop (events claimed but without an outcome are handed back, so
+        another loop retries them at once) and close the HTTP client."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -47,7 +47,7 @@ from oauth2_server.oauth.grants import (
 from oauth2_server.oauth.token_exchange import TokenExchangeConfig, TokenExchangeGrant
 from oauth2_server.oauth.tokens import AccessTokenCodec, IssuedToken, TokenGenerator
 from oauth2_server.storage import tokens as token_storage
-from oauth2_server.storage.clients import PUBLIC_METHOD, ClientRecord, get_client
+from oauth2_server.storage.clients import KEY_METHOD, PUBLIC_METHOD, ClientRecord, get_client
 from oauth2_server.storage.tokens import AccessTokenRecord, RefreshTokenRecord
 
 # RFC 6749 §5.2 errors that Authlib raises without a description.
@@ -80,6 +80,7 @@ class OAuth2AuthorizationServer(AuthorizationServer):
         self.clients = clients
         self.refresh_family_max_age = refresh_family_max_age  # seconds; 0: no limit
         self.register_token_generator("default", generator)
+        self.register_client_auth_method(KEY_METHOD, _authenticate_private_key_jwt)
 
     def query_client(self, client_id: str) -> OAuthClient | None:
         """Client `client_id` as this request may use it (RFC 6749 §2.3.1), or None when it
@@ -116,6 +117,9 @@ class OAuth2AuthorizationServer(AuthorizationServer):
         secret marked verified only if it matches this row's secret hash."""
         if row is None or not row.active:
             return None
+        if pre is not None and pre.verified_assertion:  # verified against these keys only
+            same_keys = (pre.record.jwks, pre.record.jwks_uri) == (row.jwks, row.jwks_uri)
+            return OAuthClient(row, verified_assertion=same_keys)
         if pre is not None and pre.record.secret_hash == row.secret_hash:
             return OAuthClient(row, verified_secret=pre.verified_secret)
         if pre is not None:
@@ -169,9 +173,7 @@ class OAuth2AuthorizationServer(AuthorizationServer):
                 token_id=issued.jti,
                 risk_score=risk.score if risk else None,
                 flags=risk.flags if risk else [],
-                details={"scope": issued.scope, "family_id": family_id}
-                if family_id
-                else {"scope": issued.scope},
+                details=_issue_details(issued.scope, family_id, request.token_context.resources),
             )
         )
 
@@ -209,6 +211,10 @@ class OAuth2AuthorizationServer(AuthorizationServer):
             expires_at=issued.refresh_expires_at,
             family_expires_at=self._family_expires_at(issued, parent),
             dpop_jkt=request.token_context.dpop_jkt if _public(request.client) else None,
+            # RFC 8707 §2.2: the family keeps what the authorization granted
+            resources=parent.resources
+            if parent is not None
+            else request.token_context.granted_resources,
         )
         token_storage.insert_refresh_token(session_of(request), new)
 
@@ -282,12 +288,37 @@ class OAuth2AuthorizationServer(AuthorizationServer):
         method = METHOD_WORDS.get(registered, registered)
         if presented != registered:
             return f"this client authenticates with {method}, not {presented}"
+        if presented == KEY_METHOD:
+            reason = request.token_context.assertion_error
+            return f"client assertion refused: {reason or 'not verified'}"
         if presented == "none":  # noqa: S105 (a method name)
             return (
                 f"this client authenticates with {method}, which this endpoint or grant "
                 "type does not accept"
             )
         return "client authentication failed: wrong client_secret"
+
+
+def _authenticate_private_key_jwt(query_client: Any, request: OAuthRequest) -> Any:
+    """Authlib's `private_key_jwt` method (RFC 7523 §2.2): the client whose assertion
+    `OAuthService._preauthenticate` verified (signature, claims, `jti` recorded), as
+    `query_client` finds it against the current row; None otherwise."""
+    pre = request.token_context.preauth_client
+    if "client_assertion" not in request.form or pre is None or not pre.verified_assertion:
+        return None
+    client = query_client(pre.client_id)
+    return client if client is not None and client.verified_assertion else None
+
+
+def _issue_details(scope: str, family_id: str | None, resources: list[str]) -> dict[str, Any]:
+    """An `issued`/`refreshed` row's details: scope, family (if any), and the resource
+    indicators the token is for (RFC 8707; if any)."""
+    details: dict[str, Any] = {"scope": scope}
+    if family_id:
+        details["family_id"] = family_id
+    if resources:
+        details["resources"] = resources
+    return details
 
 
 def _public(client: OAuthClient) -> bool:

@@ -77,6 +77,14 @@ class AuthorizationPageError(Exception):
         self.status = status
 
 
+def _commit_refusals(request: OAuthRequest) -> None:
+    """Write the refusal rows a grant queued (e.g. `resource_refused`, RFC 8707) in the
+    request's transaction, which commits with the error redirect."""
+    for event in request.token_context.refusals:
+        record(request.db, event)
+    request.token_context.refusals.clear()
+
+
 __all__ = ["Argon2Busy", "AuthorizationFlow", "AuthorizationPageError", "LoginThrottled"]
 
 MAX_USERNAME_LENGTH = 200  # the oauth2_users.username column
@@ -136,6 +144,7 @@ class AuthorizationFlow:
             grant = self.server.get_consent_grant(request, end_user=user)
         except OAuth2Error as error:
             if error.redirect_uri:
+                _commit_refusals(request)
                 return self._redirect(self.server.handle_error_response(request, error))
             raise AuthorizationPageError(
                 error.error, error.get_error_description() or error.error

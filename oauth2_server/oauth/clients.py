@@ -37,6 +37,12 @@ from cachetools import TTLCache
 
 from oauth2_server import metrics
 from oauth2_server.crypto.hashing import verify_secret
+from oauth2_server.oauth.assertions import (
+    ASSERTION_TYPE,
+    AssertionRefused,
+    unverified_subject,
+    well_formed,
+)
 from oauth2_server.registry.redirect_uris import loopback_host
 from oauth2_server.storage.clients import ClientRecord
 
@@ -79,6 +85,7 @@ class ClientCredentials:
     client_id: str
     secret: str | None
     basic: bool
+    assertion: str | None = None  # RFC 7523 §2.2 client_assertion (private_key_jwt)
 
 
 def _vschar(value: str, limit: int) -> bool:
@@ -136,6 +143,8 @@ def parse_client_credentials(
     """
     form_id = form.get("client_id")
     form_secret = form.get("client_secret")
+    if "client_assertion" in form or "client_assertion_type" in form:
+        return _assertion(headers, form)
     if form_id is not None:
         _check(form_id, form_secret, False)
     header = headers.get("authorization")
@@ -166,12 +175,47 @@ def parse_client_credentials(
     return ClientCredentials(form_id, form_secret, False)
 
 
+def _assertion(headers: Mapping[str, str], form: Mapping[str, str]) -> ClientCredentials:
+    """RFC 7521 §4.2 / RFC 7523 §2.2 credentials: `client_assertion_type` (the JWT bearer
+    URN) and a well-formed `client_assertion` whose `sub` names the client; a form
+    `client_id`, optional, must name the same one. With HTTP Basic or a `client_secret`
+    it is two methods (`MultipleAuthMethods`); anything else malformed is
+    BadClientCredentials (`invalid_client`)."""
+    form_id = form.get("client_id")
+    if "client_secret" in form or _basic_scheme(headers.get("authorization")):
+        raise MultipleAuthMethods(
+            "the request sends a client_assertion and a client secret; use exactly one "
+            "client authentication method (RFC 6749 section 2.3)",
+            (form_id,) if form_id and _vschar(form_id, MAX_CLIENT_ID_LENGTH) else ("-",),
+        )
+    if form.get("client_assertion_type") != ASSERTION_TYPE:
+        raise BadClientCredentials(f"client_assertion_type must be {ASSERTION_TYPE}", False)
+    assertion = form.get("client_assertion", "")
+    if not well_formed(assertion):
+        raise BadClientCredentials("client_assertion is not a JWS compact serialization", False)
+    try:
+        sub, _ = unverified_subject(assertion)
+    except AssertionRefused as bad:
+        raise BadClientCredentials(bad.description, False) from None
+    if sub is None or not _vschar(sub, MAX_CLIENT_ID_LENGTH):
+        raise BadClientCredentials("the client_assertion's sub is not a client_id", False)
+    if form_id is not None and form_id != sub:
+        raise BadClientCredentials("client_id is not the client_assertion's sub", False)
+    return ClientCredentials(sub, None, False, assertion)
+
+
+def _basic_scheme(header: str | None) -> bool:
+    return header is not None and header.strip().partition(" ")[0].lower() == "basic"
+
+
 def presented_method(credentials: ClientCredentials | None) -> str | None:
     """The RFC 7591 §2 `token_endpoint_auth_method` a request used: `client_secret_basic`,
     `client_secret_post`, `none`, or None when it presented no client credentials. HTTP
     Basic with an empty password is a secret-less presentation (`none`)."""
     if credentials is None:
         return None
+    if credentials.assertion is not None:
+        return "private_key_jwt"
     if credentials.secret is None:
         return "none"
     return "client_secret_basic" if credentials.basic else "client_secret_post"
@@ -182,6 +226,7 @@ METHOD_WORDS = {
     "client_secret_basic": "client_secret_basic (HTTP Basic with its client_secret)",
     "client_secret_post": "client_secret_post (client_id and client_secret in the form body)",
     "none": "none (a public client: client_id in the form body, no secret)",
+    "private_key_jwt": "private_key_jwt (a client_assertion signed with its key, RFC 7523)",
 }
 
 
@@ -202,11 +247,14 @@ class OAuthClient(ClientMixin):
     """Authlib's view of one client for one request (RFC 6749 §2; RFC 7591 names).
 
     `verified_secret` is the secret this request presented if `_preauthenticate` accepted
-    it; `check_client_secret` compares against it in constant time.
+    it; `check_client_secret` compares against it in constant time. `verified_assertion`:
+    `_preauthenticate` accepted this request's `private_key_jwt` assertion against this
+    record's keys (`oauth.assertions`).
     """
 
     record: ClientRecord
     verified_secret: str | None = None
+    verified_assertion: bool = False
 
     def __repr__(self) -> str:
         """Authlib logs clients with %r at DEBUG: the id only, never the secret or hash."""

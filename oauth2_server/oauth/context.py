@@ -63,8 +63,14 @@ class TokenContext:
     - `dpop_jkt`: the thumbprint of the key a valid DPoP proof showed (RFC 9449 §6.1):
       the tokens this request issues are bound to it.
     - `pushed`: the authorization request's parameters came from `/oauth2/par` (RFC 9126).
+    - `resources`: the resource indicators (RFC 8707) the access token this request
+      issues is for, its `aud`; empty: the default audience. `granted_resources`: what
+      an authorization code granted, kept by the family's refresh tokens (§2.2). Set by
+      the grants (`oauth.resources`).
     - `refusals`: audit rows of a refused request whose transaction rolls back; the
       service writes them through the batch buffer afterwards.
+    - `assertion_error`: why a `private_key_jwt` assertion was refused (RFC 7523 §3),
+      for the `invalid_client` description and its audit row.
     """
 
     preauth_client: OAuthClient | None = None
@@ -79,4 +85,7 @@ class TokenContext:
     oauth_error: OAuth2Error | None = None
     dpop_jkt: str | None = None
     pushed: bool = False
+    resources: list[str] = field(default_factory=list)
+    granted_resources: list[str] | None = None
     refusals: list[AuditEvent] = field(default_factory=list)
+    assertion_error: str | None = None

@@ -32,13 +32,13 @@ from urllib.parse import urlsplit
 import jwt
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from joserfc import jwk as jose_jwk
+from joserfc.errors import JoseError
 from starlette.responses import Response
 
-from oauth2_server.audit.log import AuditBuffer, AuditEvent
+from oauth2_server.audit.log import AuditBuffer, AuditEvent, RequestContext
 from oauth2_server.oauth.authlib_server import oauth_error_response
 from oauth2_server.oauth.bridge import Bridge, OAuthRequest
 from oauth2_server.oauth.exchange_flow import claimed_client_id
-from oauth2_server.storage.used_jtis import claim_jti
 
 ALGORITHMS = ("ES256", "PS256", "EdDSA")
 PROOF_TYP = "dpop+jwt"
@@ -124,7 +124,10 @@ def verify_proof(proof: str, method: str, url: str, window: int) -> Proof:
     except jwt.PyJWTError as exc:
         raise DPoPError(f"the proof does not verify: {type(exc).__name__}") from None
     _check_claims(claims, method, url, window)
-    thumbprint = jose_jwk.import_key(public_jwk).thumbprint()
+    try:  # PyJWT ignores members joserfc checks (`use`, `key_ops`, `kid`: RFC 7517 §4)
+        thumbprint = jose_jwk.import_key(public_jwk).thumbprint()
+    except (JoseError, ValueError, TypeError):
+        raise DPoPError("the proof's jwk is not a valid JWK (RFC 7517)") from None
     nonce, ath = claims.get("nonce"), claims.get("ath")
     return Proof(
         thumbprint,
@@ -147,7 +150,11 @@ def _check_claims(claims: dict[str, Any], method: str, url: str, window: int) ->
         same = False
     if not same:
         raise DPoPError("the proof's htu is not this endpoint's URL")
-    if not isinstance(iat, int | float) or abs(time.time() - iat) > window:
+    try:  # NaN compares false, an integer past float's range overflows: both refused
+        fresh = isinstance(iat, int | float) and abs(time.time() - iat) <= window
+    except OverflowError:
+        fresh = False
+    if not fresh:
         raise DPoPError(f"the proof's iat is not within {window} s of now")
 
 
@@ -180,19 +187,49 @@ class DPoPVerifier:
         return True
 
     async def _claim(self, proof: Proof) -> None:
-        """Record the proof's `jti` deployment-wide (§11.1). Raises DPoPError on a replay."""
+        """Record the proof's `jti` deployment-wide (§11.1) through the hot path's
+        `JtiClaims` (one coalesced statement on PostgreSQL). Raises DPoPError on a replay,
+        DatabaseUnavailable when the database cannot be reached."""
         expires_at = datetime.now(UTC) + timedelta(seconds=2 * self.window)
         replay_key = f"dpop:{proof.jkt}:{proof.jti}"
-        if not await self.bridge.write(lambda db: claim_jti(db, replay_key, expires_at)):
+        if not await self.bridge.fast.claim_jti(replay_key, expires_at):
             raise DPoPError("the proof's jti was used before")
 
     async def check_presented(
-        self, proofs: list[str], method: str, url: str, token: str, claims: Mapping[str, Any]
+        self,
+        proofs: list[str],
+        method: str,
+        url: str,
+        token: str,
+        claims: Mapping[str, Any],
+        context: RequestContext | None = None,
     ) -> None:
         """A protected resource's check (§7.1) of a DPoP-bound access `token` (its verified
         `claims`) presented with `Authorization: DPoP`: one proof, valid for this `method`
         and `url`, whose `ath` is the token's hash (§4.3 item 12) and whose key is the
-        token's `cnf.jkt` (item 13), used once. Raises DPoPError."""
+        token's `cnf.jkt` (item 13), used once. Raises DPoPError; with the request's
+        `context`, the refusal is audited as at the token endpoint (`dpop_proof_refused`,
+        flag `invalid_dpop_proof`, the token's client and `jti`)."""
+        try:
+            await self._check_presented(proofs, method, url, token, claims)
+        except DPoPError as exc:
+            if context is not None:
+                client_id, jti = claims.get("client_id"), claims.get("jti")
+                self.audit_buffer.add(
+                    AuditEvent(
+                        "dpop_proof_refused",
+                        context,
+                        client_id=client_id if isinstance(client_id, str) else None,
+                        token_id=jti if isinstance(jti, str) else None,
+                        flags=[exc.error],
+                        details={"reason": exc.description, "htu": url},
+                    )
+                )
+            raise
+
+    async def _check_presented(
+        self, proofs: list[str], method: str, url: str, token: str, claims: Mapping[str, Any]
+    ) -> None:
         if len(proofs) != 1:
             raise DPoPError("send exactly one DPoP header with a DPoP-bound token")
         proof = verify_proof(proofs[0], method, url, self.window)

@@ -30,6 +30,12 @@ from oauth2_server.audit.log import AuditEvent, revoked_token
 from oauth2_server.audit.risk import second_use
 from oauth2_server.crypto.hashing import token_digest
 from oauth2_server.oauth.bridge import OAuthRequest, session_of, writer_of
+from oauth2_server.oauth.resources import (
+    InvalidTargetError,
+    checked,
+    granted_subset,
+    registered_resources,
+)
 from oauth2_server.storage import tokens as token_storage
 from oauth2_server.storage import utcnow
 from oauth2_server.storage.outbox import enqueue_event
@@ -42,7 +48,7 @@ from oauth2_server.storage.tokens import (
 )
 from oauth2_server.storage.users import UserRecord, get_user
 
-CONFIDENTIAL_METHODS = ["client_secret_basic", "client_secret_post"]
+CONFIDENTIAL_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 ALL_METHODS = [*CONFIDENTIAL_METHODS, "none"]
 
 
@@ -133,7 +139,10 @@ class ReuseGrace:
 class ClientCredentialsGrant(grants.ClientCredentialsGrant):
     """RFC 6749 §4.4, confidential clients only; scope within the registration (§3.3).
 
-    An omitted scope means every scope the client is registered for.
+    An omitted scope means every scope the client is registered for. `resource`
+    parameters (RFC 8707 §2) must be registered for the client; they become `aud`.
+    Checked against the request's client record, so also on the hot path, whose write
+    is guarded by that record's version.
     """
 
     TOKEN_ENDPOINT_AUTH_METHODS = CONFIDENTIAL_METHODS
@@ -143,6 +152,10 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
         if scope is None:
             raise InvalidScopeError("scope exceeds what the client is registered for")
         self.request.scope = scope
+        request = self.request
+        request.token_context.resources = checked(
+            request, self.GRANT_TYPE, lambda: registered_resources(request)
+        )
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         token = self.generate_token(scope=self.request.scope, include_refresh_token=False)
@@ -207,6 +220,35 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = ALL_METHODS
     code_ttl = 60  # seconds; each server's `CodeLifetime` extension sets its own
 
+    def validate_authorization_request(self) -> str:
+        """RFC 6749 §4.1.1 (Authlib), then RFC 8707 §2: every `resource` registered for
+        the client, else an `invalid_target` error redirect. The checked resources are
+        `token_context.resources`, stored with the code."""
+        redirect_uri = super().validate_authorization_request()
+        request = self.request
+        try:
+            request.token_context.resources = checked(
+                request, None, lambda: registered_resources(request)
+            )
+        except InvalidTargetError as error:
+            error.redirect_uri = redirect_uri
+            raise
+        return redirect_uri
+
+    def validate_token_request(self) -> None:
+        """RFC 6749 §4.1.3 (Authlib, with PKCE), then RFC 8707 §2.2: the `resource`
+        parameters are a subset of those granted at authorization (none: all of them).
+        InvalidTargetError rolls the transaction back: the code stays unused."""
+        super().validate_token_request()
+        request = self.request
+        granted = request.authorization_code.record.resources
+        request.token_context.granted_resources = granted
+        request.token_context.resources = checked(
+            request,
+            self.GRANT_TYPE,
+            lambda: granted_subset(request, granted, "the authorization"),
+        )
+
     def save_authorization_code(self, code: str, request: Any) -> None:
         now = utcnow()
         data = request.payload.data
@@ -219,6 +261,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             code_challenge=data["code_challenge"],
             code_challenge_method=data["code_challenge_method"],
             expires_at=now + timedelta(seconds=self.code_ttl),
+            resources=request.token_context.resources or None,  # RFC 8707 §2.2
         )
         token_storage.save_authorization_code(session_of(request), issued, now)
 
@@ -305,6 +348,9 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
       nothing.
 
     A refresh never widens scope; the new refresh token keeps the grant's original scope.
+    Likewise resources (RFC 8707 §2.2): `resource` parameters narrow the access token's
+    `aud` to a subset of the family's granted resources; any other is `invalid_target`,
+    and the transaction rolls back (nothing rotated).
     """
 
     TOKEN_ENDPOINT_AUTH_METHODS = ALL_METHODS
@@ -341,6 +387,17 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
                 user_id=stored.user_id,
             )
         return None
+
+    def validate_token_request(self) -> None:
+        """RFC 6749 §6 (Authlib: client, token, scope), then the RFC 8707 §2.2 subset."""
+        super().validate_token_request()
+        request = self.request
+        granted = request.refresh_token.record.resources
+        request.token_context.resources = checked(
+            request,
+            self.GRANT_TYPE,
+            lambda: granted_subset(request, granted, "the refresh token"),
+        )
 
     def authenticate_user(self, refresh_token: RefreshView) -> UserRecord | None:
         return _active_user(session_of(self.request), refresh_token.record.user_id)

@@ -100,7 +100,9 @@ class PushedAuthorization:
     def _parameters(request: OAuthRequest, client_id: str) -> dict[str, list[str]]:
         """The authorization request in the body: every parameter but the client's
         credentials, `client_id` set to the authenticated client. Raises
-        InvalidRequestError for a `request_uri` (§2.1) or another `client_id`."""
+        InvalidRequestError for a `request_uri` (§2.1) or another `client_id`, and
+        `request_not_supported` for a request object (§3; JAR is not supported, RFC 9101
+        §7), which would otherwise be stored and silently ignored."""
         params = {
             name: values
             for name, values in request.payload.datalist.items()
@@ -109,6 +111,11 @@ class PushedAuthorization:
         if "request_uri" in params:
             raise InvalidRequestError(
                 description="request_uri must not be pushed (RFC 9126 section 2.1)"
+            )
+        if "request" in params:
+            raise OAuth2Error(
+                description="request objects (JAR, RFC 9101) are not supported",
+                error="request_not_supported",
             )
         if params.get("client_id", [client_id]) != [client_id]:
             raise InvalidRequestError(description="client_id is not the authenticated client")

@@ -27,9 +27,12 @@ from oauth2_server.crypto.hashing import (
     is_legacy_secret_hash,
     verify_client_secret,
 )
+from oauth2_server.oauth.assertion_auth import AssertionAuthenticator
+from oauth2_server.oauth.assertions import AssertionRefused
 from oauth2_server.oauth.authlib_server import build_server, oauth_error_response
 from oauth2_server.oauth.authorization import AuthorizationFlow
 from oauth2_server.oauth.bridge import Bridge, OAuthRequest
+from oauth2_server.oauth.client_keys import ClientKeySets
 from oauth2_server.oauth.clients import (
     Argon2Busy,
     Argon2Slots,
@@ -39,6 +42,7 @@ from oauth2_server.oauth.clients import (
     MultipleAuthMethods,
     OAuthClient,
     parse_client_credentials,
+    presented_method,
 )
 from oauth2_server.oauth.context import IntrospectionPrefetch
 from oauth2_server.oauth.dpop import DPoPVerifier
@@ -111,6 +115,10 @@ class OAuthService:
         self.allow_http = not settings.production and settings.issuer.startswith("http://")
         self.codec = AccessTokenCodec(keys, self.issuer, settings.audience)
         self.clients = ClientCache(settings.client_cache_ttl)
+        self.client_keys = ClientKeySets(settings.production, settings.client_jwks_cache_ttl)
+        self.assertions = AssertionAuthenticator(
+            bridge, self.client_keys, self.issuer, settings.client_assertion_max_age
+        )
         self.argon2 = Argon2Slots(settings.argon2_concurrency, settings.argon2_queue)
         pool = bridge.fast.pool  # None on SQLite
         self.limiter = FailureLimiter(
@@ -205,6 +213,8 @@ class OAuthService:
         argon2 queue is 503 `temporarily_unavailable` with Retry-After. Returns a response
         to send instead of calling Authlib, or None.
         """
+        if credentials is not None and credentials.assertion is not None:
+            return await self._preauthenticate_assertion(request, credentials)
         if credentials is None or credentials.secret is None:
             return None
         client_id, secret = credentials.client_id, credentials.secret
@@ -244,6 +254,31 @@ class OAuthService:
         request.token_context.preauth_client = OAuthClient(record_, verified_secret=secret)
         return None
 
+    async def _preauthenticate_assertion(
+        self, request: OAuthRequest, credentials: ClientCredentials
+    ) -> Response | None:
+        """Verify a `private_key_jwt` assertion before entering Authlib (RFC 7523 §2.2, §3;
+        `oauth.assertions`): the client must be active and registered with the method, the
+        assertion must verify against its keys (`oauth.client_keys`), and its `jti` is
+        recorded deployment-wide until `exp` (`storage.used_jtis`, purpose
+        `client_assertion`), so a replay at any worker or instance is refused. Success
+        marks the client verified for Authlib's `private_key_jwt` method. A failure is
+        counted like a wrong secret (429 past the limit) and left to Authlib to answer
+        `invalid_client`, with the reason in `token_context.assertion_error`; nothing is
+        written but the limiter's count."""
+        client_id, assertion = credentials.client_id, credentials.assertion
+        assert assertion is not None
+        record_ = await self._client_record(client_id)
+        try:
+            await self.assertions.authenticate(record_, client_id, assertion)
+        except AssertionRefused as refused:
+            request.token_context.assertion_error = refused.description
+            attempt = await self.limiter.count(self._failure_keys(request, client_id))
+            return self._refuse(request, client_id, attempt) if attempt.refused else None
+        assert record_ is not None
+        request.token_context.preauth_client = OAuthClient(record_, verified_assertion=True)
+        return None
+
     def _note_client_failure(
         self, request: OAuthRequest, credentials: ClientCredentials | None
     ) -> None:
@@ -263,7 +298,10 @@ class OAuthService:
                 grant_type=request.form.get("grant_type"),
                 risk_score=risk.score,
                 flags=risk.flags,
-                details={"reason": error.get_error_description()},
+                details={
+                    "reason": error.get_error_description(),
+                    "method": presented_method(credentials),
+                },
             )
         )
 

@@ -1,7 +1,8 @@
 """Token formats, in one module: RFC 9068 JWT access tokens and opaque refresh tokens.
 
 Access tokens are JWTs signed ES256 (PyJWT) with header `typ: at+jwt` and the `kid` of a
-key in JWKS; claims `iss sub aud exp iat jti client_id scope` (RFC 9068 §2.2). Storage
+key in JWKS; claims `iss sub aud exp iat jti client_id scope` (RFC 9068 §2.2); `aud` is
+`OAUTH2_AUDIENCE`, or the resource indicators the request named (RFC 8707). Storage
 keeps only the `jti`. Refresh tokens are 256-bit opaque strings stored as SHA-256.
 """
 
@@ -22,6 +23,7 @@ from cachetools import TLRUCache
 from oauth2_server.crypto.hashing import new_opaque_token
 from oauth2_server.oauth.bridge import current_request
 from oauth2_server.oauth.keys import ALG, KeyStore
+from oauth2_server.oauth.resources import audience
 
 AT_JWT_TYP = "at+jwt"
 
@@ -175,7 +177,11 @@ class TokenGenerator:
             "iat": int(now.timestamp()),
             "exp": int(expires_at.timestamp()),
         }
-        jkt = current_request().token_context.dpop_jkt
+        context = current_request().token_context
+        aud = audience(context.resources)
+        if aud is not None:  # RFC 8707 §2, RFC 9068 §3: the resource(s) asked for
+            claims["aud"] = aud
+        jkt = context.dpop_jkt
         if jkt is None and client.record.dpop_bound_access_tokens:
             raise DPoPRequired(description="this client must send a DPoP proof (RFC 9449)")
         if jkt is not None:  # RFC 9449 §6.1: bound to the proof's key

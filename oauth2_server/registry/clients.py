@@ -22,7 +22,9 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from oauth2_server.audit.log import record
+from oauth2_server.oauth.resources import MAX_RESOURCES, resource_problem
 from oauth2_server.registry.actor import Actor, before
+from oauth2_server.registry.client_keys import KEY_METHOD, check_client_keys
 from oauth2_server.registry.errors import Conflict, FieldInvalid, NotFound, require
 from oauth2_server.registry.paging import after_int, iso
 from oauth2_server.registry.redirect_uris import validate_redirect_uri
@@ -33,7 +35,7 @@ from oauth2_server.storage.outbox import enqueue_event
 from oauth2_server.storage.revocation import TokenFilter, revoke_tokens
 from oauth2_server.storage.subjects import IDENTIFIER, SubjectTaken
 
-AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none", KEY_METHOD)
 GRANT_TYPES = (
     "authorization_code",
     "refresh_token",
@@ -88,7 +90,8 @@ def normal_scope(scope: str) -> str:
 
 def check_metadata(merged: dict[str, Any], public: bool) -> None:
     """Validate a client's whole metadata (`name`, `grant_types`, `redirect_uris`,
-    `scope`) after a create or an update, normalising `scope` in place. Raises
+    `scope`, `resources`) after a create or an update, normalising `scope` and
+    `resources` in place. Raises
     FieldInvalid naming the field."""
     if not merged["name"].strip():
         raise FieldInvalid("name", "name must not be empty")
@@ -105,6 +108,20 @@ def check_metadata(merged: dict[str, Any], public: bool) -> None:
     for uri in merged["redirect_uris"]:
         validate_redirect_uri(uri)
     merged["scope"] = normal_scope(merged["scope"])
+    merged["resources"] = normal_resources(merged.get("resources") or [])
+
+
+def normal_resources(resources: list[str]) -> list[str]:
+    """A client's resource indicators (RFC 8707 §2), duplicates dropped: at most
+    MAX_RESOURCES absolute URIs without a fragment (`oauth.resources.resource_problem`).
+    Raises FieldInvalid (`resources`)."""
+    if len(resources) > MAX_RESOURCES:
+        raise FieldInvalid("resources", f"at most {MAX_RESOURCES} resources")
+    for uri in resources:
+        problem = resource_problem(uri)
+        if problem is not None:
+            raise FieldInvalid("resources", problem)
+    return list(dict.fromkeys(resources))
 
 
 def normal_person(value: str | None) -> str | None:
@@ -191,7 +208,9 @@ def create_client(
     `client_id`, `grant_types` (default client_credentials), `redirect_uris`, `scope`,
     `public`, `token_endpoint_auth_method`, `branches`, `person`,
     `require_pushed_authorization_requests` (RFC 9126 §6), `dpop_bound_access_tokens`
-    (RFC 9449 §5.2)). Returns (client JSON, secret shown once; None for a public client).
+    (RFC 9449 §5.2), `jwks` or `jwks_uri` (exactly one for `private_key_jwt`, RFC 7523
+    §2.2: `registry.client_keys`; such a client gets no secret)). Returns (client JSON,
+    secret shown once; None for a public or `private_key_jwt` client).
 
     FieldInvalid for bad metadata; Conflict when the name (case-insensitive) or the
     client_id is taken, by a client or a user's subject (RFC 9700 §4.15). `bootstrap`
@@ -207,8 +226,12 @@ def create_client(
         "redirect_uris": body.get("redirect_uris") or [],
         "scope": body.get("scope") or "",
         **{flag: bool(body.get(flag)) for flag in SENDER_FLAGS},
+        "jwks": body.get("jwks"),
+        "jwks_uri": body.get("jwks_uri"),
+        "resources": body.get("resources") or [],
     }
     check_metadata(merged, method == PUBLIC_METHOD)
+    check_client_keys(method, merged)  # RFC 7523 §2.2 (`registry.client_keys`)
     client_id = body.get("client_id") or storage.new_client_id()
     if not IDENTIFIER.fullmatch(client_id):
         raise FieldInvalid("client_id", "client_id may use only A-Z a-z 0-9 . _ ~ - (1-64)")
@@ -265,8 +288,11 @@ def update_client(
         body = {**body, "person": normal_person(body["person"])}
         check_person_change(actor, current, body["person"])
     branches_before = branch_storage.branches_of_clients(session, [client_id])[client_id]
+    if ("jwks" in body) != ("jwks_uri" in body):  # setting one replaces the other
+        body = {**body, "jwks_uri" if "jwks" in body else "jwks": None}
     merged = {key: body.get(key, getattr(current, key)) for key in storage.UPDATABLE}
     check_metadata(merged, current.token_endpoint_auth_method == PUBLIC_METHOD)
+    check_client_keys(current.token_endpoint_auth_method, merged)
     if "name" in body and storage.client_name_taken(session, body["name"], client_id):
         raise Conflict("name", f"a client named {body['name']!r} exists")
     changes = {key: merged.get(key, body[key]) for key in body}
@@ -301,6 +327,8 @@ def rotate_secret(session: Session, actor: Actor, client_id: str) -> dict[str, A
     current = _require(session, client_id)
     if current.token_endpoint_auth_method == PUBLIC_METHOD:
         raise FieldInvalid("client_id", "a public client has no secret to rotate")
+    if current.token_endpoint_auth_method == KEY_METHOD:
+        raise FieldInvalid("client_id", "a private_key_jwt client has keys, not a secret")
     secret = storage.rotate_client_secret(session, client_id)
     record(
         session, actor.event("admin_client_secret_rotated", details={"target_client_id": client_id})

@@ -22,6 +22,7 @@ from oauth2_server.audit.log import record
 from oauth2_server.db.models import AccessToken
 from oauth2_server.registry.actor import Actor
 from oauth2_server.registry.errors import FieldInvalid, NotFound, require
+from oauth2_server.registry.grants import concerned
 from oauth2_server.registry.paging import after_int, iso
 from oauth2_server.registry.users import cut_off
 from oauth2_server.storage import revocation, utcnow
@@ -82,8 +83,11 @@ def _revoke_by(session: Session, by: str, value: str, now: datetime) -> list[Rev
 
 def revoke(session: Session, actor: Actor, body: dict[str, str]) -> dict[str, Any]:
     """Revoke by exactly one of REVOKE_BY's fields (a user's pending authorization codes
-    go too). Writes the `admin_tokens_revoked` row and one `token_revoked` row per token
-    (`Actor.revoked`). Returns `{"revoked": n, "by": field, "value": value}`; FieldInvalid
+    go too). Writes the `admin_tokens_revoked` row (`subject` and
+    `details.target_client_id`: the one user and client it concerns, `grants.concerned`;
+    empty for a client's or branch's revocation of many users, whose tokens' users are on
+    their rows) and one `token_revoked` row per token (`Actor.revoked`). Returns
+    `{"revoked": n, "by": field, "value": value}`; FieldInvalid
     unless exactly one is given, NotFound when its target is unknown."""
     given = [name for name in REVOKE_BY if name in body]
     if len(given) != 1:
@@ -92,14 +96,18 @@ def revoke(session: Session, actor: Actor, body: dict[str, str]) -> dict[str, An
     by = given[0]
     value = body[by]
     revoked = _revoke_by(session, by, value, utcnow())
+    subject, client_id = concerned(session, by, value, revoked)
+    details: dict[str, Any] = {"by": by, "value": value, "revoked": len(revoked)}
+    if client_id is not None:
+        details["target_client_id"] = client_id
     record(
         session,
         actor.event(
             "admin_tokens_revoked",
-            subject=value if by == "user" else None,
+            subject=subject,
             branch_id=value if by == "branch_id" else None,
             token_id=value if by == "jti" else None,
-            details={"by": by, "value": value, "revoked": len(revoked)},
+            details=details,
         ),
         *actor.revoked(revoked, revoked_by={by: value}),
     )

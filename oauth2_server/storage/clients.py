@@ -30,6 +30,7 @@ from oauth2_server.storage.subjects import claim_subject
 
 ADMIN_SCOPE = "admin"
 PUBLIC_METHOD = "none"  # noqa: S105 (an auth method name, RFC 7591 §2)
+KEY_METHOD = "private_key_jwt"  # RFC 7523 §2.2: keys, no secret
 UPDATABLE = (
     "name",
     "grant_types",
@@ -39,6 +40,9 @@ UPDATABLE = (
     "person",
     "require_pushed_authorization_requests",
     "dpop_bound_access_tokens",
+    "jwks",
+    "jwks_uri",
+    "resources",
 )
 
 
@@ -59,6 +63,9 @@ class ClientRecord:
     version: int = 1
     require_pushed_authorization_requests: bool = False  # RFC 9126 §6
     dpop_bound_access_tokens: bool = False  # RFC 9449 §5.2
+    jwks: dict[str, Any] | None = field(default=None, repr=False, hash=False)  # RFC 7523 §2.2
+    jwks_uri: str | None = None
+    resources: tuple[str, ...] = ()  # RFC 8707 §2: the resources it may name
 
     @property
     def scopes(self) -> frozenset[str]:
@@ -84,6 +91,9 @@ class ClientView:
     bootstrap: bool = False
     require_pushed_authorization_requests: bool = False
     dpop_bound_access_tokens: bool = False
+    jwks: dict[str, Any] | None = field(default=None, hash=False)  # RFC 7517 §5 JWK Set
+    jwks_uri: str | None = None
+    resources: list[str] = field(default_factory=list)  # RFC 8707 §2
 
 
 _VIEW_COLUMNS = (  # the fields of ClientView, in order
@@ -100,6 +110,9 @@ _VIEW_COLUMNS = (  # the fields of ClientView, in order
     Client.bootstrap,
     Client.require_pushed_authorization_requests,
     Client.dpop_bound_access_tokens,
+    Client.jwks,
+    Client.jwks_uri,
+    Client.resources,
 )
 
 
@@ -127,6 +140,9 @@ def _record(row: Client) -> ClientRecord:
         version=row.version,
         require_pushed_authorization_requests=row.require_pushed_authorization_requests,
         dpop_bound_access_tokens=row.dpop_bound_access_tokens,
+        jwks=row.jwks,
+        jwks_uri=row.jwks_uri,
+        resources=tuple(row.resources or ()),
     )
 
 
@@ -180,6 +196,9 @@ def create_client(
     bootstrap: bool = False,
     require_pushed_authorization_requests: bool = False,
     dpop_bound_access_tokens: bool = False,
+    jwks: dict[str, Any] | None = None,
+    jwks_uri: str | None = None,
+    resources: Sequence[str] = (),
 ) -> tuple[ClientRecord, str | None]:
     """Insert a client row whose metadata the caller validated (`registry.clients`).
     Returns (record, client secret to show once; None for a public client).
@@ -191,7 +210,7 @@ def create_client(
     method = token_endpoint_auth_method or (PUBLIC_METHOD if public else "client_secret_basic")
     client_id = client_id or new_client_id()
     claim_subject(session, client_id)
-    secret = None if method == PUBLIC_METHOD else secrets.token_urlsafe(32)
+    secret = None if method in (PUBLIC_METHOD, KEY_METHOD) else secrets.token_urlsafe(32)
     now = utcnow()
     row = Client(
         client_id=client_id,
@@ -208,6 +227,9 @@ def create_client(
         bootstrap=bootstrap,
         require_pushed_authorization_requests=require_pushed_authorization_requests,
         dpop_bound_access_tokens=dpop_bound_access_tokens,
+        jwks=jwks,
+        jwks_uri=jwks_uri,
+        resources=list(resources),
     )
     session.add(row)
     session.flush()

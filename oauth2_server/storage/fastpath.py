@@ -1,5 +1,5 @@
 """The hot path's storage (DESIGN.md "Performance facts"): the `IssueStore`,
-`IntrospectionReader` and `ExchangeReader` of `storage.protocols`.
+`IntrospectionReader`, `ExchangeReader` and `JtiClaims` of `storage.protocols`.
 
 `FastStore` is the SQLAlchemy implementation (SQLite, or any engine): each call is one
 short transaction on the engine, and a collected issue is written through the very
@@ -20,6 +20,7 @@ changes (`storage.client_notify`).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, bindparam, select
@@ -32,6 +33,7 @@ from oauth2_server.storage.errors import Availability
 from oauth2_server.storage.exchange import EXCHANGE_READ, ExchangePrefetch, exchange_prefetch
 from oauth2_server.storage.introspection import INTROSPECTION_READ, introspection_result
 from oauth2_server.storage.protocols import IssueBatch, SessionWriter
+from oauth2_server.storage.used_jtis import claim_jti
 
 # The client row still active at the guarded version (DESIGN.md invariant 9).
 SELECT_CURRENT = select(Client.id).where(
@@ -98,6 +100,13 @@ class FastStore:
                 written = await session.run_sync(lambda sync: _issue(sync, batch, guard))
                 await (session.commit() if written else session.rollback())
         return written
+
+    async def claim_jti(self, key: str, expires_at: datetime) -> bool:
+        """`JtiClaims.claim_jti`: `storage.used_jtis.claim_jti` in its own transaction,
+        committed before this returns."""
+        with self.availability.guard():
+            async with AsyncSession(self.engine) as session, session.begin():
+                return await session.run_sync(lambda sync: claim_jti(sync, key, expires_at))
 
     async def client_current(self, guard: ClientGuard) -> bool:
         """`IssueStore.client_current`: one primary-key read."""

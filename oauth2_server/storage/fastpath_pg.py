@@ -1,5 +1,5 @@
 """The hot path on PostgreSQL (asyncpg): `storage.protocols`' `IssueStore`,
-`IntrospectionReader` and `ExchangeReader` in one round trip each, no ORM.
+`IntrospectionReader`, `ExchangeReader` and `JtiClaims` in one round trip each, no ORM.
 
 Issuing a token writes two rows (the access-token row and its audit row) that must commit
 together. Through an ORM session that is BEGIN, INSERT, INSERT, COMMIT plus SQLAlchemy's
@@ -9,7 +9,8 @@ written only if the client row is still active at the guarded version (DESIGN.md
 invariant 9).
 
 Requests that arrive while statements are in flight are coalesced (`storage.coalesce`):
-their rows, or their reads, go out together in the next single statement. A failed
+their rows, their reads, or their `jti` claims (DPoP proofs, client assertions), go out
+together in the next single statement. A failed
 statement fails every request in it, so no token is handed out that is not durably stored.
 
 Values are bound as the table's column types bind them (`_binders`): JSON columns as JSON
@@ -23,6 +24,7 @@ import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Executable, Table, TypeDecorator
@@ -32,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
 from oauth2_server import metrics
-from oauth2_server.db.models import AccessToken, TokenLog
+from oauth2_server.db.models import AccessToken, TokenLog, UsedJti
 from oauth2_server.storage.client_state import ClientGuard, IntrospectionRead, guarded_write_sql
 from oauth2_server.storage.coalesce import Coalescer
 from oauth2_server.storage.exchange import (
@@ -51,6 +53,7 @@ from oauth2_server.storage.introspection import (
 )
 from oauth2_server.storage.protocols import IssueBatch, SessionWriter
 from oauth2_server.storage.tokens import access_token_values
+from oauth2_server.storage.used_jtis import CLAIM_MANY_SQL, jti_digest
 
 # At most this many coalesced INSERT statements in flight per worker. Two measured best in
 # bench/load.py: with four, most statements carried one request (one round trip each);
@@ -64,6 +67,7 @@ MAX_READERS = 1
 _DIALECT = asyncpg_dialect()
 _ACCESS = AccessToken.__table__
 _LOG = TokenLog.__table__
+_JTIS = UsedJti.__table__
 
 
 @functools.cache
@@ -144,6 +148,15 @@ class _Issue:
     rows: list[tuple[Table, dict[str, Any]]] = field(default_factory=list)
 
 
+@dataclass(eq=False)
+class _Claim:
+    """One request's `jti` claim (hashed by identity: two requests with the same digest
+    are two claims, of which one wins)."""
+
+    digest: str
+    expires_at: Any  # as asyncpg binds `UsedJti.expires_at` (`pg_values`)
+
+
 class PgFastStore(FastStore):
     """`FastStore` on PostgreSQL: the same protocols over an asyncpg pool."""
 
@@ -158,6 +171,7 @@ class PgFastStore(FastStore):
         self._exchanges: Coalescer[PrefetchKey, ExchangePrefetch] = Coalescer(
             self._prefetch_many, MAX_READERS
         )
+        self._claims: Coalescer[_Claim, bool] = Coalescer(self._claim_many, MAX_FLUSHERS)
 
     def _acquire(self) -> metrics.CountWaiting:
         """A pooled connection (`async with`) within `timeout`; the wait is counted in
@@ -206,6 +220,29 @@ class PgFastStore(FastStore):
                 r[0] for r in await connection.fetch(self._write_sql(len(issues), shape), *args)
             }
         return {issue: n in passed for n, issue in enumerate(issues)}
+
+    async def claim_jti(self, key: str, expires_at: datetime) -> bool:
+        """`JtiClaims.claim_jti` in one coalesced statement (`used_jtis.CLAIM_MANY_SQL`,
+        autocommitted: durable before this returns). Raises ValueError for a naive
+        `expires_at`."""
+        row = {"jti_hash": jti_digest(key), "expires_at": expires_at}
+        digest, expires = pg_values(_JTIS, row, ("jti_hash", "expires_at"))
+        with self.availability.guard():
+            claimed = await self._claims.get(_Claim(digest, expires))
+        return bool(claimed)
+
+    async def _claim_many(self, claims: list[_Claim]) -> dict[_Claim, bool]:
+        """Claim each distinct digest once; a later claim of a digest already in the batch
+        answers False (the earlier one may win; both never do)."""
+        first: dict[str, _Claim] = {}
+        for claim in claims:
+            first.setdefault(claim.digest, claim)
+        async with self._acquire() as connection:
+            recorded = await connection.fetch(
+                CLAIM_MANY_SQL, list(first), [claim.expires_at for claim in first.values()]
+            )
+        won = {first[row[0]] for row in recorded}
+        return {claim: claim in won for claim in claims}
 
     def session_writer(self, session: Session) -> SessionWriter:
         """`IssueStore.session_writer`: access-token rows are collected for `issue`, the

@@ -9,7 +9,8 @@ none lost for a committed one). The delivery loop (`notify.delivery`) reads the 
   short transaction. On PostgreSQL the candidates are locked `FOR UPDATE SKIP LOCKED`, so
   loops in several instances claim disjoint rows without waiting on each other; SQLite
   serialises writers, and the lease keeps other processes off a claimed row.
-- `mark_delivered` (after a 2xx answer only) and `mark_failed` (backoff) end a lease.
+- `mark_delivered` (after a 2xx answer only) and `mark_failed` (backoff) end a lease;
+  `release` ends it without an outcome (a loop stopping mid-cycle).
 - `pending_count`, `purge_delivered`: the metrics gauge and retention.
 
 An event whose lease ran out without an outcome (its sender died) is claimed again:
@@ -201,6 +202,20 @@ def mark_failed(session: Session, seq: int, error: str, retry_in: float) -> None
             next_attempt_at=now + timedelta(seconds=retry_in),
             lease_until=None,
         )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def release(session: Session, seqs: list[int]) -> None:
+    """End the leases of undelivered events `seqs` without recording an attempt: a loop
+    that stops between claim and outcome (graceful shutdown) hands them back at once
+    instead of holding them for the lease's length."""
+    if not seqs:
+        return
+    session.execute(
+        update(WebhookOutbox)
+        .where(WebhookOutbox.seq.in_(seqs), WebhookOutbox.delivered_at.is_(None))
+        .values(lease_until=None)
         .execution_options(synchronize_session=False)
     )
 

@@ -12,6 +12,8 @@
 - introspection read (RFC 7662 §2.2): `IntrospectionReader`, `PgFastStore` (coalesced)
   and `FastStore`;
 - exchange read (RFC 8693 §2.1): `ExchangeReader`, the same two.
+- single-use `jti` (RFC 9449 §11.1, RFC 7523 §3 item 7): `JtiClaims`, the same two
+  (`storage.used_jtis`: the rule, both writers).
 
 Each row has one definition (`storage.tokens.access_token_values`, `AuditEvent.row()`)
 that every writer binds; each read is one statement builder (`storage.introspection`,
@@ -66,6 +68,16 @@ class RefreshRotation(Protocol):
 
     def revoke_family(self, family_id: str, now: datetime) -> list[RevokedToken]:
         """Revoke every token of one grant; the tokens newly revoked."""
+
+
+class JtiClaims(Protocol):
+    """Single-use JWT ids for the whole deployment (`storage.used_jtis`)."""
+
+    async def claim_jti(self, key: str, expires_at: datetime) -> bool:
+        """Record `key` as used until `expires_at` (UTC, aware), durably before returning.
+        True for exactly one of all concurrent claims of a key, on any worker or
+        instance; False for a replay. Raises DatabaseUnavailable."""
+        ...
 
 
 class IssueStore(Protocol):

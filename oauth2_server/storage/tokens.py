@@ -13,7 +13,7 @@ superseded by a grace use of its parent (`redeem_refresh_token`).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -27,7 +27,8 @@ from oauth2_server.db.models import AccessToken, AuthorizationCode, RefreshToken
 class NewAuthorizationCode:
     """An authorization code as issued (RFC 6749 §4.1.2) with its PKCE challenge
     (RFC 7636 §4.3): stored by its SHA-256 digest `code_hash`, never the code.
-    `expires_at` is UTC."""
+    `expires_at` is UTC. `resources`: the resource indicators granted (RFC 8707 §2.2;
+    None: none requested)."""
 
     code_hash: str
     client_id: str
@@ -37,6 +38,7 @@ class NewAuthorizationCode:
     code_challenge: str
     code_challenge_method: str
     expires_at: datetime
+    resources: list[str] | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ def consume_authorization_code(
         .returning(*_CODE_COLUMNS)
     )
     row = session.execute(stmt).first()
-    return CodeRecord(*row) if row else None
+    return CodeRecord(**row._mapping) if row else None
 
 
 def find_authorization_code(session: Session, code_hash: str) -> CodeRecord | None:
@@ -95,7 +97,7 @@ def find_authorization_code(session: Session, code_hash: str) -> CodeRecord | No
     row = session.execute(
         select(*_CODE_COLUMNS).where(AuthorizationCode.code_hash == code_hash)
     ).first()
-    return CodeRecord(*row) if row else None
+    return CodeRecord(**row._mapping) if row else None
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,8 @@ class NewRefreshToken:
     by its SHA-256 digest `token_hash`, never the token; `parent_id` is the row it
     rotated (None for the family's first). `family_expires_at` is the family's absolute
     end (None: no limit). `dpop_jkt`: the DPoP key a public client's token is bound to
-    (RFC 9449 §5; None: not bound). Times are UTC."""
+    (RFC 9449 §5; None: not bound). `resources`: the resource indicators granted to the
+    family (RFC 8707 §2.2; None: none requested). Times are UTC."""
 
     token_hash: str
     family_id: str
@@ -230,6 +233,7 @@ class NewRefreshToken:
     expires_at: datetime
     family_expires_at: datetime | None = None
     dpop_jkt: str | None = None
+    resources: list[str] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -121,13 +121,22 @@ def update_user(session: Session, subject: str, changes: dict[str, Any]) -> User
     return get_user_view(session, subject)
 
 
-def delete_pending_codes(session: Session, user_id: int) -> int:
-    """Delete a user's unredeemed authorization codes, so none can mint new tokens."""
-    return session.execute(
-        delete(AuthorizationCode).where(
-            AuthorizationCode.user_id == user_id, AuthorizationCode.consumed_at.is_(None)
-        )
-    ).rowcount
+def delete_pending_codes(session: Session, user_id: int, client_id: str | None = None) -> int:
+    """Delete a user's unredeemed authorization codes (only those issued to `client_id`
+    when given), so none can mint new tokens. Returns how many."""
+    where = [AuthorizationCode.user_id == user_id, AuthorizationCode.consumed_at.is_(None)]
+    if client_id is not None:
+        where.append(AuthorizationCode.client_id == client_id)
+    return session.execute(delete(AuthorizationCode).where(*where)).rowcount
+
+
+def forget_consent(session: Session, user_id: int, client_id: str) -> bool:
+    """Delete the user's remembered consent for the client (`remember_consent`), so the
+    consent page asks again. True if there was one."""
+    result = session.execute(
+        delete(Consent).where(Consent.user_id == user_id, Consent.client_id == client_id)
+    )
+    return bool(result.rowcount)
 
 
 def consented_scopes(session: Session, user_id: int, client_id: str) -> frozenset[str]:

@@ -61,11 +61,16 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+# Parameters that may repeat in an OAuth request: `resource` (RFC 8707 §2).
+REPEATABLE = frozenset({"resource"})
+
+
 def parse_params(text: str, allow_repeats: bool = False) -> dict[str, list[str]]:
     """Parse urlencoded text into name → values, dropping empty values (RFC 6749 §3.1).
 
     Raises BadRequest on malformed text, on a name or value with a control character
-    (`field`: the parameter), and on a repeated parameter unless `allow_repeats`.
+    (`field`: the parameter), and on a repeated parameter unless `allow_repeats` or the
+    parameter is one a standard lets repeat (`REPEATABLE`; at most 100 fields in all).
     """
     params: dict[str, list[str]] = {}
     try:
@@ -80,7 +85,7 @@ def parse_params(text: str, allow_repeats: bool = False) -> dict[str, list[str]]
             raise BadRequest(f"parameter '{shown}' contains a control character", field=shown)
         values = params.setdefault(name, [])
         values.append(value)
-        if len(values) > 1 and not allow_repeats:
+        if len(values) > 1 and not allow_repeats and name not in REPEATABLE:
             raise BadRequest(f"parameter '{name[:40]}' is included more than once", field=name[:40])
     return params
 

@@ -144,6 +144,12 @@ def test_the_documented_bounds_are_the_ones_enforced(name, model, schema):
             validate(model, {**required, field: [item] * spec["maxItems"]})
             assert refusal(model, {**required, field: [item] * (spec["maxItems"] + 1)})[0] == field
             assert refusal(model, {**required, field: [item + "x"]})[0] == field
+        elif spec.get("type") == "object":  # a JSON object (a JWK Set): members bounded
+            at_most = spec["maxProperties"]
+            validate(model, {**required, field: {str(i): 1 for i in range(at_most)}})
+            too_many = {str(i): 1 for i in range(at_most + 1)}
+            assert refusal(model, {**required, field: too_many})[0] == field
+            assert refusal(model, {**required, field: "x"})[0] == field
         else:
             assert spec["type"] == "boolean", (name, field)
             assert refusal(model, {**required, field: "true"})[0] == field

@@ -66,7 +66,7 @@ def test_auth_method_defaults_by_public(body, method):
 @pytest.mark.parametrize(
     "body",
     [
-        {"token_endpoint_auth_method": "private_key_jwt"},
+        {"token_endpoint_auth_method": "client_secret_jwt"},
         {"public": True, "token_endpoint_auth_method": "client_secret_basic"},
         {"token_endpoint_auth_method": "none"},
     ],
