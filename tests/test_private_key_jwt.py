@@ -212,6 +212,19 @@ def test_an_exp_further_ahead_than_the_max_age_is_refused(server, db):
     _refused(server, db, client_id, assertion, "ahead")
 
 
+@pytest.mark.parametrize(
+    "claims",
+    [{"exp": 10**400}, {"iat": 10**400}, {"nbf": 10**400}, {"exp": "soon"}, {"exp": True}],
+    ids=["exp-past-float", "iat-past-float", "nbf-past-float", "exp-string", "exp-bool"],
+)
+def test_a_time_claim_that_is_not_a_finite_number_is_refused(server, db, claims):
+    """RFC 7519 §2 NumericDate: a value JSON can carry but no clock can hold (an integer
+    past float's range, a string, a boolean) is invalid_client, never a 500."""
+    signer = Signer()
+    client_id = key_client(db, signer)
+    _refused(server, db, client_id, signer.assertion(client_id, server.base_url, **claims), "")
+
+
 def test_a_replayed_assertion_is_refused(server, db):
     """RFC 7523 §3 item 7: the jti works once."""
     signer = Signer()

@@ -24,7 +24,6 @@ Times allow `CLOCK_SKEW` seconds either way. A failure is `AssertionRefused`, an
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Any
 
 import jwt
 
+from oauth2_server.oauth.numeric_date import numeric_date
 from oauth2_server.registry.client_keys import key_alg
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -99,12 +99,15 @@ def _key(header: dict[str, Any], keys: list[dict[str, Any]]) -> Any:
 
 
 def _number(claims: dict[str, Any], name: str) -> float | None:
+    """Claim `name` as seconds (`numeric_date`), None when absent. Raises AssertionRefused
+    when it is present but not a finite number."""
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    seconds = numeric_date(value)
+    if seconds is None:
         raise AssertionRefused(f"the assertion's {name} must be a number of seconds")
-    return float(value)
+    return seconds
 
 
 def _check_claims(claims: dict[str, Any], client_id: str, issuer: str, max_age: int) -> None:

@@ -39,6 +39,7 @@ from oauth2_server.audit.log import AuditBuffer, AuditEvent, RequestContext
 from oauth2_server.oauth.authlib_server import oauth_error_response
 from oauth2_server.oauth.bridge import Bridge, OAuthRequest
 from oauth2_server.oauth.exchange_flow import claimed_client_id
+from oauth2_server.oauth.numeric_date import numeric_date
 
 ALGORITHMS = ("ES256", "PS256", "EdDSA")
 PROOF_TYP = "dpop+jwt"
@@ -150,11 +151,8 @@ def _check_claims(claims: dict[str, Any], method: str, url: str, window: int) ->
         same = False
     if not same:
         raise DPoPError("the proof's htu is not this endpoint's URL")
-    try:  # NaN compares false, an integer past float's range overflows: both refused
-        fresh = isinstance(iat, int | float) and abs(time.time() - iat) <= window
-    except OverflowError:
-        fresh = False
-    if not fresh:
+    issued = numeric_date(iat)  # NaN, ±Infinity, past float's range: refused
+    if issued is None or abs(time.time() - issued) > window:
         raise DPoPError(f"the proof's iat is not within {window} s of now")
 
 
