@@ -73,9 +73,15 @@ def _family_owner(session: Session, family_id: str) -> tuple[str | None, str | N
     ).first()
     if refresh is not None:
         return user_subjects(session, [refresh.user_id]).get(refresh.user_id), refresh.client_id
+    return _access_owner(session, AccessToken.family_id == family_id)
+
+
+def _access_owner(session: Session, condition: Any) -> tuple[str | None, str | None]:
+    """(user subject, client id) of the first access token matching `condition`; the
+    subject is None for a client_credentials token; (None, None) when none matches."""
     access = session.execute(
         select(AccessToken.subject, AccessToken.client_id, AccessToken.user_id)
-        .where(AccessToken.family_id == family_id)
+        .where(condition)
         .limit(1)
     ).first()
     if access is None:
@@ -100,14 +106,7 @@ def concerned(
     if by == "family_id":
         return _family_owner(session, value)
     if by == "jti":
-        token = session.execute(
-            select(AccessToken.subject, AccessToken.client_id, AccessToken.user_id).where(
-                AccessToken.jti == value
-            )
-        ).first()
-        if token is None:
-            return None, None
-        return (token.subject if token.user_id is not None else None), token.client_id
+        return _access_owner(session, AccessToken.jti == value)
     users = {t.subject for t in revoked if t.user_id is not None}
     clients = {t.client_id for t in revoked}
     subject = value if by == "user" else (users.pop() if len(users) == 1 else None)
