@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import requests
+from requests_oauth2client import OAuth2Client
 from requests_oauthlib import OAuth2Session
 
 REDIRECT_URI = "http://127.0.0.1:9/callback"  # never contacted: redirects are not followed
@@ -129,3 +130,16 @@ def public_app(db: Any, unique: Any, scope: str = "read") -> str:
         scope=scope,
     )
     return client_id
+
+
+def discovered(server, client_id: str, secret: str | None = None, **kwargs) -> OAuth2Client:
+    """The library's client, from /.well-known/oauth-authorization-server (`testing`:
+    our test server speaks http on loopback)."""
+    return OAuth2Client.from_discovery_endpoint(
+        server.url("/.well-known/oauth-authorization-server"),
+        issuer=server.base_url,
+        client_id=client_id,
+        client_secret=secret,
+        testing=True,
+        **kwargs,
+    )

@@ -10,28 +10,15 @@ import time
 
 import jwt
 import requests
-from requests_oauth2client import OAuth2Client
 
 from tests.admin_helpers import admin_api, cli_json
-from tests.flows import REDIRECT_URI, authorize_with_pkce, decide, login, query_of
+from tests.flows import REDIRECT_URI, authorize_with_pkce, decide, discovered, login, query_of
 
 PASSWORD = "correct horse battery"
 POST = "client_secret_post"  # the library's default client authentication
 REVIEWS = "https://reviews.example.com/"
 BILLING = "https://billing.example.com/api"
 OTHER = "https://other.example.com/"
-
-
-def discovered(server, client_id: str, secret: str | None = None, **kwargs) -> OAuth2Client:
-    """The library's client from our RFC 8414 metadata (`testing`: http on loopback)."""
-    return OAuth2Client.from_discovery_endpoint(
-        server.url("/.well-known/oauth-authorization-server"),
-        issuer=server.base_url,
-        client_id=client_id,
-        client_secret=secret,
-        testing=True,
-        **kwargs,
-    )
 
 
 def verified_claims(server, token: str, audience: str) -> dict:

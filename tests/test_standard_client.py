@@ -6,25 +6,12 @@ from __future__ import annotations
 
 import jwt
 import requests
-from requests_oauth2client import DPoPToken, OAuth2Client
+from requests_oauth2client import DPoPToken
 
-from tests.flows import REDIRECT_URI, decide, login, query_of
+from tests.flows import REDIRECT_URI, decide, discovered, login, query_of
 
 PASSWORD = "correct horse battery"
 POST = "client_secret_post"  # the library's default client authentication
-
-
-def discovered(server, client_id: str, secret: str | None = None, **kwargs) -> OAuth2Client:
-    """The library's client, from /.well-known/oauth-authorization-server (`testing`:
-    our test server speaks http on loopback)."""
-    return OAuth2Client.from_discovery_endpoint(
-        server.url("/.well-known/oauth-authorization-server"),
-        issuer=server.base_url,
-        client_id=client_id,
-        client_secret=secret,
-        testing=True,
-        **kwargs,
-    )
 
 
 def test_dpop_bound_client_credentials_and_introspection(server, db):
