@@ -136,6 +136,9 @@ class Result:
     server_cpu_ms: float | None = None  # server CPU time per request (all workers), ms
     database_cpu_ms: float | None = None  # PostgreSQL backends' CPU time per request, ms
     reused: int = 0  # requests that had to reuse a single-use line of a requests file
+    # share of the run the server's busy processes spent runnable but waiting for a core
+    # (the kernel's run-queue time, /proc/<pid>/schedstat), mean over those processes
+    server_wait_share: float | None = None
 
     def line(self) -> str:
         cpu = ""
@@ -143,6 +146,8 @@ class Result:
             cpu = f"   cpu/req server {self.server_cpu_ms:.3f} ms"
             if self.database_cpu_ms is not None:
                 cpu += f" + postgres {self.database_cpu_ms:.3f} ms"
+        if self.server_wait_share is not None:
+            cpu += f"   waiting for a core {100 * self.server_wait_share:.0f} %"
         if self.reused:
             cpu += f"   EXHAUSTED: {self.reused} requests replayed a used proof/assertion"
         return (
@@ -187,6 +192,33 @@ def cpu_seconds(pids: list[int]) -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def scheduler_seconds(pids: list[int]) -> dict[int, tuple[float, float]]:
+    """{pid: (seconds on a core, seconds runnable but waiting for one)} of each process's
+    main thread so far (Linux /proc/<pid>/schedstat; {} elsewhere). The waiting time is
+    the scheduler's share of a tail: a request whose worker waits for a core waits too."""
+    seconds: dict[int, tuple[float, float]] = {}
+    for pid in pids:
+        try:
+            running, waiting, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
+        except (OSError, ValueError):
+            continue
+        seconds[pid] = (int(running) / 1e9, int(waiting) / 1e9)
+    return seconds
+
+
+def waiting_share(
+    before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]], wall: float
+) -> float | None:
+    """Mean share of `wall` seconds that the busy processes (on a core at least 5 % of
+    the time) spent waiting for a core, between two `scheduler_seconds` readings."""
+    shares = [
+        (after[pid][1] - before[pid][1]) / wall
+        for pid in before.keys() & after.keys()
+        if wall > 0 and after[pid][0] - before[pid][0] >= 0.05 * wall
+    ]
+    return sum(shares) / len(shares) if shares else None
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -228,6 +260,7 @@ def run_wrk(
     server = _descendants(server_pid) if server_pid else []
     database = database_pids() if database_pids else []
     before = (cpu_seconds(server), cpu_seconds(database))
+    scheduled, started = scheduler_seconds(server), time.monotonic()
     output = subprocess.run(
         ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
         env=env,
@@ -236,6 +269,7 @@ def run_wrk(
         check=True,
     ).stdout
     after = (cpu_seconds(server), cpu_seconds(database))
+    wait = waiting_share(scheduled, scheduler_seconds(server), time.monotonic() - started)
     stats = json.loads(output.strip().splitlines()[-1])
     count = max(stats["requests"], 1)
     per_request = [
@@ -251,6 +285,7 @@ def run_wrk(
         per_request[0],
         per_request[1] if database else None,
         stats.get("reused", 0),
+        wait,
     )
 
 

@@ -131,6 +131,14 @@ class Database:
         with self.engine.connect() as connection:
             return list(connection.execute(text(sql), params))
 
+    def rows_eventually(self, sql: str, timeout: float = 10.0, **params: Any) -> list[Any]:
+        """`rows(sql)` once it returns any (or whatever it returns after `timeout` s):
+        for rows written in batches (OAUTH2_AUDIT_FLUSH_INTERVAL), without a fixed wait."""
+        deadline = time.monotonic() + timeout
+        while not (found := self.rows(sql, **params)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return found
+
     def count(self, table: str, where: str = "1=1", **params: Any) -> int:
         return int(self.scalar(f"SELECT count(*) FROM {table} WHERE {where}", **params))  # noqa: S608
 

@@ -156,13 +156,107 @@ def test_a_proof_is_used_once_and_refusals_are_audited(server, db, client):
     assert token_request(server, client, proof).status_code == 200
     again = token_request(server, client, proof)
     assert again.status_code == 400 and "used before" in again.json()["error_description"]
-    time.sleep(1.5)  # refusals are written in batches (OAUTH2_AUDIT_FLUSH_INTERVAL)
-    flags = db.rows(
+    # refusals are written in batches (OAUTH2_AUDIT_FLUSH_INTERVAL)
+    flags = db.rows_eventually(
         "SELECT flags FROM oauth2_token_logs WHERE action = 'dpop_proof_refused'"
         " AND client_id = :c",
         c=client[0],
     )
     assert flags and "invalid_dpop_proof" in str(flags[-1][0])
+
+
+def used_jti_rows(db, key: Key, proof: str) -> int:
+    """Rows of `proof` in oauth2_used_jtis: each is named by the SHA-256 (hex) of
+    `dpop:<jkt>:<jti>`."""
+    jti = jwt.decode(proof, options={"verify_signature": False})["jti"]
+    digest = hashlib.sha256(f"dpop:{key.thumbprint}:{jti}".encode()).hexdigest()
+    return db.count("oauth2_used_jtis", "jti_hash = :h", h=digest)
+
+
+def unauthenticated(server, client, proof: str, how: str) -> httpx.Response:
+    """A client_credentials request with `proof` whose client authentication fails."""
+    client_id, secret = client
+    url, headers = server.url("/oauth2/token"), {"DPoP": proof}
+    body = {"grant_type": "client_credentials"}
+    if how == "wrong secret":
+        return httpx.post(url, auth=(client_id, secret + "x"), data=body, headers=headers)
+    if how == "wrong secret in the body":
+        body |= {"client_id": client_id, "client_secret": secret + "x"}
+    elif how == "unknown client":
+        return httpx.post(url, auth=("no-such-client", secret), data=body, headers=headers)
+    return httpx.post(url, data=body, headers=headers)  # no client at all
+
+
+@pytest.mark.parametrize(
+    "how", ["wrong secret", "wrong secret in the body", "unknown client", "no client"]
+)
+def test_a_proof_is_claimed_only_once_the_client_is_authenticated(server, db, client, how):
+    """§4.3 ("These checks may be performed in any order") and §11.1: a valid proof sent
+    with client credentials that fail is `invalid_client` and records no jti, so an
+    unauthenticated caller cannot grow oauth2_used_jtis; the same proof then works with the
+    right secret (its jti was never used), and a replay of it is `invalid_dpop_proof`."""
+    key = Key()
+    proof = key.proof(server.url("/oauth2/token"))
+    used = db.count("oauth2_used_jtis")
+    refused = unauthenticated(server, client, proof, how)
+    assert refused.status_code in (400, 401), refused.text
+    assert refused.json()["error"] == "invalid_client"
+    if how == "wrong secret":
+        assert refused.status_code == 401
+    assert db.count("oauth2_used_jtis") == used and used_jti_rows(db, key, proof) == 0
+    assert db.count("oauth2_access_tokens", "client_id = :c", c=client[0]) == 0
+    accepted = token_request(server, client, proof)
+    assert accepted.status_code == 200, accepted.text
+    claims = jwt.decode(accepted.json()["access_token"], options={"verify_signature": False})
+    assert claims["cnf"] == {"jkt": key.thumbprint}
+    replay = token_request(server, client, proof)
+    assert replay.status_code == 400 and replay.json()["error"] == "invalid_dpop_proof"
+    assert "used before" in replay.json()["error_description"]
+    assert replay.headers["www-authenticate"] == 'DPoP error="invalid_dpop_proof"'
+    assert used_jti_rows(db, key, proof) == 1
+    assert db.count("oauth2_access_tokens", "client_id = :c", c=client[0]) == 1
+
+
+def test_a_replay_refused_after_authentication_is_audited(server, db, client):
+    """The replay check now runs after client authentication: its refusal is the same
+    `dpop_proof_refused` row (flag `invalid_dpop_proof`, the client, the grant type) and
+    no `client_auth_failed` row."""
+    proof = Key().proof(server.url("/oauth2/token"))
+    assert token_request(server, client, proof).status_code == 200
+    assert token_request(server, client, proof).status_code == 400
+    deadline = time.monotonic() + 5  # refusals are written in batches
+    while True:
+        rows = db.rows(
+            "SELECT action, flags, grant_type FROM oauth2_token_logs"
+            " WHERE client_id = :c AND action <> 'issued'",
+            c=client[0],
+        )
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert [(action, grant) for action, _, grant in rows] == [
+        ("dpop_proof_refused", "client_credentials")
+    ]
+    assert "invalid_dpop_proof" in str(rows[0][1])
+
+
+def test_a_proof_is_used_once_when_a_worker_holds_an_old_secret(start_server, db):
+    """§11.1 across a secret rotation: a worker whose cached client record still has the
+    old secret refuses the new one up front, and the transaction accepts it against the
+    row; the proof's jti is still recorded before the grant runs, so a replay with the new
+    secret is `invalid_dpop_proof`. (On SQLite no notification reaches the worker: its
+    cache stays behind until the row check.)"""
+    live = start_server(OAUTH2_CLIENT_CACHE_TTL="600")
+    client_id, old = db.create_client(scope="read")
+    assert token_request(live, (client_id, old), None).status_code == 200  # cached
+    new = cli_json(db, "clients", "rotate-secret", client_id)["client_secret"]
+    key = Key()
+    proof = key.proof(live.url("/oauth2/token"))
+    first = token_request(live, (client_id, new), proof)
+    assert first.status_code == 200, first.text
+    replay = token_request(live, (client_id, new), proof)
+    assert replay.status_code == 400 and replay.json()["error"] == "invalid_dpop_proof"
+    assert first.json()["token_type"] == "DPoP" and used_jti_rows(db, key, proof) == 1
 
 
 def test_two_dpop_headers_are_refused(server, client):
@@ -368,6 +462,41 @@ def test_token_exchange_takes_a_dpop_bound_subject_token_with_a_proof_of_its_key
         refused = exchange_with(proof)
         assert refused.status_code == 400 and refused.json()["error"] == "invalid_request"
         assert "DPoP" in refused.json()["error_description"]
-    answered = exchange_with(key.proof(token_url))
+    proof = key.proof(token_url)
+    answered = exchange_with(proof)
     assert answered.status_code == 200, answered.text
     assert answered.json()["access_token"] == google.issued_access_tokens[-1]
+    replay = exchange_with(proof)  # §11.1: claimed once client authentication succeeded
+    assert replay.status_code == 400 and replay.json()["error"] == "invalid_dpop_proof"
+
+
+def test_token_exchange_claims_a_proof_once_when_it_refreshes_upstream(
+    upstream, db, google, unique
+):
+    """§11.1 with RFC 8693: an exchange whose stored upstream token is near its end runs the
+    grant twice around the upstream refresh; the proof's jti is recorded once (the exchange
+    answers 200, one refresh at Google), and a replay with the right secret is
+    `invalid_dpop_proof`, issuing nothing."""
+    branch_id = unique("stale")
+    connect_branch(upstream, db, google, branch_id, expires_in=120)
+    client_id, secret = exchange_client(db, [branch_id])
+    key = Key()
+    token_url = upstream.url("/oauth2/token")
+    issued = token_request(
+        upstream, (client_id, secret), key.proof(token_url), scope="upstream:google read"
+    )
+    body = {
+        "grant_type": TOKEN_EXCHANGE,
+        "subject_token": issued.json()["access_token"],
+        "subject_token_type": ACCESS_TOKEN_TYPE,
+        "audience": "google",
+        "branch_id": branch_id,
+    }
+    proof = key.proof(token_url)
+    refreshes = google.refresh_calls
+    answered = httpx.post(token_url, auth=(client_id, secret), data=body, headers={"DPoP": proof})
+    assert answered.status_code == 200, answered.text
+    assert google.refresh_calls == refreshes + 1
+    replay = httpx.post(token_url, auth=(client_id, secret), data=body, headers={"DPoP": proof})
+    assert replay.status_code == 400 and replay.json()["error"] == "invalid_dpop_proof"
+    assert used_jti_rows(db, key, proof) == 1

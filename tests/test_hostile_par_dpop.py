@@ -33,6 +33,7 @@ from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
 from tests.flows import REDIRECT_URI, query_of
 from tests.test_dpop import Key, ath, b64
 from tests.test_par import URN, pkce, push, sign_in_and_consent
+from tests.test_private_key_jwt import ASSERTION_TYPE, Signer, key_client
 
 # One server for most cases (its log is checked at the end); one with 1 s pushed requests,
 # server nonces on and the shortest proof window (5 s), for expiry and nonce cases.
@@ -205,6 +206,37 @@ def test_one_proof_sent_in_parallel_issues_one_token(live):
             in assert_json_error(refused, 400, "invalid_dpop_proof")["error_description"]
         )
     assert live.db.count("oauth2_access_tokens", "client_id = :c", c=client[0]) == 1
+
+
+def test_valid_proofs_with_failed_client_authentication_record_no_jti(live):
+    """§11.1 against a flood: valid self-made proofs (each a fresh key and jti) sent with a
+    wrong client secret or with a `private_key_jwt` assertion signed by another key are
+    `invalid_client` and add no oauth2_used_jtis row (the jti is recorded only after
+    client authentication); the proof refused with a forged assertion then works with a
+    genuine one."""
+    db, url = live.db, live.url("/oauth2/token")
+    client_id, secret = db.create_client(scope="read")
+    signer = Signer()
+    key_client_id = key_client(db, signer)
+    used = db.count("oauth2_used_jtis")
+    for _ in range(20):
+        response = dpop_token(live, (client_id, secret + "x"), {"DPoP": Key().proof(url)})
+        assert_json_error(response, 401, "invalid_client")
+    proof = Key().proof(url)
+
+    def with_assertion(assertion: str) -> httpx.Response:
+        form = {"client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion}
+        return httpx.post(url, data={**CLIENT_CREDENTIALS, **form}, headers={"DPoP": proof})
+
+    forged = Signer(kid=signer.kid).assertion(key_client_id, live.base_url)
+    assert_json_error(with_assertion(forged), 401, "invalid_client")
+    assert db.count("oauth2_used_jtis") == used
+    assert (
+        db.count("oauth2_access_tokens", "client_id IN (:a, :b)", a=client_id, b=key_client_id) == 0
+    )
+    genuine = with_assertion(signer.assertion(key_client_id, live.base_url))
+    assert genuine.status_code == 200 and genuine.json()["token_type"] == "DPoP", genuine.text
+    assert db.count("oauth2_used_jtis") == used + 2  # the assertion's jti and the proof's
 
 
 def test_server_nonce_refusals_change_nothing(short):

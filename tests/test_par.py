@@ -142,8 +142,8 @@ def test_request_uri_works_once(server, db, unique):
     again = requests.get(url, allow_redirects=False, timeout=30)
     assert again.status_code == 400 and "invalid_request_uri" in again.text
     assert "location" not in again.headers
-    time.sleep(1.5)  # read-only refusals are written in batches (OAUTH2_AUDIT_FLUSH_INTERVAL)
-    refused = db.rows(
+    # read-only refusals are written in batches (OAUTH2_AUDIT_FLUSH_INTERVAL)
+    refused = db.rows_eventually(
         "SELECT flags FROM oauth2_token_logs WHERE action = 'pushed_request_refused'"
         " AND client_id = :c",
         c=client_id,

@@ -9,11 +9,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from sqlalchemy import text
 
 from oauth2_server.storage.branches import grant_branch
+from tests.conftest import skip_unless_postgresql
 from tests.fake_google import (
     Account,
     connect_branch,
@@ -24,7 +27,7 @@ from tests.fake_google import (
     exchange_client,
     wait_refresh_settled,
 )
-from tests.upstream_worker_helpers import make_due, refreshes_by_account, wait_for
+from tests.upstream_worker_helpers import grant, make_due, refreshes_by_account, wait_for
 
 # Extra settings for this module's server (read by the `upstream` fixture in conftest.py).
 # The refresh cap equals the caller's deadline here: a refresh that times out for its
@@ -248,3 +251,51 @@ def test_worker_process_refreshes_and_stops_on_sigterm(upstream, db, google, uni
     assert process.returncode == 0, output
     assert refreshes_by_account(google)[credential_of(db, branch_id)["account_sub"]] == 1
     assert "upstream refresh worker: {'ok': " in output  # it was this process
+
+
+def test_worker_refreshes_at_most_its_concurrency_at_once(upstream, db, google, unique):
+    """Bounded concurrency (issue #14 item 1): `oauth2-server worker --once` with
+    OAUTH2_UPSTREAM_REFRESH_CONCURRENCY=2 and four due grants refreshes two at a time,
+    so with a provider taking 1 s per refresh the four finish in two rounds, not one."""
+    branches = [unique("bounded") for _ in range(4)]
+    for branch_id in branches:
+        connect_branch(upstream, db, google, branch_id)
+        make_due(db, branch_id)
+    google.refresh_delay = 1.0
+    env = {**upstream.env, "OAUTH2_UPSTREAM_REFRESH_CONCURRENCY": "2"}
+    done = subprocess.run(
+        [sys.executable, "-m", "oauth2_server", "worker", "--once", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    finished = sorted(grant(db, branch_id).last_refreshed_at for branch_id in branches)
+    assert all(finished), finished
+    assert (finished[-1] - finished[0]).total_seconds() >= 0.8, finished  # two rounds
+
+
+def test_an_exchange_meeting_a_locked_grant_gives_up_at_its_deadline(upstream, db, google, unique):
+    """PostgreSQL: another transaction holds the grant's row (an admin's change, another
+    instance). The refresh's claim waits for the lock at most the caller's deadline
+    (`lock_timeout`, issue #14 item 5): the exchange answers 503 in time, and its refresh
+    gives up rather than queueing for the lock and calling the provider once it is free."""
+    skip_unless_postgresql(db)
+    branch_id = unique("locked")
+    client_id, secret, subject = stale(upstream, db, google, branch_id)
+    credential_id = credential_of(db, branch_id)["id"]
+    with db.engine.connect() as holder, holder.begin():
+        holder.execute(
+            text("SELECT id FROM oauth2_upstream_credentials WHERE id = :c FOR UPDATE"),
+            {"c": credential_id},
+        )
+        started = time.monotonic()
+        response = exchange(upstream, client_id, secret, subject, branch_id)
+        elapsed = time.monotonic() - started
+        time.sleep(1.5)  # held past the claim's lock_timeout (2 s after it began)
+    assert response.status_code == 503, response.text
+    assert response.json()["error"] == "temporarily_unavailable"
+    assert elapsed < 2 + 1.5
+    time.sleep(1.0)  # a claim still queued for the lock would now call the provider
+    assert google.refresh_calls == 0

@@ -119,6 +119,20 @@ def test_worker_stores_a_rotated_refresh_token_microsoft(upstream, db, google, u
     assert stored == google.issued_refresh_tokens[-1]
 
 
+def needs_consent_deliveries(branch_id: str) -> list:
+    """The `branch.needs_consent` deliveries of `branch_id` the receiver accepted, once
+    there is at least one."""
+    return wait_for(
+        lambda: [
+            d
+            for d in RECEIVER.accepted()
+            if d.event.get("type") == "branch.needs_consent"
+            and d.event["data"].get("branch_id") == branch_id
+        ],
+        what="branch.needs_consent at the receiver",
+    )
+
+
 def test_grant_revoked_at_the_provider_needs_consent_within_one_cycle(upstream, db, google, unique):
     """`invalid_grant` marks the grant at once: health `needs_consent`, the refresh token
     kept (an admin sees it; nothing is deleted), a `branch.needs_consent` event in the
@@ -137,15 +151,7 @@ def test_grant_revoked_at_the_provider_needs_consent_within_one_cycle(upstream, 
     assert after["refresh"] == before["refresh"]
     assert "refused" in after["consent_error"]
     assert outbox_events(db, f"branch:{branch_id}") == ["branch.needs_consent"]
-    arrived = wait_for(
-        lambda: [
-            d
-            for d in RECEIVER.accepted()
-            if d.event.get("type") == "branch.needs_consent"
-            and d.event["data"].get("branch_id") == branch_id
-        ],
-        what="branch.needs_consent at the receiver",
-    )
+    arrived = needs_consent_deliveries(branch_id)
     assert len(arrived) == 1 and arrived[0].valid  # signed per Standard Webhooks
     sub = before["account_sub"]
     calls = refreshes_by_account(google)[sub]
@@ -225,3 +231,51 @@ def test_a_grant_locked_elsewhere_does_not_stall_the_worker(upstream, db, google
         )
         assert credential_of(db, locked_id)["last_refreshed_at"] is None
     wait_for(lambda: credential_of(db, locked_id)["last_refreshed_at"], what="the locked one")
+
+
+def test_an_exchange_during_the_workers_refresh_shares_its_outcome(upstream, db, google, unique):
+    """Single flight with the on-demand path (issue #14 item 1): an exchange for a grant
+    the worker is refreshing finds the worker's refresh mark, waits for that refresh and
+    hands out its token; the provider is called once, by the worker."""
+    branch_id = unique("shared")
+    connect_branch(upstream, db, google, branch_id)
+    client_id, secret = exchange_client(db, [branch_id])
+    subject = upstream.client_credentials_token(client_id, secret)
+    credential = credential_of(db, branch_id)
+    google.refresh_delay = 2.0  # the worker's call is still open when the exchange comes
+    make_due(db, branch_id, seconds_left=120)  # due for the worker and for an exchange
+
+    wait_for(lambda: grant(db, branch_id).refresh_started_at, what="the worker's claim")
+    response = exchange(upstream, client_id, secret, subject, branch_id)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["access_token"] == google.issued_access_tokens[-1]
+    assert refreshes_by_account(google)[credential["account_sub"]] == 1
+    rows = db.rows(
+        "SELECT details FROM oauth2_token_logs WHERE action = 'upstream_refreshed' "
+        "AND CAST(details AS TEXT) LIKE :c",
+        c=f"%{credential['id']}%",
+    )
+    assert len(rows) == 1 and "refresh_worker" in str(rows[0][0])
+
+
+def test_worker_refresh_with_a_narrowed_scope_needs_consent_and_notifies(
+    upstream, db, google, unique
+):
+    """Issue #14 item 5 under the worker: the owner removed business.manage, so the
+    refresh answer lacks it. The grant needs consent naming the scope, the answer's tokens
+    are stored all the same, and `branch.needs_consent` (reason `scope_narrowed`) reaches
+    the receiver, signed."""
+    branch_id = unique("narrowed")
+    connect_branch(upstream, db, google, branch_id)
+    google.grants[google.issued_refresh_tokens[-1]].scope = "openid email"
+    make_due(db, branch_id)
+
+    wait_for(lambda: credential_of(db, branch_id)["needs_consent"], what="needs_consent")
+    after = credential_of(db, branch_id)
+    assert "business.manage" in after["consent_error"]
+    assert after["last_refreshed_at"] is not None and after["scope"] == "openid email"
+    assert outbox_events(db, f"branch:{branch_id}") == ["branch.needs_consent"]
+    arrived = needs_consent_deliveries(branch_id)
+    assert len(arrived) == 1 and arrived[0].valid
+    assert arrived[0].event["data"]["reason"] == "scope_narrowed"

@@ -141,9 +141,9 @@ def _audit_filters(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(option, dest=name, help=doc)
 
 
-def register(sub: Any) -> None:
-    """Add `audit …` and `janitor` to `oauth2-server`'s parser (`sub`: its subparsers)."""
-    audit = sub.add_parser("audit", help="query, export and verify the audit trail")
+def register(audit: argparse.ArgumentParser) -> None:
+    """Add the `audit …` subcommands to `oauth2-server audit`'s parser (`janitor` is
+    `cli.audit_chain.register_janitor`)."""
     audit_group = audit.add_subparsers(dest="audit_command", required=True)
     a = audit_group.add_parser("query", help="one page of audit rows (JSON)")
     _audit_filters(a)
@@ -165,5 +165,4 @@ def register(sub: Any) -> None:
     a.set_defaults(func=cmd_audit_username_digest)
     audit_export_cli.register(audit_group, _audit_filters)  # export, verify-export
     audit_tail.register(audit_group)
-
-    audit_chain_cli.register(audit_group, sub)  # verify, seal, checkpoints, repair; janitor
+    audit_chain_cli.register(audit_group)  # verify, seal, checkpoints, repair

@@ -7,6 +7,7 @@ Each run is itself an audit row by the CLI's operator (`cli_actor`): `audit_veri
 
 from __future__ import annotations
 
+import argparse
 import json
 from typing import Any
 
@@ -220,9 +221,8 @@ def cmd_janitor(settings: Settings, args: Any) -> None:
     print_json(run_async(settings, go).as_dict())
 
 
-def register(audit_group: Any, sub: Any) -> None:
-    """Add `audit verify|seal|checkpoints|repair` (to `audit_group`) and `janitor` (to
-    `sub`, the top-level subparsers)."""
+def register(audit_group: Any) -> None:
+    """Add `audit verify|seal|checkpoints|repair` (to `audit_group`)."""
     a = audit_group.add_parser(
         "verify", help="check the hash chain against signed checkpoints; exit 1 on tampering"
     )
@@ -251,7 +251,9 @@ def register(audit_group: Any, sub: Any) -> None:
     add_json(a, always=True)
     a.set_defaults(func=cmd_audit_repair)
 
-    j = sub.add_parser("janitor", help="partitions, sealing, retention, expired rows")
+
+def register_janitor(j: argparse.ArgumentParser) -> None:
+    """Add `janitor`'s options to its parser."""
     j.add_argument("--batch-size", type=int, help="default OAUTH2_JANITOR_BATCH_SIZE")
     j.add_argument("--no-seal", action="store_true", help="skip sealing")
     add_json(j, always=True)

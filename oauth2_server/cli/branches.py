@@ -300,9 +300,8 @@ def cmd_disconnect(settings: Settings, args: argparse.Namespace) -> None:
     )
 
 
-def register(sub: Any) -> None:
-    """Add `branches …` to the `oauth2-server` parser (`sub`: its subparsers)."""
-    branches = sub.add_parser("branches", help="branches and their upstream connections")
+def register(branches: argparse.ArgumentParser) -> None:
+    """Add the `branches …` subcommands to `oauth2-server branches`'s parser."""
     commands = branches.add_subparsers(dest="branches_command", required=True)
 
     def command(name: str, func: Any, help_: str) -> argparse.ArgumentParser:

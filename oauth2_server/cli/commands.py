@@ -1,5 +1,5 @@
-"""CLI commands for admins: `clients`, `users` and `tokens`, registered into
-`oauth2-server` by `cli.main.build_parser` with `audit` and `janitor` (`cli.audit`).
+"""CLI commands for admins: `clients`, `users` and `tokens`, added to `oauth2-server` by
+`cli.main.build_parser` (as `audit` and `janitor` are, from `cli.audit`).
 
 They call the same services as the admin API (`registry.clients`, `registry.users`,
 `registry.tokens`), so the rules are the same on both paths. Changes are audited like API
@@ -22,7 +22,6 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from oauth2_server.audit.cursors import CursorError, query_scope
-from oauth2_server.cli import audit as audit_commands
 from oauth2_server.cli.support import (
     CommandFailed,
     add_json,
@@ -41,7 +40,7 @@ from oauth2_server.registry.actor import Actor
 from oauth2_server.registry.errors import RegistryError
 from oauth2_server.registry.paging import MAX_PAGE, make_cursor_codec
 
-__all__ = ["CommandFailed", "cli_actor", "register"]
+__all__ = ["CommandFailed", "cli_actor", "register_clients", "register_tokens", "register_users"]
 
 
 def _page(settings: Settings, name: str, filters: dict[str, Any], args: Any, call: Any) -> None:
@@ -314,17 +313,9 @@ def _list_and_show(
     return key_help
 
 
-def register(sub: Any, clients_group: Any, users_group: Any) -> None:
-    """Add the admin and audit commands to `oauth2-server`'s parser (`sub`: top-level
-    subparsers; `clients_group`/`users_group`: those commands' subparsers)."""
-    _register_clients(clients_group)
-    _register_users(users_group)
-    _register_tokens(sub)
-    audit_commands.register(sub)
-
-
-def _register_clients(clients_group: Any) -> None:
-    """`clients create|list|show|update|rotate-secret|delete`."""
+def register_clients(parser: argparse.ArgumentParser) -> None:
+    """`clients create|list|show|update|rotate-secret|delete` (`parser`: `clients`)."""
+    clients_group = parser.add_subparsers(dest="clients_command", required=True)
     create = clients_group.add_parser("create", help="register a client; prints its secret once")
     create.add_argument("--name", required=True, help="display name (consent page, listings)")
     create.add_argument(
@@ -375,8 +366,10 @@ def _register_clients(clients_group: Any) -> None:
     _json(c, cmd_clients_delete).add_argument("client_id", help=client_id)
 
 
-def _register_users(users_group: Any) -> None:
-    """`users create|list|show|deactivate|update|set-password|revoke-grant`."""
+def register_users(parser: argparse.ArgumentParser) -> None:
+    """`users create|list|show|deactivate|update|set-password|revoke-grant` (`parser`:
+    `users`)."""
+    users_group = parser.add_subparsers(dest="users_command", required=True)
     ucreate = users_group.add_parser("create", help="create a user")
     ucreate.add_argument("--username", required=True, help="the name the user signs in with")
     ucreate.add_argument("--password", help="default: read from stdin or prompt")
@@ -406,11 +399,10 @@ def _register_users(users_group: Any) -> None:
     u.add_argument("client_id", help="the client the grant was given to")
 
 
-def _register_tokens(sub: Any) -> None:
-    """`tokens list|revoke`, by client, user or branch (or one `jti` or family)."""
-    tokens_group = sub.add_parser("tokens", help="live tokens and revocation").add_subparsers(
-        dest="tokens_command", required=True
-    )
+def register_tokens(parser: argparse.ArgumentParser) -> None:
+    """`tokens list|revoke`, by client, user or branch (or one `jti` or family; `parser`:
+    `tokens`)."""
+    tokens_group = parser.add_subparsers(dest="tokens_command", required=True)
     criteria = {
         "--client-id": "tokens issued to this client_id",
         "--user": "tokens of this user subject",

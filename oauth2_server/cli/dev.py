@@ -67,11 +67,9 @@ def cmd_fake_provider(settings: Settings, args: argparse.Namespace) -> None:
         fake.stop()
 
 
-def register(sub: Any) -> None:
-    """Add the `dev` command group to the `oauth2-server` parser's subcommands."""
-    dev = sub.add_parser("dev", help="development tools (never for production)").add_subparsers(
-        dest="dev_command", required=True
-    )
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the `dev` subcommands to `oauth2-server dev`'s parser."""
+    dev = parser.add_subparsers(dest="dev_command", required=True)
     fake = dev.add_parser(
         "fake-provider",
         help="run a stand-in Google or Microsoft OAuth provider on 127.0.0.1 (development "

@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import importlib
 import json
 import logging
 import logging.config
@@ -19,17 +20,11 @@ import traceback
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
-from oauth2_server import http_limits, logs
-from oauth2_server.cli import branches as cli_branches
-from oauth2_server.cli import commands as admin_commands
-from oauth2_server.cli import dev as dev_cli
-from oauth2_server.cli import stats as stats_cli
-from oauth2_server.cli import webhooks as webhooks_cli
-from oauth2_server.cli import worker as worker_cli
+from oauth2_server import logs
 from oauth2_server.cli.support import (
     EXIT_CONFLICT,
     EXIT_UNEXPECTED,
@@ -46,10 +41,12 @@ from oauth2_server.config import SETTINGS, ConfigError, Settings, settings_table
 from oauth2_server.crypto.keyring import DecryptionError, Keyring, generate_key_spec, load_keyring
 from oauth2_server.db import migrate
 from oauth2_server.db.engine import create_engine
-from oauth2_server.oauth.keys import KeyStore
 from oauth2_server.registry import clients as registry_clients
 from oauth2_server.storage import keys as key_storage
 from oauth2_server.storage.clients import count_clients
+
+if TYPE_CHECKING:
+    from oauth2_server.oauth.keys import KeyStore
 
 log = logging.getLogger("oauth2_server")
 
@@ -77,6 +74,8 @@ def _keystore(settings: Settings, session: Session) -> KeyStore:
     dev_file_missing = not settings.encryption_keys and not Path(settings.dev_key_file).exists()
     if dev_file_missing and key_storage.published_keys(session):
         raise keyring_mismatch(settings, missing=True)
+    from oauth2_server.oauth.keys import KeyStore  # JWT code: serve and `keys` only
+
     keyring: Keyring = load_keyring(settings)
     store = KeyStore(keyring)
     try:
@@ -94,7 +93,7 @@ def _prepare(settings: Settings) -> dict[str, Any] | None:
         if not settings.bootstrap_admin or count_clients(session) > 0:
             return None
         body = {"name": "bootstrap admin", "grant_types": ["client_credentials"], "scope": "admin"}
-        actor = admin_commands.cli_actor()
+        actor = cli_actor()
         client, secret = registry_clients.create_client(session, actor, body, bootstrap=True)
         return {"client_id": client["client_id"], "client_secret": secret}
 
@@ -175,6 +174,8 @@ def _metrics_directory() -> Iterator[None]:
 def _run_uvicorn(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
+    from oauth2_server import http_limits  # uvicorn's protocols: `serve` only
+
     uvicorn.run(
         "oauth2_server.app:app_from_env",
         factory=True,
@@ -226,7 +227,75 @@ def cmd_settings(settings: Settings | None, args: argparse.Namespace) -> None:
     print(settings_table_markdown())
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_serve(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--host", help="address to listen on (default OAUTH2_HOST)")
+    serve.add_argument("--port", type=int, help="port to listen on (default OAUTH2_PORT)")
+    serve.add_argument("--workers", type=int, help="worker processes (default OAUTH2_WORKERS)")
+    serve.set_defaults(func=cmd_serve)
+
+
+def add_migrate(migrate_: argparse.ArgumentParser) -> None:
+    add_json(migrate_)
+    migrate_.set_defaults(func=cmd_migrate)
+
+
+def add_settings(settings_: argparse.ArgumentParser) -> None:
+    add_json(settings_)
+    settings_.set_defaults(func=cmd_settings, needs_settings=False)
+
+
+def add_keys(parser: argparse.ArgumentParser) -> None:
+    keys = parser.add_subparsers(dest="keys_command", required=True)
+    rotate = keys.add_parser("rotate", help="new current signing key")
+    add_json(rotate)
+    rotate.set_defaults(func=cmd_keys_rotate)
+    gen = keys.add_parser(
+        "generate-encryption-key", help="print a new OAUTH2_ENCRYPTION_KEYS entry (no config)"
+    )
+    gen.add_argument("--kid", default="k1", help="key id of the entry (default k1)")
+    add_json(gen)
+    gen.set_defaults(func=cmd_keys_generate_encryption_key, needs_settings=False)
+
+
+# Every command, in the order `--help` lists them: its help line, and the module (under
+# oauth2_server.cli) and function that add its arguments and subcommands. A module is
+# imported only for the command being run (`build_parser`): each one pulls in what its
+# commands need (the audit chain, the upstream providers, the worker), which the other
+# commands, and every test server's start-up, need not pay for.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("run the server (uvicorn)", "main:add_serve"),
+    "migrate": ("apply database migrations", "main:add_migrate"),
+    "settings": ("print the configuration table", "main:add_settings"),
+    "clients": ("manage clients", "commands:register_clients"),
+    "users": ("manage users", "commands:register_users"),
+    "keys": ("signing and encryption keys", "main:add_keys"),
+    "tokens": ("live tokens and revocation", "commands:register_tokens"),
+    "audit": ("query, export and verify the audit trail", "audit:register"),
+    "janitor": ("partitions, sealing, retention, expired rows", "audit_chain:register_janitor"),
+    "branches": ("branches and their upstream connections", "branches:register"),
+    "dev": ("development tools (never for production)", "dev:register"),
+    "worker": (
+        "refresh upstream tokens before they expire (issue #14; README)",
+        "worker:register",
+    ),
+    "stats": (
+        "live tokens, hourly token counts, failed client auth, upstream grants",
+        "stats:register",
+    ),
+    "webhooks": ("webhook notifications", "webhooks:register"),
+}
+
+
+def command_of(argv: list[str]) -> str:
+    """The command `argv` names: its first argument that is not an option (the top-level
+    options take no value); "" when there is none."""
+    return next((arg for arg in argv if not arg.startswith("-")), "")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `oauth2-server` parser. With `command`, only that command's arguments are
+    added (its module imported); every other command is listed by name and help line,
+    which is all `--help` and a parse of `command` read. Without, the whole tree."""
     parser = argparse.ArgumentParser(
         prog="oauth2-server",
         description=__doc__,
@@ -243,44 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also show the migration tool's (Alembic's) INFO lines",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-
-    serve = sub.add_parser("serve", help="run the server (uvicorn)")
-    serve.add_argument("--host", help="address to listen on (default OAUTH2_HOST)")
-    serve.add_argument("--port", type=int, help="port to listen on (default OAUTH2_PORT)")
-    serve.add_argument("--workers", type=int, help="worker processes (default OAUTH2_WORKERS)")
-    serve.set_defaults(func=cmd_serve)
-
-    migrate_ = sub.add_parser("migrate", help="apply database migrations")
-    add_json(migrate_)
-    migrate_.set_defaults(func=cmd_migrate)
-    settings_ = sub.add_parser("settings", help="print the configuration table")
-    add_json(settings_)
-    settings_.set_defaults(func=cmd_settings, needs_settings=False)
-
-    clients = sub.add_parser("clients", help="manage clients").add_subparsers(
-        dest="clients_command", required=True
-    )
-    users = sub.add_parser("users", help="manage users").add_subparsers(
-        dest="users_command", required=True
-    )
-    keys = sub.add_parser("keys", help="signing and encryption keys").add_subparsers(
-        dest="keys_command", required=True
-    )
-    rotate = keys.add_parser("rotate", help="new current signing key")
-    add_json(rotate)
-    rotate.set_defaults(func=cmd_keys_rotate)
-    gen = keys.add_parser(
-        "generate-encryption-key", help="print a new OAUTH2_ENCRYPTION_KEYS entry (no config)"
-    )
-    gen.add_argument("--kid", default="k1", help="key id of the entry (default k1)")
-    add_json(gen)
-    gen.set_defaults(func=cmd_keys_generate_encryption_key, needs_settings=False)
-    admin_commands.register(sub, clients, users)  # clients/users …, tokens, audit, janitor
-    cli_branches.register(sub)  # branches create|list|status|grant|connect|disconnect …
-    dev_cli.register(sub)  # dev fake-provider google|microsoft (development only)
-    worker_cli.register(sub)  # worker [--once]: proactive upstream refresh
-    stats_cli.register(sub)  # stats [--json]: the statistics of GET /admin/stats
-    webhooks_cli.register(sub)  # webhooks generate-secret
+    for name, (help_, target) in COMMANDS.items():
+        child = sub.add_parser(name, help=help_)
+        if command is None or command == name:
+            module, function = target.split(":")
+            getattr(importlib.import_module(f"oauth2_server.cli.{module}"), function)(child)
     return parser
 
 
@@ -302,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     configuration, 3 not found, 4 conflict, 5 dependency unreachable, 1 unexpected).
     With OAUTH2_LOG_LEVEL=debug the traceback of an exception raised by a library or a
     driver (the database unreachable, an unexpected error) is printed first."""
-    args = build_parser().parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    args = build_parser(command_of(argv)).parse_args(argv)
     debug = os.environ.get("OAUTH2_LOG_LEVEL", "").strip().lower() == "debug"
     settings: Settings | None = None
     try:

@@ -55,10 +55,7 @@ def cmd_stats(settings: Settings, args: argparse.Namespace) -> None:
         print(render_text(stats), flush=True)
 
 
-def register(sub: Any) -> None:
-    """Add `stats` to the `oauth2-server` parser (`sub`: its subparsers)."""
-    parser = sub.add_parser(
-        "stats", help="live tokens, hourly token counts, failed client auth, upstream grants"
-    )
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add `stats`'s options to its parser."""
     add_json(parser)
     parser.set_defaults(func=cmd_stats)

@@ -43,7 +43,6 @@ from oauth2_server.db.engine import create_engine, create_sessionmaker
 from oauth2_server.registry.actor import Actor
 from oauth2_server.registry.errors import RegistryError
 from oauth2_server.storage.errors import DatabaseUnavailable, describe, is_unavailable
-from oauth2_server.upstream.client import UpstreamUnavailable
 
 T = TypeVar("T")
 log = logging.getLogger("oauth2_server.cli")
@@ -136,7 +135,10 @@ def explain(exc: BaseException, settings: Settings | None) -> CommandFailed | No
     causes = _causes(exc)
     if any(isinstance(c, DecryptionError) for c in causes) and settings is not None:
         return keyring_mismatch(settings)
-    if any(isinstance(c, UpstreamUnavailable) for c in causes):
+    # Raised only by the upstream client; a command that never loaded it (httpx, ~0.1 s of
+    # every command's start-up) cannot have met it.
+    upstream = sys.modules.get("oauth2_server.upstream.client")
+    if upstream and any(isinstance(c, upstream.UpstreamUnavailable) for c in causes):
         return CommandFailed(
             f"the upstream provider is unreachable: {describe(exc)}; try again later, or "
             "check the OAUTH2_UPSTREAM_* endpoints",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 from oauth2_server.cli.support import add_json
 from oauth2_server.config import Settings
@@ -17,9 +16,8 @@ def cmd_generate_secret(settings: Settings | None, args: argparse.Namespace) -> 
     print(json.dumps({"secret": secret}) if args.json else secret, flush=True)
 
 
-def register(sub: Any) -> None:
-    """Add `webhooks …` to the `oauth2-server` parser (`sub`: its subparsers)."""
-    webhooks = sub.add_parser("webhooks", help="webhook notifications")
+def register(webhooks: argparse.ArgumentParser) -> None:
+    """Add the `webhooks …` subcommands to `oauth2-server webhooks`'s parser."""
     commands = webhooks.add_subparsers(dest="webhooks_command", required=True)
     gen = commands.add_parser(
         "generate-secret", help="print a new OAUTH2_WEBHOOK_SECRET (no config)"

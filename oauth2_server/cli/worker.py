@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import signal
-from typing import Any
 
 from oauth2_server.cli.support import add_json, prepare_database
 from oauth2_server.config import Settings
@@ -78,11 +77,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
             )
 
 
-def register(sub: Any) -> None:
-    """Add `worker [--once] [--json]` to the `oauth2-server` parser."""
-    worker = sub.add_parser(
-        "worker", help="refresh upstream tokens before they expire (issue #14; README)"
-    )
+def register(worker: argparse.ArgumentParser) -> None:
+    """Add `worker [--once] [--json]`'s options to its parser."""
     worker.add_argument("--once", action="store_true", help="one cycle, then exit")
     add_json(worker)
     worker.set_defaults(func=cmd_worker)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from oauth2_server.audit.log import AuditEvent
     from oauth2_server.oauth.clients import OAuthClient
+    from oauth2_server.oauth.dpop import Proof
     from oauth2_server.oauth.presented import PresentedToken
     from oauth2_server.storage.client_state import ClientState
     from oauth2_server.storage.exchange import ExchangePrefetch
@@ -62,6 +63,10 @@ class TokenContext:
     - `oauth_error`: the RFC 6749 §5.2 error Authlib answered, if any.
     - `dpop_jkt`: the thumbprint of the key a valid DPoP proof showed (RFC 9449 §6.1):
       the tokens this request issues are bound to it.
+    - `dpop_proof`: that proof while its `jti` is not yet recorded (RFC 9449 §11.1): set
+      by `DPoPVerifier.bind`, taken by `DPoPVerifier.claim` once the client is
+      authenticated (`OAuthService._claim_dpop`); a proof of an unauthenticated request
+      stays unclaimed and writes nothing.
     - `pushed`: the authorization request's parameters came from `/oauth2/par` (RFC 9126).
     - `resources`: the resource indicators (RFC 8707) the access token this request
       issues is for, its `aud`; empty: the default audience. `granted_resources`: what
@@ -84,6 +89,7 @@ class TokenContext:
     keep_changes_on_error: bool = False
     oauth_error: OAuth2Error | None = None
     dpop_jkt: str | None = None
+    dpop_proof: Proof | None = None
     pushed: bool = False
     resources: list[str] = field(default_factory=list)
     granted_resources: list[str] | None = None

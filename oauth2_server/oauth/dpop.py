@@ -13,9 +13,16 @@ method), `htu` (the endpoint's URL without query or fragment, compared after RFC
 §6.2.2–6.2.3 normalisation), `iat` within `OAUTH2_DPOP_PROOF_WINDOW` seconds of now; a
 server nonce when `OAUTH2_DPOP_NONCE` is on (§8: missing or stale is `use_dpop_nonce`
 with a fresh `DPoP-Nonce` header); and `jti` seen once in the whole deployment until the
-window has passed (`storage.used_jtis`, every worker and instance). A failed check is
-400 `invalid_dpop_proof` (§5; with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`),
+window has passed (§11.1; `storage.used_jtis`, every worker and instance). A failed check
+is 400 `invalid_dpop_proof` (§5; with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`),
 audited with flag `invalid_dpop_proof`, and nothing is issued.
+
+At the token endpoint the checks are split in two ("These checks may be performed in any
+order", §4.3): `bind` makes the stateless ones before client authentication and keeps the
+proof pending (`TokenContext.dpop_proof`); `claim` records its `jti` only once the client
+is authenticated (`OAuthService._claim_dpop`), before the grant runs. So a caller with a
+self-made proof and a wrong secret or assertion writes no `oauth2_used_jtis` row: the
+replay store grows only with requests that could have been issued a token.
 """
 
 from __future__ import annotations
@@ -239,9 +246,11 @@ class DPoPVerifier:
         await self._claim(proof)
 
     async def bind(self, request: OAuthRequest, url: str) -> Response | None:
-        """Check the request's `DPoP` header for `url`; on success set
-        `token_context.dpop_jkt` (the token request's tokens are bound to the key) and
-        return None. No header: None. A bad proof: the 400 error response, audited."""
+        """Check the request's `DPoP` header for `url` (§4.3, all but the `jti` replay
+        check: no state is read or written); on success set `token_context.dpop_jkt` (the
+        token request's tokens are bound to the key), keep the proof pending for `claim` in
+        `token_context.dpop_proof`, and return None. No header: None. A bad proof: the 400
+        error response, audited."""
         values = request.headers.getlist("dpop")
         if not values:
             return None
@@ -251,10 +260,25 @@ class DPoPVerifier:
             proof = verify_proof(values[0], request.method, url, self.window)
             if self.require_nonce and not self._nonce_ok(proof.nonce):
                 raise DPoPError("a server nonce is required (DPoP-Nonce)", "use_dpop_nonce")
-            await self._claim(proof)
         except DPoPError as exc:
             return self._refuse(request, exc)
         request.token_context.dpop_jkt = proof.jkt
+        request.token_context.dpop_proof = proof
+        return None
+
+    async def claim(self, request: OAuthRequest) -> Response | None:
+        """Record the `jti` of the proof `bind` left pending (§11.1), once; call it after
+        client authentication and before the grant runs. None when there is nothing to
+        claim or the claim holds; a `jti` used before: the 400 `invalid_dpop_proof`
+        response, audited as a proof refused by `bind`. Raises DatabaseUnavailable."""
+        context = request.token_context
+        proof, context.dpop_proof = context.dpop_proof, None
+        if proof is None:
+            return None
+        try:
+            await self._claim(proof)
+        except DPoPError as exc:
+            return self._refuse(request, exc)
         return None
 
     def _refuse(self, request: OAuthRequest, exc: DPoPError) -> Response:

@@ -330,6 +330,35 @@ class OAuthService:
         )
         return oauth_error_response("invalid_request", twice.description, 400)
 
+    async def _claim_dpop(
+        self, request: OAuthRequest, credentials: ClientCredentials | None
+    ) -> Response | None:
+        """Record the `jti` of the token request's DPoP proof (RFC 9449 §11.1) after client
+        authentication, before the grant runs (§4.3: "These checks may be performed in any
+        order"), so a caller who fails to authenticate writes no `oauth2_used_jtis` row.
+
+        Claimed: for a client verified by `_preauthenticate` (secret or `private_key_jwt`),
+        and for a request naming a client with neither (a public client: nobody can
+        authenticate it). Not claimed: no client named, or a refused assertion (Authlib
+        answers `invalid_client`); a secret refused by this worker's cached record only if
+        the current row refuses it too (a record behind a rotation is what Authlib checks
+        against, and a proof it accepts must be used once). Returns the 400
+        `invalid_dpop_proof` response of a replayed `jti`, or None."""
+        context = request.token_context
+        if context.dpop_proof is None or credentials is None:
+            return None
+        if context.preauth_client is None and credentials.assertion is not None:
+            return None
+        if context.preauth_client is None and credentials.secret is not None:
+            secret, client_id = credentials.secret, credentials.client_id
+            row = await self.bridge.read(lambda db: get_client(db, client_id))
+            stored = row.secret_hash if row is not None and row.active else None
+            if stored is None or is_legacy_secret_hash(stored):
+                return None
+            if not verify_client_secret(stored, secret):
+                return None
+        return await self.dpop.claim(request)
+
     async def _authenticated_call(
         self, request: OAuthRequest, call: Any, deferred: bool = False
     ) -> Response:
@@ -357,6 +386,8 @@ class OAuthService:
                 {"WWW-Authenticate": 'Basic error="invalid_client"'} if bad.basic else None,
             )
         refused = await self._preauthenticate(request, credentials)
+        if refused is None:
+            refused = await self._claim_dpop(request, credentials)
         if refused is not None:
             return refused
         if deferred and request.token_context.preauth_client is not None:
@@ -376,7 +407,8 @@ class OAuthService:
         client_credentials with a pre-verified client needs no database read, so it takes
         the bridge's deferred-write hot path (one statement on PostgreSQL). Token exchange
         (RFC 8693) may refresh an upstream grant between two bridge calls (TokenExchange).
-        A DPoP proof binds the tokens to the client's key (RFC 9449, `oauth.dpop`).
+        A DPoP proof binds the tokens to the client's key (RFC 9449, `oauth.dpop`): checked
+        here, its `jti` recorded once the client is authenticated (`_claim_dpop`).
         """
         refused = await self.dpop.bind(request, self.issuer + "/oauth2/token")
         if refused is not None:

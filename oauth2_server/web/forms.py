@@ -10,8 +10,8 @@ NUL cannot even be stored by PostgreSQL.
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
@@ -125,10 +125,12 @@ def request_context(request: Request) -> RequestContext:
 
 def new_request_id(presented: str | None) -> str:
     """Keep a caller's X-Request-ID if it is short, printable ASCII (it is echoed in a
-    response header and stored in the audit trail), else make one."""
+    response header and stored in the audit trail), else make one: 32 lowercase hex digits
+    of 128 random bits (`os.urandom`; a uuid4's bits without building a UUID object, which
+    cost ~2 % of a token request's CPU)."""
     if presented and len(presented) <= 64 and presented.isascii() and presented.isprintable():
         return presented
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 def oauth_request(

@@ -28,6 +28,7 @@ HTML_HEADERS = {
 }
 UNMATCHED = "unmatched"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+MAX_LABEL_CHILDREN = 2048  # cached (method, route, status) metric children per worker
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 
@@ -61,6 +62,9 @@ class HttpMiddleware:
         self.access_log = access_log
         self.templates: dict[int, str] | None = None
         self.sampler = metrics.Sampler()
+        # (method, route, status) -> its two labelled metric children: `labels()` costs
+        # a tuple build, a lock and a dict lookup per call (~3 % of a token request)
+        self.children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def _template(self, app: Any, scope: Scope) -> str:
         route = scope.get("route")
@@ -122,12 +126,21 @@ class HttpMiddleware:
     ) -> None:
         method = scope["method"] if scope["method"] in _METHODS else "other"
         route = self._template(app, scope)
-        metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
-        metrics.HTTP_DURATION.labels(method, route).observe(seconds)
+        key = (method, route, status)
+        children = self.children.get(key)
+        if children is None:
+            children = (
+                metrics.HTTP_REQUESTS.labels(method, route, str(status)),
+                metrics.HTTP_DURATION.labels(method, route),
+            )
+            if len(self.children) < MAX_LABEL_CHILDREN:  # statuses are the app's own
+                self.children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
         if self.sampler.due():
             self.sampler.sources = self.sampler.sources or _figure_sources(app)
             self.sampler.sample()
-        if self.access_log:
+        if self.access_log and access_log.isEnabledFor(logging.INFO):
             client = scope.get("client")
             fields = {
                 "request_id": facts.request_id,
