@@ -64,21 +64,32 @@ class JanitorRuns:
     interval: float
     runs: list[dict[str, Any]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    current: subprocess.Popen[str] | None = None
 
     def loop(self) -> None:
         while not self.stop.is_set():
             started = time.monotonic()
-            done = subprocess.run(
+            self.current = subprocess.Popen(
                 [sys.executable, "-m", "oauth2_server", "janitor"],
                 env=self.env,
-                capture_output=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
             )
-            report = json.loads(done.stdout) if done.returncode == 0 else {"error": done.stderr}
+            out, err = self.current.communicate()
+            ok = self.current.returncode == 0
+            report = json.loads(out) if ok else {"error": err[-500:], "deleted": {}}
             self.runs.append(
                 {"ended": time.monotonic(), "seconds": time.monotonic() - started, **report}
             )
             self.stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def halt(self) -> None:
+        """Stop the loop and the run in progress (SIGTERM: its committed batches stay
+        deleted; a backlog of millions of rows can take longer than the soak)."""
+        self.stop.set()
+        if self.current is not None and self.current.poll() is None:
+            self.current.terminate()
 
     def since(self, moment: float) -> list[dict[str, Any]]:
         return [run for run in self.runs if run["ended"] >= moment]
@@ -226,6 +237,9 @@ def main() -> None:
     thread = threading.Thread(target=janitor.loop, daemon=True)
     try:
         wait_ready(server.base_url + "/readyz", server.process)
+        with server.engine.connect() as connection:
+            autovacuum = connection.scalar(text("SHOW autovacuum"))
+        print(f"PostgreSQL autovacuum: {autovacuum} (the janitor VACUUMs the token tables)")
         if args.preload:
             seconds = preload(server.engine, args.preload, server.client_id)
             print(f"preloaded {args.preload:,} expired rows in {seconds:.0f} s", flush=True)
@@ -255,11 +269,11 @@ def main() -> None:
                     minute_line(minute, result, table_stats(server.engine), janitor.since(started)),
                     flush=True,
                 )
-        janitor.stop.set()
-        thread.join(timeout=600)
+        janitor.halt()
+        thread.join(timeout=60)
         print("\n".join(verdict(results, table_stats(server.engine), args)))
     finally:
-        janitor.stop.set()
+        janitor.halt()
         server.stop()
 
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import insert
 
 from oauth2_server.db.models import AccessToken, AuthorizationCode, RefreshToken
-from tests.admin_helpers import event, insert_log_rows, run_cli, verify
+from tests.admin_helpers import cli_json, event, insert_log_rows, run_cli, verify
 from tests.chain_helpers import fresh_database
 from tests.conftest import ROOT, free_port, server_env
 
@@ -138,6 +139,29 @@ def test_two_concurrent_janitors_delete_each_expired_row_once_and_nothing_live(d
         assert present(db, table, live[table]) == set(live[table]), table
         removed = before[table] - db.count(table)
         assert sum(r["deleted"][table] for r in reports) == removed >= len(expired[table])
+
+
+def test_janitor_vacuums_the_token_tables_it_deleted_from(db, unique):
+    """PostgreSQL: a run that deleted expired rows VACUUMs those tables itself (step 6 of
+    `audit.janitor`), so their space is reused by new tokens even when autovacuum is off
+    or behind: the dead rows it left are gone from the table's statistics."""
+    if db.backend != "postgresql":
+        report = cli_json(db, "janitor", "--no-seal")
+        assert report["vacuumed"] == []  # SQLite: nothing to vacuum per table
+        return
+    plant(db, unique)
+    stats = "SELECT vacuum_count + autovacuum_count FROM pg_stat_user_tables WHERE relname = :t"
+    vacuums = db.scalar(stats, t="oauth2_access_tokens")
+    report = cli_json(db, "janitor", "--no-seal")
+    assert report["deleted"]["oauth2_access_tokens"] >= 150
+    assert "oauth2_access_tokens" in report["vacuumed"]
+    assert "oauth2_refresh_tokens" in report["vacuumed"]
+    deadline = time.monotonic() + 10  # the statistics are published asynchronously
+    while db.scalar(stats, t="oauth2_access_tokens") == vacuums and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert db.scalar(stats, t="oauth2_access_tokens") > vacuums
+    again = cli_json(db, "janitor", "--no-seal")  # nothing left to delete: no VACUUM
+    assert "oauth2_access_tokens" not in again["vacuumed"]
 
 
 def test_old_audit_rows_are_removed_once_sealed_and_the_chain_still_verifies(database, tmp_path):

@@ -17,6 +17,11 @@ One run, in this order:
 5. Delete failure-limiter counters (`oauth2_auth_failures`) whose window has ended,
    pushed authorization requests never used (`oauth2_pushed_requests`) and DPoP proof ids
    past their window (`oauth2_used_jtis`), once expired.
+6. PostgreSQL: `VACUUM (SKIP_LOCKED)` each token table this run deleted rows from, so the
+   space of the deleted rows is reused by new tokens whatever autovacuum does (it may be
+   off, or behind on a table whose rows all turn over within the token lifetime: the table
+   then grows with run time, not with live tokens). A table another VACUUM holds is
+   skipped. Plain VACUUM takes no lock that blocks reads or writes.
 
 Deletions run `OAUTH2_JANITOR_BATCH_SIZE` rows per transaction, each batch one
 `DELETE … WHERE key IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` (SQLite serialises
@@ -32,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, delete, exists, select
+from sqlalchemy import Select, delete, exists, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, aliased
@@ -74,6 +79,7 @@ class JanitorReport:
     partitions_created: list[str] = field(default_factory=list)
     partitions_dropped: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    vacuumed: list[str] = field(default_factory=list)  # PostgreSQL: tables vacuumed (step 6)
     checkpoint_seq: int | None = None  # the last checkpoint this run signed
     retention_records: list[dict[str, Any]] = field(default_factory=list)  # sealed seq ranges
 
@@ -345,4 +351,27 @@ async def run_janitor(
     while (count := await _write(sessionmaker, delete_ended, ended, batch)) > 0:
         total += count
     report.deleted["oauth2_auth_failures"] = total
+    if not settings.is_sqlite:
+        await _vacuum(sessionmaker, [t for t in VACUUMED if report.deleted.get(t)], report)
     return report
+
+
+# Tables whose rows turn over within a token's lifetime (step 6).
+VACUUMED = (*KEYS, "oauth2_used_jtis", "oauth2_auth_failures")
+
+
+async def _vacuum(
+    sessionmaker: async_sessionmaker[AsyncSession], tables: list[str], report: JanitorReport
+) -> None:
+    """`VACUUM (SKIP_LOCKED)` each of `tables` (names from VACUUMED only), outside a
+    transaction as VACUUM requires; a failure is logged and skipped, never raised."""
+    engine = sessionmaker.kw["bind"]
+    for table in tables:
+        try:
+            async with engine.connect() as connection:
+                connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                await connection.execute(text(f"VACUUM (SKIP_LOCKED) {table}"))
+        except DBAPIError as exc:
+            report.skipped.append(f"vacuum {table}: {type(exc.orig).__name__}")
+            continue
+        report.vacuumed.append(table)
