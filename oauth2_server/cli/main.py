@@ -37,7 +37,7 @@ from oauth2_server.cli.support import (
     prepare_database,
     transaction,
 )
-from oauth2_server.config import ConfigError, Settings, settings_rows, settings_table_markdown
+from oauth2_server.config import SETTINGS, ConfigError, Settings, settings_table_markdown
 from oauth2_server.crypto.keyring import DecryptionError, Keyring, generate_key_spec, load_keyring
 from oauth2_server.db import migrate
 from oauth2_server.db.engine import create_engine
@@ -221,9 +221,7 @@ def cmd_keys_generate_encryption_key(settings: Settings | None, args: argparse.N
 def cmd_settings(settings: Settings | None, args: argparse.Namespace) -> None:
     """Needs no valid configuration: prints the table of every setting."""
     if args.json:
-        rows = [
-            {"variable": s.env, "default": s.default, "meaning": s.doc} for s in settings_rows()
-        ]
+        rows = [{"variable": s.env, "default": s.default, "meaning": s.doc} for s in SETTINGS]
         print(json.dumps({"settings": rows}))
         return
     print(settings_table_markdown())

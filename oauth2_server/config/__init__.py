@@ -1,7 +1,7 @@
 """Settings from the environment: one name, one default, one line of documentation each.
 
 `Settings` (a pydantic-settings model, `config/settings.py`) defines every setting once;
-`settings_rows()` and README's configuration table are generated from it (`oauth2-server
+`SETTINGS` and README's configuration table are generated from it (`oauth2-server
 settings` prints it). `Settings.from_env()` reads and validates them and raises
 `ConfigError` naming every unknown or invalid variable at once.
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 from oauth2_server.config.datadir import default_data_dir, ensure_data_dir
 from oauth2_server.config.errors import ConfigError
 from oauth2_server.config.settings import RETIRED, Settings
-from oauth2_server.config.table import Setting, settings_rows, settings_table_markdown
+from oauth2_server.config.table import SETTINGS, Setting, settings_table_markdown
 from oauth2_server.config.values import (
     BUILTIN_SCOPE_DESCRIPTIONS,
     MAX_SCOPE_DESCRIPTION_LENGTH,
@@ -27,11 +27,11 @@ __all__ = [
     "MAX_SCOPE_DESCRIPTIONS",
     "MAX_SCOPE_DESCRIPTION_LENGTH",
     "RETIRED",
+    "SETTINGS",
     "ConfigError",
     "Setting",
     "Settings",
     "default_data_dir",
     "ensure_data_dir",
-    "settings_rows",
     "settings_table_markdown",
 ]

@@ -97,6 +97,7 @@ class _Settings(BaseSettings):
         case_sensitive=False,
         frozen=True,
         extra="forbid",
+        use_attribute_docstrings=True,  # each field's docstring is its README line
     )
 
     env: Environment = "development"

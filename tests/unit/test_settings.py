@@ -15,9 +15,9 @@ import pytest
 from oauth2_server.config import (
     BUILTIN_SCOPE_DESCRIPTIONS,
     RETIRED,
+    SETTINGS,
     ConfigError,
     Settings,
-    settings_rows,
     settings_table_markdown,
 )
 
@@ -74,13 +74,13 @@ def test_defaults_are_the_documented_ones(tmp_path):
 
 
 def test_every_row_default_is_what_an_unset_variable_gives(tmp_path):
-    """settings_rows() (README's table) and the values agree: setting each variable to its
+    """SETTINGS (README's table) and the values agree: setting each variable to its
     documented default changes nothing."""
     base = {"OAUTH2_DATA_DIR": str(tmp_path)}
     unset = Settings.from_env(base)
-    spelled_out = {row.env: row.default for row in settings_rows() if row.env != "OAUTH2_DATA_DIR"}
+    spelled_out = {row.env: row.default for row in SETTINGS if row.env != "OAUTH2_DATA_DIR"}
     assert Settings.from_env({**base, **spelled_out}) == unset
-    assert {row.env: row.default for row in settings_rows()}["OAUTH2_AUDIT_FLUSH_INTERVAL"] == "1"
+    assert {row.env: row.default for row in SETTINGS}["OAUTH2_AUDIT_FLUSH_INTERVAL"] == "1"
 
 
 def test_empty_paths_derive_from_the_data_directory(tmp_path):
@@ -282,7 +282,7 @@ def test_secret_values_are_never_shown():
 
 
 def test_secret_flags_are_the_settings_that_hold_passwords_or_keys():
-    assert {row.env for row in settings_rows() if row.secret} == {
+    assert {row.env for row in SETTINGS if row.secret} == {
         "OAUTH2_DATABASE_URL",
         "OAUTH2_ENCRYPTION_KEYS",
         "OAUTH2_UPSTREAM_GOOGLE_CLIENT_SECRET",
@@ -304,7 +304,7 @@ def test_retired_setting_is_warned_about_and_ignored(caplog):
         "OAUTH2_SECRET_CACHE_TTL is no longer used and is ignored: "
         + RETIRED["OAUTH2_SECRET_CACHE_TTL"]
     )
-    assert "OAUTH2_SECRET_CACHE_TTL" not in {row.env for row in settings_rows()}
+    assert "OAUTH2_SECRET_CACHE_TTL" not in {row.env for row in SETTINGS}
 
 
 # -- cross-field and production rules ---------------------------------------------------
@@ -394,7 +394,7 @@ def test_readme_configuration_table_is_the_generated_one():
 def test_table_has_one_row_per_setting_with_its_default():
     lines = settings_table_markdown().splitlines()
     assert lines[:2] == ["| variable | default | meaning |", "|---|---|---|"]
-    assert len(lines) == 2 + len(settings_rows()) == 2 + len(Settings.model_fields)
+    assert len(lines) == 2 + len(SETTINGS) == 2 + len(Settings.model_fields)
     assert "| `OAUTH2_PORT` | `8000` | Port `serve` listens on. |" in lines
     assert any(line.startswith("| `OAUTH2_DATA_DIR` | (empty) | Directory") for line in lines)
-    assert all("\n" not in row.doc and "  " not in row.doc and row.doc for row in settings_rows())
+    assert all("\n" not in row.doc and "  " not in row.doc and row.doc for row in SETTINGS)
