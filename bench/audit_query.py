@@ -49,6 +49,7 @@ from sqlalchemy.orm import Session
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.load import indexes_rebuilt  # noqa: E402
 from oauth2_server.audit import partitions as audit_partitions  # noqa: E402
 from oauth2_server.audit.query import AuditFilter, query_rows  # noqa: E402
 from oauth2_server.audit.summary import summarize  # noqa: E402
@@ -118,32 +119,17 @@ def load(url: str, rows: int, days: int, clients: int, now: datetime) -> None:
         while month <= now:
             audit_partitions.ensure_month(session, month)
             month = audit_partitions.add_months(month, 1)
-    with engine.begin() as connection:
-        indexes = connection.execute(
-            text(
-                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'oauth2_token_logs' "
-                "AND indexname LIKE 'ix_%'"
-            )
-        ).all()
-        for name, _ in indexes:
-            connection.execute(text(f"DROP INDEX {name}"))
     chunk = 1_000_000
     started = time.monotonic()
-    for start in range(1, rows + 1, chunk):
-        stop = min(rows, start + chunk - 1)
-        with engine.begin() as connection:
-            connection.execute(
-                text(LOAD),
-                {"now": now, "days": days, "clients": clients, "start": start, "stop": stop},
-            )
-        print(f"  loaded {stop:,} rows ({time.monotonic() - started:.0f} s)", flush=True)
-    with engine.begin() as connection:
-        for name, definition in indexes:
-            began = time.monotonic()
-            connection.execute(text(definition.replace(" ON ONLY ", " ON ")))
-            print(f"  index {name}: {time.monotonic() - began:.0f} s", flush=True)
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        connection.execute(text("VACUUM ANALYZE oauth2_token_logs"))
+    with indexes_rebuilt(engine, "oauth2_token_logs", name_like="ix_%"):
+        for start in range(1, rows + 1, chunk):
+            stop = min(rows, start + chunk - 1)
+            with engine.begin() as connection:
+                connection.execute(
+                    text(LOAD),
+                    {"now": now, "days": days, "clients": clients, "start": start, "stop": stop},
+                )
+            print(f"  loaded {stop:,} rows ({time.monotonic() - started:.0f} s)", flush=True)
     engine.dispose()
 
 

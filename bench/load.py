@@ -38,7 +38,8 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -517,6 +518,53 @@ def load_extra_scenarios() -> None:
 
     for path in sorted(Path(__file__).parent.glob("scenario_*.py")):
         importlib.import_module(f"bench.{path.stem}")
+
+
+@contextmanager
+def indexes_rebuilt(
+    engine: Any, table: str, name_like: str = "%", primary_key: bool = False
+) -> Iterator[None]:
+    """For a bulk load into `table` (a synchronous engine): drop its indexes named LIKE
+    `name_like`, and with `primary_key` its primary key, then build each again when the
+    block ends (printing its time) and VACUUM ANALYZE the table. Random keys inserted one
+    by one into indexes far larger than shared_buffers take hours; a rebuild sorts once
+    and leaves the same end state. A partitioned table's `ON ONLY` index definitions are
+    built on every partition."""
+    with engine.begin() as connection:
+        indexes = connection.execute(
+            text(
+                "SELECT indexname, indexdef FROM pg_indexes "
+                "WHERE tablename = :table AND indexname LIKE :like ORDER BY indexname"
+            ),
+            {"table": table, "like": name_like},
+        ).all()
+        key = None
+        if primary_key:
+            key = connection.execute(
+                text(
+                    "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                    "WHERE conrelid = CAST(:table AS regclass) AND contype = 'p'"
+                ),
+                {"table": table},
+            ).first()
+        if key is not None:
+            connection.execute(text(f'ALTER TABLE {table} DROP CONSTRAINT "{key[0]}"'))
+        indexes = [(name, sql) for name, sql in indexes if key is None or name != key[0]]
+        for name, _ in indexes:
+            connection.execute(text(f'DROP INDEX "{name}"'))
+    yield
+    with engine.begin() as connection:
+        connection.execute(text("SET LOCAL maintenance_work_mem = '1GB'"))
+        statements = [(name, sql.replace(" ON ONLY ", " ON ")) for name, sql in indexes]
+        if key is not None:
+            add = f'ALTER TABLE {table} ADD CONSTRAINT "{key[0]}" {key[1]}'
+            statements.insert(0, (key[0], add))
+        for name, sql in statements:
+            began = time.monotonic()
+            connection.execute(text(sql))
+            print(f"  index {name}: {time.monotonic() - began:.0f} s", flush=True)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text(f"VACUUM ANALYZE {table}"))
 
 
 def reset_database(url: str) -> None:

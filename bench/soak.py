@@ -44,6 +44,7 @@ from bench.load import (  # noqa: E402
     WRK_SCRIPT,
     Result,
     client_credentials,
+    indexes_rebuilt,
     postgres_backends,
     run_wrk,
     start_bench_server,
@@ -97,63 +98,29 @@ class JanitorRuns:
 
 def preload(engine: Any, rows: int, client_id: str) -> float:
     """Insert `rows` access-token rows that expired within the last day (what a busy day
-    leaves behind), in chunks of PRELOAD_CHUNK, then ANALYZE. Returns seconds taken.
-
-    The table's indexes (primary key included) are dropped for the load and built again
-    after it, as a bulk load is done: random `jti` keys inserted one by one into indexes
-    far larger than shared_buffers would take hours, while the end state (the same rows,
-    the same indexes) is what the soak needs."""
+    leaves behind), in chunks of PRELOAD_CHUNK, with the table's indexes and primary key
+    dropped and built again after it (`bench.load.indexes_rebuilt`). Returns seconds taken."""
     started = time.monotonic()
-    with engine.connect() as connection:
-        indexes = connection.execute(
-            text(
-                "SELECT indexname, indexdef FROM pg_indexes "
-                "WHERE tablename = 'oauth2_access_tokens' ORDER BY indexname"
-            )
-        ).all()
-        primary = connection.scalar(
-            text(
-                "SELECT conname FROM pg_constraint "
-                "WHERE conrelid = 'oauth2_access_tokens'::regclass AND contype = 'p'"
-            )
-        )
-    with engine.begin() as connection:
-        if primary:
-            connection.execute(
-                text(f'ALTER TABLE oauth2_access_tokens DROP CONSTRAINT "{primary}"')
-            )
-        for name, _ in indexes:
-            connection.execute(text(f'DROP INDEX IF EXISTS "{name}"'))
-    for offset in range(0, rows, PRELOAD_CHUNK):
-        count = min(PRELOAD_CHUNK, rows - offset)
-        with engine.begin() as connection:
-            connection.execute(
-                text(
-                    """
-                    INSERT INTO oauth2_access_tokens
-                        (jti, client_id, subject, scope, grant_type, issued_at, expires_at)
-                    SELECT md5(CAST(:offset AS text) || '-' || n), :client, :client, 'read',
-                           'client_credentials',
-                           now() - interval '1 day' * random() - interval '1 hour',
-                           now() - interval '1 day' * random()
-                    FROM generate_series(1, :count) AS n
-                    """
-                ),
-                {"offset": offset, "client": client_id, "count": count},
-            )
-        if (offset + count) % (10 * PRELOAD_CHUNK) == 0 or offset + count == rows:
-            print(f"  preloaded {offset + count:,} rows", flush=True)
-    with engine.begin() as connection:
-        connection.execute(text("SET LOCAL maintenance_work_mem = '1GB'"))
-        for name, definition in indexes:
-            if name == primary:
-                add = f'ADD CONSTRAINT "{name}" PRIMARY KEY (jti)'
-                connection.execute(text(f"ALTER TABLE oauth2_access_tokens {add}"))
-            else:
-                connection.execute(text(definition))
-    print(f"  rebuilt {len(indexes)} indexes", flush=True)
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        connection.execute(text("VACUUM ANALYZE oauth2_access_tokens"))
+    with indexes_rebuilt(engine, "oauth2_access_tokens", primary_key=True):
+        for offset in range(0, rows, PRELOAD_CHUNK):
+            count = min(PRELOAD_CHUNK, rows - offset)
+            with engine.begin() as connection:
+                connection.execute(
+                    text(
+                        """
+                        INSERT INTO oauth2_access_tokens
+                            (jti, client_id, subject, scope, grant_type, issued_at, expires_at)
+                        SELECT md5(CAST(:offset AS text) || '-' || n), :client, :client, 'read',
+                               'client_credentials',
+                               now() - interval '1 day' * random() - interval '1 hour',
+                               now() - interval '1 day' * random()
+                        FROM generate_series(1, :count) AS n
+                        """
+                    ),
+                    {"offset": offset, "client": client_id, "count": count},
+                )
+            if (offset + count) % (10 * PRELOAD_CHUNK) == 0 or offset + count == rows:
+                print(f"  preloaded {offset + count:,} rows", flush=True)
     return time.monotonic() - started
 
 
